@@ -1,14 +1,11 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+//! What the A3 and its peers speak, with no I/O.
+//!
+//! Who does what:
+//! - `xapi_wire`: XAPI's XML-RPC and JSON-RPC encodings, spoken by the A3's XAPI client and
+//!   by the pool simulator.
+//! - the port-2811 protocol (messages, framing, state machines), block hashing and chunk
+//!   encoding, spoken by the A3 and the ABD agent.
+//!
+//! Everything here is sans-IO: pure types, codecs and state machines, with time and
+//! randomness passed in, so that it is unit-testable and fuzzable without sockets.
+#![warn(missing_docs)]

@@ -1,0 +1,125 @@
+//! The HTTP JSON API under `/api`, used by the CLI and the web UI.
+//!
+//! One handler file per resource, each exposing `routes() -> Router<AppState>`, merged in
+//! [`router`]. Handlers return [`ApiError`], the only place where errors become HTTP
+//! statuses. Every route requires the bearer token from the state dir's `api.token`.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::catalog::Catalog;
+use crate::config::Config;
+
+/// What every handler can reach. Components add their handle here.
+#[derive(Clone)]
+pub struct AppState {
+    /// The settings the server started with.
+    pub config: Arc<Config>,
+    /// The catalog database.
+    pub catalog: Catalog,
+    /// Cancelled when the server shuts down.
+    pub shutdown: CancellationToken,
+    /// The bearer token the API requires.
+    pub api_token: Arc<str>,
+}
+
+/// An API failure: an HTTP status and a message that names the thing and the fix.
+#[derive(Debug)]
+pub struct ApiError {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// A human-readable message.
+    pub message: String,
+}
+
+impl ApiError {
+    /// 400: the request itself is wrong.
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+        }
+    }
+
+    /// 404: the named object does not exist.
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::NOT_FOUND,
+            message: message.into(),
+        }
+    }
+
+    /// 500: the server failed; the message says where.
+    pub fn internal(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            axum::Json(ErrorBody {
+                error: &self.message,
+            }),
+        )
+            .into_response()
+    }
+}
+
+impl From<crate::catalog::CatalogError> for ApiError {
+    fn from(e: crate::catalog::CatalogError) -> ApiError {
+        ApiError::internal(e.to_string())
+    }
+}
+
+/// The whole API.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/api/health", get(health))
+        .layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .with_state(state)
+}
+
+async fn health() -> &'static str {
+    "ok"
+}
+
+async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match presented {
+        Some(token) if constant_time_eq(token.as_bytes(), state.api_token.as_bytes()) => {
+            next.run(req).await
+        }
+        _ => ApiError {
+            status: StatusCode::UNAUTHORIZED,
+            message: "missing or wrong API token; the CLI reads it from <state-dir>/api.token"
+                .into(),
+        }
+        .into_response(),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

@@ -1,0 +1,78 @@
+//! The SQLite catalog: pools, hosts, inventory, ABDs, jobs, versions.
+//!
+//! Each area owns its tables: it declares its `CREATE TABLE IF NOT EXISTS` statements as a
+//! `SCHEMA` constant, listed in [`SCHEMAS`], and its queries live in its own module. The
+//! catalog runs in WAL mode with `synchronous=FULL`, so a committed transaction is durable:
+//! the store relies on that to make a version visible only after its data is on disk.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use rusqlite::Connection;
+
+/// Every area's schema, applied in order at open.
+const SCHEMAS: &[&str] = &[];
+
+/// Errors of the catalog itself.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    /// SQLite refused an operation.
+    #[error("catalog {path}: {source}")]
+    Sqlite {
+        /// The catalog file.
+        path: PathBuf,
+        /// What SQLite said.
+        source: rusqlite::Error,
+    },
+}
+
+/// A shared handle on the catalog database.
+#[derive(Clone)]
+pub struct Catalog {
+    conn: Arc<Mutex<Connection>>,
+    path: PathBuf,
+}
+
+impl Catalog {
+    /// Opens (creating if needed) the catalog at `path` and applies every schema.
+    pub fn open(path: &Path) -> Result<Catalog, CatalogError> {
+        let err = |source| CatalogError::Sqlite {
+            path: path.to_owned(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(err)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;
+             PRAGMA busy_timeout=5000;",
+        )
+        .map_err(err)?;
+        for schema in SCHEMAS {
+            conn.execute_batch(schema).map_err(err)?;
+        }
+        Ok(Catalog {
+            conn: Arc::new(Mutex::new(conn)),
+            path: path.to_owned(),
+        })
+    }
+
+    /// Opens a private in-memory catalog, for unit tests.
+    pub fn in_memory() -> Result<Catalog, CatalogError> {
+        Catalog::open(Path::new(":memory:"))
+    }
+
+    /// Locks the connection for a short, synchronous piece of work. Keep the guard off
+    /// `.await` points; long work belongs in `spawn_blocking`.
+    pub fn lock(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves SQLite itself consistent (transactions roll
+        // back on drop), so a poisoned lock is safe to reuse.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wraps a SQLite error with the catalog's path.
+    pub fn error(&self, source: rusqlite::Error) -> CatalogError {
+        CatalogError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! The `a3-server` command line. `serve` runs the server; every other command is a client of
+//! the running server's HTTP API (see [`client`]), one file per command group.
+
+pub mod client;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+
+/// The A3: agentless backup for XCP-ng / XenServer pools.
+#[derive(Debug, Parser)]
+#[command(name = "a3-server", version)]
+pub struct Cli {
+    /// The TOML config file (optional: defaults work without one).
+    #[arg(long, global = true, env = "A3_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// The state dir (catalog, store, keys); overrides the config file.
+    #[arg(long, global = true, env = "A3_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// The running server's API URL; by default read from `<state-dir>/api.url`.
+    #[arg(long, global = true, env = "A3_API")]
+    pub api: Option<String>,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the A3 server until SIGINT or SIGTERM.
+    Serve {
+        /// Where the HTTP API listens (overrides the config file).
+        #[arg(long)]
+        http_listen: Option<std::net::SocketAddr>,
+        /// Where port 2811 (the ABDs' data path) listens (overrides the config file).
+        #[arg(long)]
+        data_listen: Option<std::net::SocketAddr>,
+    },
+}
+
+impl Cli {
+    /// The effective config: the file (or defaults), then the command-line overrides.
+    pub fn load_config(&self) -> anyhow::Result<Config> {
+        let mut config = Config::load(self.config.as_deref())?;
+        if let Some(dir) = &self.state_dir {
+            config.state_dir = dir.clone();
+        }
+        Ok(config)
+    }
+}
+
+/// Runs one command to completion.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    crate::install_crypto_provider();
+    let mut config = cli.load_config()?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    match cli.command {
+        Command::Serve {
+            http_listen,
+            data_listen,
+        } => {
+            if let Some(addr) = http_listen {
+                config.http_listen = addr;
+            }
+            if let Some(addr) = data_listen {
+                config.data_listen = addr;
+            }
+            init_logging(config.log_json);
+            runtime.block_on(crate::server::serve(config))
+        }
+    }
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

@@ -1,0 +1,64 @@
+//! The A3's configuration: one optional TOML file, with defaults that work without it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Where the A3 keeps its state when neither the config nor `$A3_STATE_DIR` says.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/a3";
+
+/// The A3's settings. Every field has a default, so an empty file is a valid config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Catalog, store, keys and certificates live here.
+    pub state_dir: PathBuf,
+    /// The HTTP API and web UI.
+    pub http_listen: SocketAddr,
+    /// Port 2811: the ABDs' data path (QUIC over UDP).
+    pub data_listen: SocketAddr,
+    /// Logs as JSON lines instead of human-readable text.
+    pub log_json: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            state_dir: std::env::var_os("A3_STATE_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
+            http_listen: "127.0.0.1:8011".parse().expect("valid literal"),
+            data_listen: "0.0.0.0:2811".parse().expect("valid literal"),
+            log_json: false,
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path`, or returns the defaults when no path is given.
+    pub fn load(path: Option<&Path>) -> anyhow::Result<Config> {
+        let Some(path) = path else {
+            return Ok(Config::default());
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("config {}: cannot read: {e}", path.display()))?;
+        toml::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("config {}: invalid: {e}", path.display()))
+    }
+
+    /// The file where `serve` publishes the URL its API actually listens on.
+    pub fn api_url_file(&self) -> PathBuf {
+        self.state_dir.join("api.url")
+    }
+
+    /// The bearer token the CLI presents to the API (mode 0600).
+    pub fn api_token_file(&self) -> PathBuf {
+        self.state_dir.join("api.token")
+    }
+
+    /// The SQLite catalog.
+    pub fn catalog_file(&self) -> PathBuf {
+        self.state_dir.join("catalog.sqlite")
+    }
+}

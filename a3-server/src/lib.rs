@@ -1,0 +1,21 @@
+//! The A3: control plane and backup store for XCP-ng / XenServer pools.
+//!
+//! Who does what:
+//! - [`config`]: the TOML config file and its defaults.
+//! - [`catalog`]: the SQLite catalog (pools, hosts, VMs, ABDs, jobs, versions).
+//! - [`server`]: `a3-server serve`, which starts every component and shuts them down cleanly.
+//! - [`api`]: the HTTP JSON API, one handler file per resource.
+//! - [`cli`]: the command line; commands other than `serve` are clients of the running
+//!   server's API.
+pub mod api;
+pub mod catalog;
+pub mod cli;
+pub mod config;
+pub mod server;
+
+/// Installs rustls's `ring` provider as the process default (every TLS and QUIC endpoint
+/// uses it). Safe to call more than once.
+pub fn install_crypto_provider() {
+    // Err only means a provider is already installed.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

@@ -1,0 +1,120 @@
+//! `a3-server serve`: starts every component, and stops them cleanly on SIGINT/SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, AppState};
+use crate::catalog::Catalog;
+use crate::config::Config;
+
+/// A running server, as started by [`start`].
+pub struct Running {
+    /// Where the HTTP API listens.
+    pub http_addr: SocketAddr,
+    /// Shared handles, for in-process tests.
+    pub state: AppState,
+    http: JoinHandle<std::io::Result<()>>,
+}
+
+impl Running {
+    /// Asks every component to stop and waits until they have.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.state.shutdown.cancel();
+        self.http.await.context("HTTP server task")??;
+        Ok(())
+    }
+}
+
+/// Starts the server in the current tokio runtime.
+pub async fn start(config: Config) -> anyhow::Result<Running> {
+    let state_dir = &config.state_dir;
+    create_private_dir(state_dir)?;
+    let catalog = Catalog::open(&config.catalog_file())?;
+    let api_token = load_or_create_token(&config.api_token_file())?;
+
+    let listener = tokio::net::TcpListener::bind(config.http_listen)
+        .await
+        .with_context(|| format!("HTTP API: cannot listen on {}", config.http_listen))?;
+    let http_addr = listener.local_addr()?;
+    write_private(
+        &config.api_url_file(),
+        format!("http://{http_addr}\n").as_bytes(),
+    )?;
+
+    let shutdown = CancellationToken::new();
+    let state = AppState {
+        config: Arc::new(config),
+        catalog,
+        shutdown: shutdown.clone(),
+        api_token: api_token.into(),
+    };
+    let app = api::router(state.clone());
+    let stop = shutdown.clone();
+    let http = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await
+    });
+    tracing::info!(%http_addr, "A3 API listening");
+    Ok(Running {
+        http_addr,
+        state,
+        http,
+    })
+}
+
+/// Runs the server until SIGINT or SIGTERM, then shuts it down.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let running = start(config).await?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+    running.shutdown().await
+}
+
+fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("state dir {}: cannot create", dir.display()))
+}
+
+/// Writes a file readable by its owner only (secrets, tokens, keys).
+pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("{}: cannot write", tmp.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot write", path.display()))
+}
+
+fn load_or_create_token(path: &Path) -> anyhow::Result<String> {
+    match std::fs::read_to_string(path) {
+        Ok(token) => Ok(token.trim().to_owned()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let bytes: [u8; 32] = rand::random();
+            let token = hex::encode(bytes);
+            write_private(path, token.as_bytes())?;
+            Ok(token)
+        }
+        Err(e) => Err(e).with_context(|| format!("{}: cannot read API token", path.display())),
+    }
+}
