@@ -1,14 +1,82 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
+//! Helpers for the cross-crate end-to-end tests in `tests/tests/`: finding the workspace's
+//! binaries, running them as child processes that die with the test, and waiting on
+//! conditions with deadlines instead of sleeping.
+
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+/// The path of a workspace binary (`a3-server`, `abd-agent`, `xapi-sim`), built beside the
+/// test executable. `cargo xtask test` builds every binary before running the tests.
+pub fn bin(name: &str) -> PathBuf {
+    // Test executables live in target/<profile>/deps; binaries in target/<profile>.
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile> dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is not built; run `cargo xtask test` (or `cargo build --workspace --bins` first)",
+        path.display()
+    );
+    path
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// A child process killed (SIGKILL) and reaped when dropped, so no test leaves servers
+/// behind, even when it panics.
+pub struct ChildGuard {
+    /// The process.
+    pub child: Child,
+}
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
+impl ChildGuard {
+    /// Spawns `cmd`, naming it in the panic if it cannot start.
+    pub fn spawn(cmd: &mut Command) -> ChildGuard {
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        ChildGuard { child }
+    }
+
+    /// The process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGKILL and reaps, as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM (a clean stop) and waits for the exit, at most `timeout`.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        // SAFETY-free: `kill(1)` is the portable way without pulling in libc here.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.id().to_string()])
+            .status();
+        wait_until(timeout, || self.child.try_wait().ok().flatten())
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls `f` every 20 ms until it returns `Some`, or `None` after `timeout`.
+pub fn wait_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }

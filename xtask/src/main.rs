@@ -1,3 +1,68 @@
-fn main() {
-    println!("Hello, world!");
+//! `cargo xtask …`: the project's own tasks (tests with their set-up, benchmarks).
+//!
+//! Every task installs what it needs when it is missing (Debian packages, pip packages,
+//! rustup targets), or says exactly what to run.
+
+mod setup;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what the tests need, check formatting and lints, and run every test.
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// Benchmarks that print ratios against peers measured in the same run.
+    Bench {
+        #[command(subcommand)]
+        bench: Bench,
+    },
+}
+
+#[derive(Subcommand)]
+enum Bench {}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.task {
+        Task::Test { args } => test(&args),
+        Task::Bench { bench } => match bench {},
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn test(args: &[String]) -> anyhow::Result<()> {
+    setup::ensure_python_module("XenAPI", "XenAPI")?;
+    setup::cargo(&["fmt", "--all", "--", "--check"])?;
+    setup::cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    // End-to-end tests start the workspace's binaries as processes.
+    setup::cargo(&["build", "--workspace", "--bins"])?;
+    let mut test_args = vec!["test", "--workspace"];
+    test_args.extend(args.iter().map(String::as_str));
+    setup::cargo(&test_args)
 }
