@@ -9,3 +9,4 @@
 //! Everything here is sans-IO: pure types, codecs and state machines, with time and
 //! randomness passed in, so that it is unit-testable and fuzzable without sockets.
 #![warn(missing_docs)]
+pub mod xapi_wire;
