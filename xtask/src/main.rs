@@ -3,6 +3,7 @@
 //! Every task installs what it needs when it is missing (Debian packages, pip packages,
 //! rustup targets), or says exactly what to run.
 
+mod fuzz;
 mod setup;
 
 use std::process::ExitCode;
@@ -24,6 +25,14 @@ enum Task {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
+    /// Run the fuzz targets (every parser of untrusted bytes) for a while each.
+    Fuzz {
+        /// One target (default: all of them).
+        target: Option<String>,
+        /// How long to fuzz each target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u32,
+    },
     /// Benchmarks that print ratios against peers measured in the same run.
     Bench {
         #[command(subcommand)]
@@ -38,6 +47,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.task {
         Task::Test { args } => test(&args),
+        Task::Fuzz { target, seconds } => fuzz::run(target.as_deref(), seconds),
         Task::Bench { bench } => match bench {},
     };
     match result {
