@@ -3,10 +3,14 @@
 //! Who does what:
 //! - `xapi_wire`: XAPI's XML-RPC and JSON-RPC encodings, spoken by the A3's XAPI client and
 //!   by the pool simulator.
+//! - `vhd` and `xva`: the disk and VM formats XAPI imports and exports (the ABD template,
+//!   disk exports), with bounded, verifying readers.
 //! - the port-2811 protocol (messages, framing, state machines), block hashing and chunk
 //!   encoding, spoken by the A3 and the ABD agent.
 //!
 //! Everything here is sans-IO: pure types, codecs and state machines, with time and
 //! randomness passed in, so that it is unit-testable and fuzzable without sockets.
 #![warn(missing_docs)]
+pub mod vhd;
 pub mod xapi_wire;
+pub mod xva;
