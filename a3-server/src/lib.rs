@@ -5,6 +5,7 @@
 //! - [`catalog`]: the SQLite catalog (pools, hosts, VMs, ABDs, jobs, versions).
 //! - [`server`]: `a3-server serve`, which starts every component and shuts them down cleanly.
 //! - [`api`]: the HTTP JSON API, one handler file per resource.
+//! - [`xapi`]: the XAPI client (TLS pinning, sessions, typed records, events).
 //! - [`cli`]: the command line; commands other than `serve` are clients of the running
 //!   server's API.
 pub mod api;
@@ -12,6 +13,7 @@ pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod server;
+pub mod xapi;
 
 /// Installs rustls's `ring` provider as the process default (every TLS and QUIC endpoint
 /// uses it). Safe to call more than once.
