@@ -1,0 +1,277 @@
+//! `VDI.*`: create, destroy, snapshot, clone, copy, CBT and `data_destroy`.
+
+use a3_shared::xapi_wire::Value;
+use base64::Engine as _;
+
+use super::{Table, params, void};
+use crate::clock;
+use crate::demo::DemoSeed;
+use crate::disks::DiskError;
+use crate::errors::{self, ApiError, ApiResult};
+use crate::model::{Ref, new_ref, new_uuid, storage};
+use crate::state::State;
+
+pub(super) fn register(t: &mut Table) {
+    t.add("VDI.create", 1, 0, |ctx, p| {
+        let rec = params::record(p, 1, "args")?;
+        let sr = params::field(rec, "SR", Value::from(""))?;
+        let sr = sr.as_str().unwrap_or_default().to_owned();
+        ctx.st.db.get("SR", &sr)?;
+        let size = params::field(rec, "virtual_size", Value::Int(0))?
+            .as_i64()
+            .unwrap_or(0);
+        if size < 0 {
+            return Err(errors::value_not_supported(
+                "virtual_size",
+                &size.to_string(),
+                "must not be negative",
+            ));
+        }
+        let name = params::field(rec, "name_label", Value::from(""))?;
+        let ty = params::field(rec, "type", Value::from("user"))?;
+        let r = create_vdi(
+            ctx.st,
+            name.as_str().unwrap_or(""),
+            &sr,
+            size,
+            ty.as_str().unwrap_or("user"),
+            None,
+        );
+        let mut fields = vec![];
+        for (f, default) in [
+            ("name_description", Value::from("")),
+            ("sharable", Value::Bool(false)),
+            ("read_only", Value::Bool(false)),
+            ("other_config", Value::empty_struct()),
+            ("xenstore_data", Value::empty_struct()),
+            ("sm_config", Value::empty_struct()),
+            ("tags", Value::Array(vec![])),
+        ] {
+            fields.push((f, params::field(rec, f, default)?));
+        }
+        ctx.st.db.update("VDI", &r, |rec| {
+            for (f, v) in fields {
+                rec.insert(f.to_owned(), v);
+            }
+        })?;
+        Ok(Value::from(r))
+    });
+    t.add("VDI.destroy", 1, 0, |ctx, p| {
+        let vdi = params::object(ctx.st, p, 1, "VDI")?;
+        destroy_vdi(ctx.st, &vdi)?;
+        Ok(void())
+    });
+    t.add("VDI.snapshot", 2, 1, |ctx, p| {
+        let vdi = params::object(ctx.st, p, 1, "VDI")?;
+        Ok(Value::from(copy_vdi(ctx.st, &vdi, None, Copy::Snapshot)?))
+    });
+    t.add("VDI.clone", 2, 1, |ctx, p| {
+        let vdi = params::object(ctx.st, p, 1, "VDI")?;
+        Ok(Value::from(copy_vdi(ctx.st, &vdi, None, Copy::Clone)?))
+    });
+    t.add("VDI.copy", 4, 2, |ctx, p| {
+        let vdi = params::object(ctx.st, p, 1, "VDI")?;
+        let sr = params::object(ctx.st, p, 2, "SR")?;
+        Ok(Value::from(copy_vdi(ctx.st, &vdi, Some(&sr), Copy::Clone)?))
+    });
+    t.add("VDI.enable_cbt", 1, 0, |ctx, p| {
+        let vdi = params::object(ctx.st, p, 1, "VDI")?;
+        let ty = ctx.st.db.str_field("VDI", &vdi, "type")?;
+        if !matches!(ty.as_str(), "user" | "system") {
+            return Err(errors::vdi_incompatible_type(&vdi, &ty));
+        }
+        let uuid = uuid_of(ctx.st, &vdi)?;
+        ctx.st
+            .disks
+            .enable_cbt(&uuid)
+            .map_err(|e| disk_error(&vdi, e))?;
+        ctx.st.db.set("VDI", &vdi, "cbt_enabled", true)?;
+        Ok(void())
+    });
+    t.add("VDI.disable_cbt", 1, 0, |ctx, p| {
+        let vdi = params::object(ctx.st, p, 1, "VDI")?;
+        let uuid = uuid_of(ctx.st, &vdi)?;
+        ctx.st.disks.disable_cbt(&uuid);
+        ctx.st.db.set("VDI", &vdi, "cbt_enabled", false)?;
+        Ok(void())
+    });
+    t.add("VDI.list_changed_blocks", 2, 0, |ctx, p| {
+        let from = params::object(ctx.st, p, 1, "VDI")?;
+        let to = params::object(ctx.st, p, 2, "VDI")?;
+        let (fu, tu) = (uuid_of(ctx.st, &from)?, uuid_of(ctx.st, &to)?);
+        let bitmap = ctx.st.disks.changed_blocks(&fu, &tu).map_err(|e| match e {
+            DiskError::NoCbt(u) if u == fu => errors::vdi_no_cbt_metadata(&from),
+            DiskError::NoCbt(_) => errors::vdi_no_cbt_metadata(&to),
+            e => disk_error(&from, e),
+        })?;
+        Ok(Value::from(
+            base64::engine::general_purpose::STANDARD.encode(bitmap),
+        ))
+    });
+    t.add("VDI.data_destroy", 1, 0, |ctx, p| {
+        let vdi = params::object(ctx.st, p, 1, "VDI")?;
+        if !ctx
+            .st
+            .db
+            .field("VDI", &vdi, "cbt_enabled")?
+            .as_bool()
+            .unwrap_or(false)
+        {
+            return Err(errors::vdi_no_cbt_metadata(&vdi));
+        }
+        if is_attached(ctx.st, &vdi)? {
+            return Err(errors::vdi_in_use(&vdi, "data_destroy"));
+        }
+        let uuid = uuid_of(ctx.st, &vdi)?;
+        ctx.st
+            .disks
+            .data_destroy(&uuid)
+            .map_err(|e| disk_error(&vdi, e))?;
+        ctx.st.db.update("VDI", &vdi, |rec| {
+            rec.insert("type".into(), "cbt_metadata".into());
+            rec.insert("physical_utilisation".into(), Value::Int(0));
+        })?;
+        Ok(void())
+    });
+}
+
+/// Creates a VDI record and its (zero or demo) content; returns its ref.
+pub(crate) fn create_vdi(
+    st: &mut State,
+    name: &str,
+    sr: &str,
+    size: i64,
+    ty: &str,
+    demo: Option<DemoSeed>,
+) -> Ref {
+    let uuid = new_uuid();
+    let r = new_ref();
+    st.disks.create(&uuid, size as u64, demo);
+    let mut rec = storage::vdi(&uuid, name, sr, size, ty);
+    rec.insert(
+        "physical_utilisation".into(),
+        Value::Int(st.disks.utilisation(&uuid) as i64),
+    );
+    st.db.insert("VDI", r.clone(), rec);
+    let _ = st.db.add_to_set("SR", sr, "VDIs", &r);
+    r
+}
+
+/// How a VDI copy relates to its source.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Copy {
+    /// A point-in-time snapshot: `is_a_snapshot`, keeps CBT.
+    Snapshot,
+    /// An independent copy.
+    Clone,
+}
+
+/// Copies a VDI's record and content, into `sr` or the source's SR.
+pub(crate) fn copy_vdi(st: &mut State, vdi: &str, sr: Option<&str>, kind: Copy) -> ApiResult<Ref> {
+    let src = st.db.get("VDI", vdi)?.clone();
+    let ty = src.get("type").and_then(Value::as_str).unwrap_or("");
+    if ty == "cbt_metadata" {
+        return Err(errors::vdi_incompatible_type(vdi, ty));
+    }
+    let src_uuid = uuid_of(st, vdi)?;
+    let uuid = new_uuid();
+    let r = new_ref();
+    st.disks
+        .copy(&src_uuid, &uuid, kind == Copy::Snapshot)
+        .map_err(|e| disk_error(vdi, e))?;
+    let sr = match sr {
+        Some(sr) => sr.to_owned(),
+        None => src
+            .get("SR")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned(),
+    };
+    let mut rec = src.clone();
+    rec.insert("uuid".into(), uuid.clone().into());
+    rec.insert("location".into(), uuid.into());
+    rec.insert("SR".into(), sr.clone().into());
+    rec.insert("VBDs".into(), Value::Array(vec![]));
+    rec.insert("snapshots".into(), Value::Array(vec![]));
+    rec.insert("current_operations".into(), Value::empty_struct());
+    match kind {
+        Copy::Snapshot => {
+            rec.insert("is_a_snapshot".into(), true.into());
+            rec.insert("snapshot_of".into(), vdi.into());
+            rec.insert(
+                "snapshot_time".into(),
+                Value::DateTime(clock::xapi_datetime(clock::unix_now())),
+            );
+        }
+        Copy::Clone => {
+            rec.insert("is_a_snapshot".into(), false.into());
+            rec.insert("snapshot_of".into(), crate::model::null());
+            rec.insert("cbt_enabled".into(), false.into());
+            rec.insert("read_only".into(), false.into());
+        }
+    }
+    st.db.insert("VDI", r.clone(), rec);
+    st.db.add_to_set("SR", &sr, "VDIs", &r)?;
+    if kind == Copy::Snapshot {
+        st.db.add_to_set("VDI", vdi, "snapshots", &r)?;
+    }
+    Ok(r)
+}
+
+/// Destroys a VDI that no running VM uses, with its unplugged VBDs.
+pub(crate) fn destroy_vdi(st: &mut State, vdi: &str) -> ApiResult<()> {
+    if is_attached(st, vdi)? {
+        return Err(errors::vdi_in_use(vdi, "destroy"));
+    }
+    for vbd in st.db.refs_field("VDI", vdi, "VBDs")? {
+        super::vbd::remove_vbd(st, &vbd)?;
+    }
+    let uuid = uuid_of(st, vdi)?;
+    let rec = st.db.remove("VDI", vdi)?;
+    st.disks.remove(&uuid);
+    if let Some(sr) = rec.get("SR").and_then(Value::as_str) {
+        st.db.remove_from_set("SR", sr, "VDIs", vdi);
+    }
+    if let Some(parent) = rec.get("snapshot_of").and_then(Value::as_str) {
+        st.db.remove_from_set("VDI", parent, "snapshots", vdi);
+    }
+    Ok(())
+}
+
+/// True when a VBD currently attaches the VDI.
+pub(crate) fn is_attached(st: &State, vdi: &str) -> ApiResult<bool> {
+    Ok(st.db.refs_field("VDI", vdi, "VBDs")?.iter().any(|vbd| {
+        st.db
+            .field("VBD", vbd, "currently_attached")
+            .ok()
+            .and_then(Value::as_bool)
+            .unwrap_or(false)
+    }))
+}
+
+/// The uuid naming a VDI's content in the disk store.
+pub(crate) fn uuid_of(st: &State, vdi: &str) -> ApiResult<String> {
+    st.db.str_field("VDI", vdi, "uuid")
+}
+
+/// Refreshes `physical_utilisation` after the content changed.
+pub(crate) fn refresh_utilisation(st: &mut State, vdi: &str) -> ApiResult<()> {
+    let uuid = uuid_of(st, vdi)?;
+    let used = st.disks.utilisation(&uuid) as i64;
+    st.db
+        .set("VDI", vdi, "physical_utilisation", Value::Int(used))
+}
+
+/// Maps a content error on `vdi` to the XAPI error a storage backend would raise.
+pub(crate) fn disk_error(vdi: &str, e: DiskError) -> ApiError {
+    match e {
+        DiskError::NoCbt(_) => errors::vdi_no_cbt_metadata(vdi),
+        DiskError::DataDestroyed(_) => errors::vdi_incompatible_type(vdi, "cbt_metadata"),
+        DiskError::Unrelated(..) => errors::sr_backend_failure(
+            "SR_BACKEND_FAILURE_460",
+            "",
+            "Failed to calculate changed blocks for given VDIs. [opterr=Source and target VDI are unrelated]",
+        ),
+        e => errors::sr_backend_failure("SR_BACKEND_FAILURE", "", &e.to_string()),
+    }
+}

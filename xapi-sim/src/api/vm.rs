@@ -1,0 +1,410 @@
+//! `VM.*`: snapshot, clone, copy, provision, power operations, destroy.
+//!
+//! Power operations only change records: the simulator's guests have no process. The
+//! single place a guest would be run is [`start_vm`] (and its counterpart [`stop_vm`]),
+//! where a process backend for special VMs can hook in.
+
+use a3_shared::xapi_wire::{NULL_REF, Struct, Value};
+
+use super::vbd::{self, VbdSpec};
+use super::vdi::{self, Copy};
+use super::{Ctx, Table, params, void};
+use crate::clock;
+use crate::errors::{self, ApiResult};
+use crate::model::{Ref, new_ref, new_uuid, null, vm as vm_model};
+use crate::state::State;
+
+pub(super) fn register(t: &mut Table) {
+    t.add("VM.snapshot", 3, 1, |ctx, p| {
+        let vm = params::object(ctx.st, p, 1, "VM")?;
+        let name = params::string(p, 2, "new_name")?.to_owned();
+        let ignore = match params::opt(p, 3) {
+            Some(_) => params::strings(p, 3, "ignore_vdis")?,
+            None => Vec::new(),
+        };
+        Ok(Value::from(copy_vm(
+            ctx.st,
+            &vm,
+            &name,
+            VmCopy::Snapshot,
+            &ignore,
+        )?))
+    });
+    t.add("VM.clone", 2, 0, |ctx, p| {
+        let vm = params::object(ctx.st, p, 1, "VM")?;
+        let name = params::string(p, 2, "new_name")?.to_owned();
+        require_state(ctx.st, &vm, "Halted")?;
+        Ok(Value::from(copy_vm(
+            ctx.st,
+            &vm,
+            &name,
+            VmCopy::Clone,
+            &[],
+        )?))
+    });
+    t.add("VM.copy", 3, 0, |ctx, p| {
+        let vm = params::object(ctx.st, p, 1, "VM")?;
+        let name = params::string(p, 2, "new_name")?.to_owned();
+        let sr = params::string(p, 3, "sr")?.to_owned();
+        if sr != NULL_REF {
+            ctx.st.db.get("SR", &sr)?;
+        }
+        require_state(ctx.st, &vm, "Halted")?;
+        let target = (sr != NULL_REF).then_some(sr);
+        Ok(Value::from(copy_vm(
+            ctx.st,
+            &vm,
+            &name,
+            VmCopy::Copy(target),
+            &[],
+        )?))
+    });
+    t.add("VM.provision", 1, 0, |ctx, p| {
+        let vm = params::object(ctx.st, p, 1, "VM")?;
+        provision(ctx.st, &vm)?;
+        Ok(void())
+    });
+    t.add("VM.start", 3, 0, |ctx, p| {
+        let vm = params::object(ctx.st, p, 1, "VM")?;
+        let paused = params::boolean(p, 2, "start_paused")?;
+        params::boolean(p, 3, "force")?;
+        start_vm(ctx, &vm, paused)?;
+        Ok(void())
+    });
+    t.add("VM.start_on", 4, 0, |ctx, p| {
+        let vm = params::object(ctx.st, p, 1, "VM")?;
+        let host = params::object(ctx.st, p, 2, "host")?;
+        let paused = params::boolean(p, 3, "start_paused")?;
+        start_on(ctx.st, &vm, &host, paused)?;
+        Ok(void())
+    });
+    for name in ["VM.clean_shutdown", "VM.hard_shutdown"] {
+        let hard = name == "VM.hard_shutdown";
+        t.add(name, 1, 0, move |ctx, p| {
+            let vm = params::object(ctx.st, p, 1, "VM")?;
+            let state = ctx.st.db.str_field("VM", &vm, "power_state")?;
+            let ok =
+                state == "Running" || (hard && matches!(state.as_str(), "Paused" | "Suspended"));
+            if !ok {
+                return Err(errors::vm_bad_power_state(&vm, "Running", &state));
+            }
+            stop_vm(ctx.st, &vm)?;
+            Ok(void())
+        });
+    }
+    for name in ["VM.clean_reboot", "VM.hard_reboot"] {
+        t.add(name, 1, 0, |ctx, p| {
+            let vm = params::object(ctx.st, p, 1, "VM")?;
+            require_state(ctx.st, &vm, "Running")?;
+            let domid = next_domid(ctx.st);
+            ctx.st.db.set("VM", &vm, "domid", Value::Int(domid))?;
+            Ok(void())
+        });
+    }
+    t.add("VM.destroy", 1, 0, |ctx, p| {
+        let vm = params::object(ctx.st, p, 1, "VM")?;
+        destroy_vm(ctx.st, &vm)?;
+        Ok(void())
+    });
+    t.add("VM.get_allowed_VBD_devices", 1, 0, |ctx, p| {
+        let vm = params::object(ctx.st, p, 1, "VM")?;
+        let used = vbd::used_userdevices(ctx.st, &vm)?;
+        Ok(Value::Array(
+            (0..16)
+                .map(|n| n.to_string())
+                .filter(|d| !used.contains(d))
+                .map(Value::from)
+                .collect(),
+        ))
+    });
+}
+
+fn require_state(st: &State, vm: &str, expected: &str) -> ApiResult<()> {
+    let state = st.db.str_field("VM", vm, "power_state")?;
+    if state != expected {
+        return Err(errors::vm_bad_power_state(vm, expected, &state));
+    }
+    Ok(())
+}
+
+/// How a VM copy relates to its source.
+enum VmCopy {
+    /// `VM.snapshot`: disks are point-in-time snapshots.
+    Snapshot,
+    /// `VM.clone`: disks are independent copies on their SRs.
+    Clone,
+    /// `VM.copy`: disks are independent copies, on this SR if given.
+    Copy(Option<Ref>),
+}
+
+fn copy_vm(
+    st: &mut State,
+    vm: &str,
+    name: &str,
+    how: VmCopy,
+    ignore_vdis: &[String],
+) -> ApiResult<Ref> {
+    let src = st.db.get("VM", vm)?.clone();
+    if src.get("is_control_domain").and_then(Value::as_bool) == Some(true) {
+        return Err(errors::operation_not_allowed(
+            "a control domain cannot be copied",
+        ));
+    }
+    let now = clock::unix_now();
+    let r = new_ref();
+    let mut rec: Struct = src.clone();
+    for (f, v) in [
+        ("uuid", Value::from(new_uuid())),
+        ("name_label", Value::from(name)),
+        ("power_state", Value::from("Halted")),
+        ("resident_on", null()),
+        ("scheduled_to_be_resident_on", null()),
+        ("domid", Value::Int(-1)),
+        ("VBDs", Value::Array(vec![])),
+        ("VIFs", Value::Array(vec![])),
+        ("snapshots", Value::Array(vec![])),
+        ("guest_metrics", null()),
+        ("current_operations", Value::empty_struct()),
+    ] {
+        rec.insert(f.into(), v);
+    }
+    match how {
+        VmCopy::Snapshot => {
+            rec.insert("is_a_snapshot".into(), true.into());
+            rec.insert("snapshot_of".into(), vm.into());
+            rec.insert(
+                "snapshot_time".into(),
+                Value::DateTime(clock::xapi_datetime(now)),
+            );
+            rec.insert("is_a_template".into(), false.into());
+        }
+        VmCopy::Clone | VmCopy::Copy(_) => {
+            rec.insert("is_a_snapshot".into(), false.into());
+            rec.insert("snapshot_of".into(), null());
+            rec.insert("snapshot_time".into(), Value::DateTime(clock::EPOCH.into()));
+        }
+    }
+    st.db.insert("VM", r.clone(), rec);
+
+    for old_vbd in st.db.refs_field("VM", vm, "VBDs")? {
+        let b = st.db.get("VBD", &old_vbd)?.clone();
+        let s = |f: &str| b.get(f).and_then(Value::as_str).unwrap_or("").to_owned();
+        let old_vdi = s("VDI");
+        let is_disk = s("type") == "Disk" && old_vdi != NULL_REF && st.db.exists("VDI", &old_vdi);
+        if is_disk && ignore_vdis.contains(&old_vdi) {
+            continue;
+        }
+        let new_vdi = if is_disk {
+            match &how {
+                VmCopy::Snapshot => vdi::copy_vdi(st, &old_vdi, None, Copy::Snapshot)?,
+                VmCopy::Clone => vdi::copy_vdi(st, &old_vdi, None, Copy::Clone)?,
+                VmCopy::Copy(sr) => vdi::copy_vdi(st, &old_vdi, sr.as_deref(), Copy::Clone)?,
+            }
+        } else {
+            old_vdi
+        };
+        let spec = VbdSpec {
+            userdevice: s("userdevice"),
+            ty: s("type"),
+            mode: s("mode"),
+            bootable: b.get("bootable").and_then(Value::as_bool).unwrap_or(false),
+            empty: b.get("empty").and_then(Value::as_bool).unwrap_or(false),
+        };
+        vbd::create_vbd(st, &r, &new_vdi, &spec)?;
+    }
+    for old_vif in st.db.refs_field("VM", vm, "VIFs")? {
+        let v = st.db.get("VIF", &old_vif)?.clone();
+        let s = |f: &str| v.get(f).and_then(Value::as_str).unwrap_or("").to_owned();
+        let mac = match how {
+            VmCopy::Snapshot => s("MAC"),
+            _ => String::new(),
+        };
+        super::network::create_vif(st, &r, &s("network"), &s("device"), &mac)?;
+    }
+    if matches!(how, VmCopy::Snapshot) {
+        st.db.add_to_set("VM", vm, "snapshots", &r)?;
+    }
+    Ok(r)
+}
+
+/// Creates the disks a template's `other_config:disks` asks for, e.g.
+/// `<provision><disk device="0" size="10737418240" sr="" bootable="true" type="system"/></provision>`,
+/// then drops the key as xapi does.
+pub(crate) fn provision(st: &mut State, vm: &str) -> ApiResult<()> {
+    let other = st.db.field("VM", vm, "other_config")?.clone();
+    let Some(spec) = other.get_str("disks").map(str::to_owned) else {
+        return Ok(());
+    };
+    let disks = parse_provision(&spec)
+        .map_err(|e| errors::value_not_supported("other_config:disks", &spec, &e))?;
+    for d in disks {
+        let sr = if d.sr.is_empty() {
+            let default = st.db.str_field("pool", &st.pool, "default_SR")?;
+            if default == NULL_REF {
+                return Err(errors::operation_not_allowed(
+                    "VM.provision: the pool has no default SR; set pool.default_SR",
+                ));
+            }
+            default
+        } else {
+            st.db.by_uuid("SR", &d.sr)?
+        };
+        let name = format!("{} {}", st.db.str_field("VM", vm, "name_label")?, d.device);
+        let vdi = vdi::create_vdi(st, &name, &sr, d.size, &d.ty, None);
+        let spec = VbdSpec {
+            userdevice: d.device,
+            ty: "Disk".into(),
+            mode: "RW".into(),
+            bootable: d.bootable,
+            empty: false,
+        };
+        vbd::create_vbd(st, vm, &vdi, &spec)?;
+    }
+    st.db.update("VM", vm, |rec| {
+        if let Some(Value::Struct(m)) = rec.get_mut("other_config") {
+            m.remove("disks");
+        }
+    })
+}
+
+struct ProvisionDisk {
+    device: String,
+    size: i64,
+    sr: String,
+    bootable: bool,
+    ty: String,
+}
+
+fn parse_provision(xml: &str) -> Result<Vec<ProvisionDisk>, String> {
+    use quick_xml::events::Event;
+    let mut reader = quick_xml::Reader::from_str(xml);
+    let mut out = Vec::new();
+    loop {
+        match reader.read_event().map_err(|e| e.to_string())? {
+            Event::Start(e) | Event::Empty(e) if e.name().as_ref() == "disk" => {
+                let mut d = ProvisionDisk {
+                    device: "0".into(),
+                    size: 0,
+                    sr: String::new(),
+                    bootable: false,
+                    ty: "system".into(),
+                };
+                for a in e.attributes() {
+                    let a = a.map_err(|e| e.to_string())?;
+                    let v = a
+                        .normalized_value(quick_xml::XmlVersion::Implicit1_0)
+                        .map_err(|e| e.to_string())?
+                        .into_owned();
+                    match a.key.as_ref() {
+                        "device" => d.device = v,
+                        "size" => d.size = v.parse().map_err(|_| format!("bad size {v:?}"))?,
+                        "sr" => d.sr = v,
+                        "bootable" => d.bootable = v == "true",
+                        "type" => d.ty = v,
+                        _ => {}
+                    }
+                }
+                out.push(d);
+            }
+            Event::Eof => return Ok(out),
+            _ => {}
+        }
+    }
+}
+
+fn next_domid(st: &mut State) -> i64 {
+    let d = st.next_domid;
+    st.next_domid += 1;
+    d
+}
+
+/// Starts a halted VM on a host picked round-robin.
+pub(crate) fn start_vm(ctx: &mut Ctx<'_>, vm: &str, paused: bool) -> ApiResult<()> {
+    let hosts = ctx.st.hosts();
+    let pick = hosts[(ctx.st.next_domid as usize) % hosts.len().max(1)].clone();
+    start_on(ctx.st, vm, &pick, paused)
+}
+
+/// Starts a halted VM on `host`: attaches its devices and reports guest metrics.
+pub(crate) fn start_on(st: &mut State, vm: &str, host: &str, paused: bool) -> ApiResult<()> {
+    let rec = st.db.get("VM", vm)?.clone();
+    let flag = |f: &str| rec.get(f).and_then(Value::as_bool).unwrap_or(false);
+    if flag("is_a_template") {
+        return Err(errors::vm_is_template(vm));
+    }
+    if flag("is_a_snapshot") {
+        return Err(errors::operation_not_allowed(
+            "a snapshot cannot be started; clone it first",
+        ));
+    }
+    require_state(st, vm, "Halted")?;
+    let vbds = st.db.refs_field("VM", vm, "VBDs")?;
+    for b in &vbds {
+        vbd::check_attachable(st, b)?;
+    }
+    let domid = next_domid(st);
+    for b in &vbds {
+        vbd::set_attached(st, b, true)?;
+    }
+    for v in st.db.refs_field("VM", vm, "VIFs")? {
+        st.db.set("VIF", &v, "currently_attached", true)?;
+    }
+    let ip = format!("10.0.{}.{}", (domid / 250) % 256, domid % 250 + 2);
+    let gm = new_ref();
+    st.db.insert(
+        "VM_guest_metrics",
+        gm.clone(),
+        vm_model::guest_metrics(&new_uuid(), &ip, clock::unix_now()),
+    );
+    st.db.update("VM", vm, |rec| {
+        let state = if paused { "Paused" } else { "Running" };
+        rec.insert("power_state".into(), state.into());
+        rec.insert("resident_on".into(), host.into());
+        rec.insert("domid".into(), Value::Int(domid));
+        rec.insert("guest_metrics".into(), gm.into());
+    })?;
+    st.db.add_to_set("host", host, "resident_VMs", vm)
+}
+
+/// Stops a VM: detaches its devices and drops its guest metrics.
+pub(crate) fn stop_vm(st: &mut State, vm: &str) -> ApiResult<()> {
+    for b in st.db.refs_field("VM", vm, "VBDs")? {
+        vbd::set_attached(st, &b, false)?;
+    }
+    for v in st.db.refs_field("VM", vm, "VIFs")? {
+        st.db.set("VIF", &v, "currently_attached", false)?;
+    }
+    let host = st.db.str_field("VM", vm, "resident_on")?;
+    st.db.remove_from_set("host", &host, "resident_VMs", vm);
+    let gm = st.db.str_field("VM", vm, "guest_metrics")?;
+    if st.db.exists("VM_guest_metrics", &gm) {
+        st.db.remove("VM_guest_metrics", &gm)?;
+    }
+    st.db.update("VM", vm, |rec| {
+        rec.insert("power_state".into(), "Halted".into());
+        rec.insert("resident_on".into(), null());
+        rec.insert("domid".into(), Value::Int(-1));
+        rec.insert("guest_metrics".into(), null());
+    })
+}
+
+fn destroy_vm(st: &mut State, vm: &str) -> ApiResult<()> {
+    let rec = st.db.get("VM", vm)?.clone();
+    if rec.get("is_control_domain").and_then(Value::as_bool) == Some(true) {
+        return Err(errors::operation_not_allowed(
+            "a control domain cannot be destroyed",
+        ));
+    }
+    require_state(st, vm, "Halted")?;
+    for b in st.db.refs_field("VM", vm, "VBDs")? {
+        vbd::remove_vbd(st, &b)?;
+    }
+    for v in st.db.refs_field("VM", vm, "VIFs")? {
+        super::network::remove_vif(st, &v)?;
+    }
+    st.db.remove("VM", vm)?;
+    if let Some(parent) = rec.get("snapshot_of").and_then(Value::as_str) {
+        st.db.remove_from_set("VM", parent, "snapshots", vm);
+    }
+    Ok(())
+}

@@ -1,0 +1,227 @@
+//! The simulator's control API for tests, under `/sim/` on every host's listener.
+//!
+//! It is not XAPI: it lets a test act as the world around the pool. Every request needs
+//! HTTP Basic auth with the simulator's user and password. Replies are JSON
+//! (`{"error": "..."}` with a 4xx/5xx status on failure), except raw VDI reads.
+//!
+//! | request | effect |
+//! |---|---|
+//! | `GET /sim/inventory` | every object of every class, hosts' up/down state, the master |
+//! | `GET /sim/vdis/{vdi}/data?offset=O&length=L` | the VDI's bytes (default: all) |
+//! | `PUT /sim/vdis/{vdi}/data?offset=O` | writes the body as a running guest would; sets CBT bits |
+//! | `POST /sim/hosts/{host}/down` | closes the host's listener: it refuses connections |
+//! | `POST /sim/hosts/{host}/up` | opens it again |
+//! | `POST /sim/hosts/{host}/new-certificate` | replaces the host's TLS certificate |
+//! | `POST /sim/master?host={host}` | makes `host` the master, as an emergency transition does |
+//!
+//! `{vdi}` is a ref or uuid; `{host}` a ref, uuid or address. A host cannot take its own
+//! listener down (the reply would be cut off): send `down` through another host.
+
+use std::sync::Arc;
+
+use a3_shared::xapi_wire::{Value, jsonrpc};
+use axum::body::Body;
+use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode, header};
+use serde_json::json;
+
+use crate::api::vdi;
+use crate::server::{query, with_type};
+use crate::sim::Shared;
+
+type Reply = Result<Response<Body>, (StatusCode, String)>;
+
+/// Serves one control request received by `host`.
+pub async fn handle(shared: Arc<Shared>, host: String, req: Request<Incoming>) -> Response<Body> {
+    if let Err(msg) = check_auth(&shared, &req) {
+        let mut r = json_reply(StatusCode::UNAUTHORIZED, json!({ "error": msg }));
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Basic realm=\"xapi-sim\""),
+        );
+        return r;
+    }
+    let path = req.uri().path().to_owned();
+    let parts: Vec<&str> = path.trim_start_matches("/sim/").split('/').collect();
+    let method = req.method().clone();
+    let result = match (method, parts.as_slice()) {
+        (Method::GET, ["inventory"]) => Ok(inventory(&shared)),
+        (Method::GET, ["vdis", id, "data"]) => read_vdi(&shared, id, &req),
+        (Method::PUT, ["vdis", id, "data"]) => {
+            let id = (*id).to_owned();
+            write_vdi(&shared, &id, req).await
+        }
+        (Method::POST, ["hosts", id, action]) => host_action(&shared, &host, id, action),
+        (Method::POST, ["master"]) => make_master(&shared, &req),
+        _ => Err((
+            StatusCode::NOT_FOUND,
+            format!("no control endpoint {path}; see the xapi-sim README"),
+        )),
+    };
+    result.unwrap_or_else(|(status, msg)| json_reply(status, json!({ "error": msg })))
+}
+
+fn check_auth(shared: &Shared, req: &Request<Incoming>) -> Result<(), String> {
+    let expected = {
+        let st = shared.lock();
+        format!("{}:{}", st.username, st.password)
+    };
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b| {
+            base64::engine::general_purpose::STANDARD
+                .decode(b.trim())
+                .ok()
+        });
+    match given {
+        Some(g) if g == expected.as_bytes() => Ok(()),
+        Some(_) => Err("wrong user or password for the control API".into()),
+        None => Err(
+            "the control API needs HTTP Basic auth with the simulator's user and password".into(),
+        ),
+    }
+}
+
+fn json_reply(status: StatusCode, v: serde_json::Value) -> Response<Body> {
+    with_type(status, "application/json", v.to_string())
+}
+
+fn inventory(shared: &Shared) -> Response<Body> {
+    let hosts = shared.host_infos();
+    let st = shared.lock();
+    let tables: serde_json::Map<String, serde_json::Value> = st
+        .db
+        .tables()
+        .iter()
+        .map(|(class, objs)| {
+            let objs: serde_json::Map<_, _> = objs
+                .iter()
+                .map(|(r, rec)| (r.clone(), jsonrpc::to_json(&Value::Struct(rec.clone()))))
+                .collect();
+            (class.clone(), serde_json::Value::Object(objs))
+        })
+        .collect();
+    let master = st.master().unwrap_or_default();
+    let hosts: Vec<_> = hosts
+        .iter()
+        .map(|h| json!({ "ref": h.r, "uuid": h.uuid, "address": h.address, "up": shared.is_up(&h.r) }))
+        .collect();
+    json_reply(
+        StatusCode::OK,
+        json!({ "master": master, "hosts": hosts, "objects": tables }),
+    )
+}
+
+fn bad(msg: impl ToString) -> (StatusCode, String) {
+    (StatusCode::BAD_REQUEST, msg.to_string())
+}
+
+fn vdi_uuid(shared: &Shared, id: &str) -> Result<(String, String), (StatusCode, String)> {
+    let st = shared.lock();
+    let r = st
+        .find_vdi(id)
+        .map_err(|_| (StatusCode::NOT_FOUND, format!("no VDI {id:?}")))?;
+    let uuid = vdi::uuid_of(&st, &r).map_err(bad)?;
+    Ok((r, uuid))
+}
+
+fn num(
+    q: &std::collections::HashMap<String, String>,
+    key: &str,
+) -> Result<Option<u64>, (StatusCode, String)> {
+    q.get(key)
+        .map(|v| {
+            v.parse()
+                .map_err(|_| bad(format!("{key}={v:?} is not a number")))
+        })
+        .transpose()
+}
+
+fn read_vdi(shared: &Shared, id: &str, req: &Request<Incoming>) -> Reply {
+    let (_, uuid) = vdi_uuid(shared, id)?;
+    let q = query(req);
+    let offset = num(&q, "offset")?.unwrap_or(0);
+    let st = shared.lock();
+    let size = st.disks.get(&uuid).map_or(0, |d| d.virtual_size);
+    let length = num(&q, "length")?.unwrap_or(size.saturating_sub(offset));
+    let data = st.disks.read(&uuid, offset, length).map_err(bad)?;
+    Ok(with_type(
+        StatusCode::OK,
+        "application/octet-stream",
+        Bytes::from(data),
+    ))
+}
+
+async fn write_vdi(shared: &Shared, id: &str, req: Request<Incoming>) -> Reply {
+    let (vdi_ref, uuid) = vdi_uuid(shared, id)?;
+    let offset = num(&query(&req), "offset")?.unwrap_or(0);
+    let body = req.into_body().collect().await.map_err(bad)?.to_bytes();
+    {
+        let mut st = shared.lock();
+        st.disks.write(&uuid, offset, &body).map_err(bad)?;
+        vdi::refresh_utilisation(&mut st, &vdi_ref).map_err(bad)?;
+    }
+    shared.changed();
+    Ok(json_reply(
+        StatusCode::OK,
+        json!({ "written": body.len(), "offset": offset }),
+    ))
+}
+
+fn host_action(shared: &Arc<Shared>, serving: &str, id: &str, action: &str) -> Reply {
+    let host = shared
+        .lock()
+        .find_host(id)
+        .map_err(|_| (StatusCode::NOT_FOUND, format!("no host {id:?}")))?;
+    match action {
+        "down" if host == serving => Err((
+            StatusCode::CONFLICT,
+            "a host cannot take down the listener serving this request; send it to another host".into(),
+        )),
+        "down" => {
+            shared.host_down(&host);
+            Ok(json_reply(StatusCode::OK, json!({ "host": host, "up": false })))
+        }
+        "up" => {
+            shared
+                .host_up(&host)
+                .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+            Ok(json_reply(StatusCode::OK, json!({ "host": host, "up": true })))
+        }
+        "new-certificate" if host == serving => Err((
+            StatusCode::CONFLICT,
+            "a host cannot replace the certificate of the listener serving this request; send it to another host".into(),
+        )),
+        "new-certificate" => {
+            shared
+                .new_certificate(&host)
+                .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+            let fingerprint = shared.host_tls(&host).map(|t| t.fingerprint).unwrap_or_default();
+            Ok(json_reply(StatusCode::OK, json!({ "host": host, "fingerprint": fingerprint })))
+        }
+        other => Err((StatusCode::NOT_FOUND, format!("no host action {other:?}; use down, up or new-certificate"))),
+    }
+}
+
+fn make_master(shared: &Shared, req: &Request<Incoming>) -> Reply {
+    let q = query(req);
+    let id = q
+        .get("host")
+        .ok_or_else(|| bad("POST /sim/master needs ?host=<ref|uuid|address>"))?;
+    {
+        let mut st = shared.lock();
+        let host = st
+            .find_host(id)
+            .map_err(|_| (StatusCode::NOT_FOUND, format!("no host {id:?}")))?;
+        let pool = st.pool.clone();
+        st.db.set("pool", &pool, "master", host).map_err(bad)?;
+    }
+    shared.changed();
+    Ok(json_reply(StatusCode::OK, json!({ "master": id })))
+}

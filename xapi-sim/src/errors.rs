@@ -1,0 +1,195 @@
+//! XAPI errors as the simulator raises them: a code and its parameters, exactly as xapi
+//! puts them in `ErrorDescription`. Names and parameter lists follow DESIGN.md §3 and the
+//! xen-api datamodel (`ocaml/idl/datamodel_errors.ml`).
+
+use a3_shared::xapi_wire::Response;
+
+/// One XAPI failure: `[code, params…]` on the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// The XAPI error code, e.g. `HANDLE_INVALID`.
+    pub code: &'static str,
+    /// Its parameters, in xapi's order.
+    pub params: Vec<String>,
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} [{}]", self.code, self.params.join(", "))
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+impl From<ApiError> for Response {
+    fn from(e: ApiError) -> Response {
+        Response::failure(e.code, e.params)
+    }
+}
+
+fn err<const N: usize>(code: &'static str, params: [&str; N]) -> ApiError {
+    ApiError {
+        code,
+        params: params.iter().map(|p| (*p).to_owned()).collect(),
+    }
+}
+
+/// Result of an API call.
+pub type ApiResult<T> = Result<T, ApiError>;
+
+/// `SESSION_AUTHENTICATION_FAILED [user, msg]`
+pub fn session_authentication_failed(user: &str) -> ApiError {
+    err(
+        "SESSION_AUTHENTICATION_FAILED",
+        [user, "Authentication failure"],
+    )
+}
+
+/// `SESSION_INVALID [ref]`
+pub fn session_invalid(session: &str) -> ApiError {
+    err("SESSION_INVALID", [session])
+}
+
+/// `HANDLE_INVALID [class, ref]`
+pub fn handle_invalid(class: &str, r: &str) -> ApiError {
+    err("HANDLE_INVALID", [class, r])
+}
+
+/// `UUID_INVALID [class, uuid]`
+pub fn uuid_invalid(class: &str, uuid: &str) -> ApiError {
+    err("UUID_INVALID", [class, uuid])
+}
+
+/// `HOST_IS_SLAVE [master address]`
+pub fn host_is_slave(master_address: &str) -> ApiError {
+    err("HOST_IS_SLAVE", [master_address])
+}
+
+/// `MESSAGE_METHOD_UNKNOWN [method]`
+pub fn message_method_unknown(method: &str) -> ApiError {
+    err("MESSAGE_METHOD_UNKNOWN", [method])
+}
+
+/// `MESSAGE_PARAMETER_COUNT_MISMATCH [method, expected, received]`
+pub fn message_parameter_count_mismatch(
+    method: &str,
+    expected: usize,
+    received: usize,
+) -> ApiError {
+    err(
+        "MESSAGE_PARAMETER_COUNT_MISMATCH",
+        [method, &expected.to_string(), &received.to_string()],
+    )
+}
+
+/// `VM_BAD_POWER_STATE [vm, expected, actual]`, with states in lower case as xapi writes
+/// them.
+pub fn vm_bad_power_state(vm: &str, expected: &str, actual: &str) -> ApiError {
+    err(
+        "VM_BAD_POWER_STATE",
+        [vm, &expected.to_lowercase(), &actual.to_lowercase()],
+    )
+}
+
+/// `VM_IS_TEMPLATE [vm]`
+pub fn vm_is_template(vm: &str) -> ApiError {
+    err("VM_IS_TEMPLATE", [vm])
+}
+
+/// `VDI_IN_USE [vdi, op]`
+pub fn vdi_in_use(vdi: &str, op: &str) -> ApiError {
+    err("VDI_IN_USE", [vdi, op])
+}
+
+/// `VDI_INCOMPATIBLE_TYPE [vdi, type]`
+pub fn vdi_incompatible_type(vdi: &str, ty: &str) -> ApiError {
+    err("VDI_INCOMPATIBLE_TYPE", [vdi, ty])
+}
+
+/// `VDI_NO_CBT_METADATA [vdi]`
+pub fn vdi_no_cbt_metadata(vdi: &str) -> ApiError {
+    err("VDI_NO_CBT_METADATA", [vdi])
+}
+
+/// `VDI_READ_ONLY [vdi]`
+pub fn vdi_read_only(vdi: &str) -> ApiError {
+    err("VDI_READ_ONLY", [vdi])
+}
+
+/// `DEVICE_ALREADY_ATTACHED [device]`
+pub fn device_already_attached(device: &str) -> ApiError {
+    err("DEVICE_ALREADY_ATTACHED", [device])
+}
+
+/// `DEVICE_ALREADY_DETACHED [device]`
+pub fn device_already_detached(device: &str) -> ApiError {
+    err("DEVICE_ALREADY_DETACHED", [device])
+}
+
+/// `DEVICE_ALREADY_EXISTS [device]`
+pub fn device_already_exists(device: &str) -> ApiError {
+    err("DEVICE_ALREADY_EXISTS", [device])
+}
+
+/// `OPERATION_NOT_ALLOWED [msg]`
+pub fn operation_not_allowed(msg: &str) -> ApiError {
+    err("OPERATION_NOT_ALLOWED", [msg])
+}
+
+/// `SR_BACKEND_FAILURE [status, stdout, stderr]`
+pub fn sr_backend_failure(status: &str, stdout: &str, stderr: &str) -> ApiError {
+    err("SR_BACKEND_FAILURE", [status, stdout, stderr])
+}
+
+/// `SR_UNKNOWN_DRIVER [driver]`
+pub fn sr_unknown_driver(driver: &str) -> ApiError {
+    err("SR_UNKNOWN_DRIVER", [driver])
+}
+
+/// `FIELD_TYPE_ERROR [field]`
+pub fn field_type_error(field: &str) -> ApiError {
+    err("FIELD_TYPE_ERROR", [field])
+}
+
+/// `MAP_DUPLICATE_KEY [type, key, ref, key]`
+pub fn map_duplicate_key(class: &str, field: &str, r: &str, key: &str) -> ApiError {
+    err("MAP_DUPLICATE_KEY", [class, field, r, key])
+}
+
+/// `VALUE_NOT_SUPPORTED [field, value, reason]`
+pub fn value_not_supported(field: &str, value: &str, reason: &str) -> ApiError {
+    err("VALUE_NOT_SUPPORTED", [field, value, reason])
+}
+
+/// `EVENTS_LOST []`: the token is older than the retained event log.
+pub fn events_lost() -> ApiError {
+    err("EVENTS_LOST", [])
+}
+
+/// `INTERNAL_ERROR [msg]`
+pub fn internal_error(msg: &str) -> ApiError {
+    err("INTERNAL_ERROR", [msg])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shapes_match_the_design_table() {
+        assert_eq!(
+            Response::from(message_parameter_count_mismatch("VM.start", 4, 2)),
+            Response::Failure(vec![
+                "MESSAGE_PARAMETER_COUNT_MISMATCH".into(),
+                "VM.start".into(),
+                "4".into(),
+                "2".into()
+            ])
+        );
+        assert_eq!(
+            vm_bad_power_state("OpaqueRef:v", "Running", "Halted").params,
+            ["OpaqueRef:v", "running", "halted"]
+        );
+        assert_eq!(session_authentication_failed("root").params.len(), 2);
+    }
+}

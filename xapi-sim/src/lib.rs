@@ -1,0 +1,35 @@
+//! `xapi-sim`: a simulated XCP-ng pool that speaks XAPI.
+//!
+//! Real XAPI clients (the Python `XenAPI` SDK, Xen Orchestra's client, the A3) cannot tell
+//! it from a pool for the calls a backup product makes. See the README for the command
+//! line, the control API and what is simulated.
+//!
+//! Who does what:
+//! - [`sim`]: start/stop a pool ([`Sim::start`]), per-host listeners, saving state;
+//! - [`server`]: HTTPS, HTTP routing, XML-RPC and JSON-RPC endpoints, `event.from` waits;
+//! - [`api`]: the dispatch table and every XAPI method, one module per class group;
+//! - [`model`]: the object database, event log and record shapes;
+//! - [`errors`]: XAPI error codes and parameters;
+//! - [`disks`] and [`demo`]: VDI content, snapshots, CBT, demo data;
+//! - [`http_vdi`]: `/export_raw_vdi` and `/import_raw_vdi`;
+//! - [`control`]: the `/sim/` control API for tests;
+//! - [`inventory`]: the pool a fresh state directory starts with;
+//! - [`persist`] and [`tls`]: the state directory.
+#![warn(missing_docs)]
+
+pub mod api;
+pub mod clock;
+pub mod control;
+pub mod demo;
+pub mod disks;
+pub mod errors;
+pub mod http_vdi;
+pub mod inventory;
+pub mod model;
+pub mod persist;
+pub mod server;
+pub mod sim;
+pub mod state;
+pub mod tls;
+
+pub use sim::{HostInfo, Sim, SimConfig, SimError};
