@@ -5,13 +5,15 @@
 //! catalog runs in WAL mode with `synchronous=FULL`, so a committed transaction is durable:
 //! the store relies on that to make a version visible only after its data is on disk.
 
+pub mod inventory;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use rusqlite::Connection;
 
 /// Every area's schema, applied in order at open.
-const SCHEMAS: &[&str] = &[];
+const SCHEMAS: &[&str] = &[inventory::SCHEMA];
 
 /// Errors of the catalog itself.
 #[derive(Debug, thiserror::Error)]
