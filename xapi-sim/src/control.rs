@@ -54,7 +54,7 @@ pub async fn handle(shared: Arc<Shared>, host: String, req: Request<Incoming>) -
             let id = (*id).to_owned();
             write_vdi(&shared, &id, req).await
         }
-        (Method::POST, ["hosts", id, action]) => host_action(&shared, &host, id, action),
+        (Method::POST, ["hosts", id, action]) => host_action(&shared, &host, id, action).await,
         (Method::POST, ["master"]) => make_master(&shared, &req),
         _ => Err((
             StatusCode::NOT_FOUND,
@@ -174,7 +174,7 @@ async fn write_vdi(shared: &Shared, id: &str, req: Request<Incoming>) -> Reply {
     ))
 }
 
-fn host_action(shared: &Arc<Shared>, serving: &str, id: &str, action: &str) -> Reply {
+async fn host_action(shared: &Arc<Shared>, serving: &str, id: &str, action: &str) -> Reply {
     let host = shared
         .lock()
         .find_host(id)
@@ -185,7 +185,7 @@ fn host_action(shared: &Arc<Shared>, serving: &str, id: &str, action: &str) -> R
             "a host cannot take down the listener serving this request; send it to another host".into(),
         )),
         "down" => {
-            shared.host_down(&host);
+            shared.host_down(&host).await;
             Ok(json_reply(StatusCode::OK, json!({ "host": host, "up": false })))
         }
         "up" => {
@@ -201,6 +201,7 @@ fn host_action(shared: &Arc<Shared>, serving: &str, id: &str, action: &str) -> R
         "new-certificate" => {
             shared
                 .new_certificate(&host)
+                .await
                 .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
             let fingerprint = shared.host_tls(&host).map(|t| t.fingerprint).unwrap_or_default();
             Ok(json_reply(StatusCode::OK, json!({ "host": host, "fingerprint": fingerprint })))

@@ -187,20 +187,23 @@ impl Shared {
         Ok(())
     }
 
-    /// Closes a host's listener and drops its connections: the host refuses connections.
-    pub fn host_down(&self, host: &str) {
-        if let Some(task) = self
+    /// Closes a host's listener and drops its connections: the host refuses connections
+    /// once this returns.
+    pub async fn host_down(&self, host: &str) {
+        let task = self
             .listeners
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(host)
-        {
+            .remove(host);
+        if let Some(task) = task {
             task.abort();
+            // Wait until the task, and with it the listening socket, is gone.
+            let _ = task.await;
         }
     }
 
     /// Gives a host a new certificate and restarts its listener with it.
-    pub fn new_certificate(self: &Arc<Self>, host: &str) -> Result<(), SimError> {
+    pub async fn new_certificate(self: &Arc<Self>, host: &str) -> Result<(), SimError> {
         let (uuid, addr) = {
             let st = self.lock();
             (
@@ -212,7 +215,7 @@ impl Shared {
         };
         tls::regenerate(&self.tls_dir(), &uuid, &addr)?;
         let was_up = self.is_up(host);
-        self.host_down(host);
+        self.host_down(host).await;
         if was_up {
             self.host_up(host)?;
         }
@@ -388,7 +391,7 @@ impl Sim {
             .cloned()
             .collect();
         for h in hosts {
-            self.shared.host_down(&h);
+            self.shared.host_down(&h).await;
         }
         self.shared.save_if_dirty()?;
         Ok(())
