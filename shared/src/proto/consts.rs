@@ -1,0 +1,42 @@
+//! Every magic number and format version of the port-2811 protocol, with where it comes from.
+
+/// The protocol version both peers announce in their first message. Bump it on any
+/// incompatible change to a message; a peer refuses a version it does not speak.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The ALPN of the QUIC (and TLS/TCP fallback) connection on port 2811 (DESIGN.md §4).
+pub const ALPN: &[u8] = b"abd/1";
+
+/// The default UDP port of the data path.
+pub const DEFAULT_PORT: u16 = 2811;
+
+/// The largest frame either peer accepts. The biggest legitimate frames are a job carrying a
+/// whole manifest (33 bytes per block: 64 MiB covers a 1.9 TiB disk at 1 MiB blocks) and a
+/// chunk (at most [`MAX_BLOCK_SIZE`] plus zstd's worst-case overhead). The decoder checks the
+/// length prefix against this before buffering, and never allocates ahead of the bytes
+/// actually received, so a hostile prefix costs nothing.
+pub const MAX_FRAME_LEN: usize = 64 << 20;
+
+/// The frame header: the payload length as a big-endian `u32`.
+pub const FRAME_HEADER_LEN: usize = 4;
+
+/// CBT granularity: XAPI's `VDI.list_changed_blocks` sets one bit per 64 KiB, most
+/// significant bit first (DESIGN.md §3).
+pub const CBT_GRANULE: u64 = 64 << 10;
+
+/// The block size when the store does not say otherwise (DESIGN.md §4: 1 MiB unless a
+/// benchmark says better).
+pub const DEFAULT_BLOCK_SIZE: u32 = 1 << 20;
+
+/// The smallest block size a job may use: one CBT granule, so that CBT ranges map onto
+/// whole blocks.
+pub const MIN_BLOCK_SIZE: u32 = 64 << 10;
+
+/// The largest block size a job may use (bounds chunk frames and agent memory).
+pub const MAX_BLOCK_SIZE: u32 = 8 << 20;
+
+/// The most block entries one hash batch may carry (bounds the A3's per-batch work).
+pub const MAX_BATCH_ENTRIES: usize = 4096;
+
+/// Length of a block id: BLAKE3-256.
+pub const BLOCK_ID_LEN: usize = 32;
