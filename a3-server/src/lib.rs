@@ -6,12 +6,14 @@
 //! - [`server`]: `a3-server serve`, which starts every component and shuts them down cleanly.
 //! - [`api`]: the HTTP JSON API, one handler file per resource.
 //! - [`xapi`]: the XAPI client (TLS pinning, sessions, typed records, events).
+//! - [`inventory`]: host add and pool discovery, the inventory kept current, failover.
 //! - [`cli`]: the command line; commands other than `serve` are clients of the running
 //!   server's API.
 pub mod api;
 pub mod catalog;
 pub mod cli;
 pub mod config;
+pub mod inventory;
 pub mod server;
 pub mod xapi;
 
