@@ -4,6 +4,7 @@
 //! rustup targets), or says exactly what to run.
 
 mod fuzz;
+mod image;
 mod setup;
 
 use std::process::ExitCode;
@@ -25,6 +26,8 @@ enum Task {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
+    /// Build the ABD template: target/abd-image/abd.img, abd.vhd and abd.xva.
+    Image,
     /// Run the fuzz targets (every parser of untrusted bytes) for a while each.
     Fuzz {
         /// One target (default: all of them).
@@ -47,6 +50,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.task {
         Task::Test { args } => test(&args),
+        Task::Image => image::build(),
         Task::Fuzz { target, seconds } => fuzz::run(target.as_deref(), seconds),
         Task::Bench { bench } => match bench {},
     };

@@ -64,29 +64,45 @@ pub fn ensure_debian_tools(tools: &[(&str, &str)]) -> anyhow::Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    static UPDATE: Once = Once::new();
-    let hint = format!("apt-get update && apt-get install -y {}", missing.join(" "));
-    UPDATE.call_once(|| {
-        eprintln!("xtask: apt-get update");
-        let _ = Command::new("apt-get").args(["update", "-qq"]).status();
-    });
-    eprintln!("xtask: installing Debian packages: {}", missing.join(" "));
-    let ok = Command::new("apt-get")
-        .args(["install", "-y", "-qq", "--no-install-recommends"])
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .status()
-        .is_ok_and(|s| s.success());
+    apt_install(&missing)?;
     let still: Vec<&str> = tools
         .iter()
         .filter(|(cmd, _)| !command_exists(cmd))
         .map(|(cmd, _)| *cmd)
         .collect();
-    if !ok || !still.is_empty() {
+    if !still.is_empty() {
         bail!(
-            "could not install {} (missing: {}); run as root: {hint}",
+            "{} still missing after installing {}; run as root: apt-get install -y {}",
+            still.join(" "),
             missing.join(" "),
-            still.join(" ")
+            missing.join(" ")
+        );
+    }
+    Ok(())
+}
+
+/// Installs Debian packages (running `apt-get update` once per process first).
+pub fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
+    static UPDATE: Once = Once::new();
+    let hint = format!(
+        "apt-get update && apt-get install -y {}",
+        packages.join(" ")
+    );
+    UPDATE.call_once(|| {
+        eprintln!("xtask: apt-get update");
+        let _ = Command::new("apt-get").args(["update", "-qq"]).status();
+    });
+    eprintln!("xtask: installing Debian packages: {}", packages.join(" "));
+    let ok = Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(packages)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        bail!(
+            "could not install {}; run as root: {hint}",
+            packages.join(" ")
         );
     }
     Ok(())
