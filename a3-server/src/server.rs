@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, AppState};
 use crate::catalog::Catalog;
 use crate::config::Config;
+use crate::inventory::Inventory;
 
 /// A running server, as started by [`start`].
 pub struct Running {
@@ -47,11 +48,16 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     )?;
 
     let shutdown = CancellationToken::new();
+    let inventory = Inventory::new(catalog.clone(), state_dir, shutdown.clone());
+    inventory
+        .start_watchers()
+        .context("starting the pool watchers")?;
     let state = AppState {
         config: Arc::new(config),
         catalog,
         shutdown: shutdown.clone(),
         api_token: api_token.into(),
+        inventory,
     };
     let app = api::router(state.clone());
     let stop = shutdown.clone();

@@ -4,6 +4,10 @@
 //! [`router`]. Handlers return [`ApiError`], the only place where errors become HTTP
 //! statuses. Every route requires the bearer token from the state dir's `api.token`.
 
+pub mod hosts;
+pub mod pools;
+pub mod vms;
+
 use std::sync::Arc;
 
 use axum::Router;
@@ -17,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::catalog::Catalog;
 use crate::config::Config;
+use crate::inventory::Inventory;
 
 /// What every handler can reach. Components add their handle here.
 #[derive(Clone)]
@@ -29,6 +34,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// The bearer token the API requires.
     pub api_token: Arc<str>,
+    /// Pools, hosts and their inventory.
+    pub inventory: Inventory,
 }
 
 /// An API failure: an HTTP status and a message that names the thing and the fix.
@@ -93,6 +100,9 @@ impl From<crate::catalog::CatalogError> for ApiError {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/api/health", get(health))
+        .merge(hosts::routes())
+        .merge(pools::routes())
+        .merge(vms::routes())
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state)
 }
