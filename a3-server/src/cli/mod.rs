@@ -2,6 +2,9 @@
 //! the running server's HTTP API (see [`client`]), one file per command group.
 
 pub mod client;
+pub mod host;
+pub mod pool;
+pub mod vm;
 
 use std::path::PathBuf;
 
@@ -39,6 +42,15 @@ pub enum Command {
         #[arg(long)]
         data_listen: Option<std::net::SocketAddr>,
     },
+    /// Add, list, remove and re-trust XCP-ng / XenServer hosts.
+    #[command(subcommand)]
+    Host(host::HostCommand),
+    /// List the pools the A3 manages.
+    #[command(subcommand)]
+    Pool(pool::PoolCommand),
+    /// List the VMs of the managed pools.
+    #[command(subcommand)]
+    Vm(vm::VmCommand),
 }
 
 impl Cli {
@@ -70,6 +82,18 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             }
             init_logging(config.log_json);
             runtime.block_on(crate::server::serve(config))
+        }
+        Command::Host(cmd) => {
+            let api = client::ApiClient::connect(&config, cli.api.as_deref())?;
+            runtime.block_on(host::run(cmd, &api))
+        }
+        Command::Pool(cmd) => {
+            let api = client::ApiClient::connect(&config, cli.api.as_deref())?;
+            runtime.block_on(pool::run(cmd, &api))
+        }
+        Command::Vm(cmd) => {
+            let api = client::ApiClient::connect(&config, cli.api.as_deref())?;
+            runtime.block_on(vm::run(cmd, &api))
         }
     }
 }
