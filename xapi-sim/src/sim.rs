@@ -465,7 +465,9 @@ fn load_or_build(config: &SimConfig) -> Result<State, SimError> {
         first_address: config.address,
         disk_size: config.disk_size,
     };
+    st.db.set_quiet(true);
     inventory::build(&mut st, &plan).map_err(SimError::Build)?;
+    st.db.set_quiet(false);
     Ok(st)
 }
 

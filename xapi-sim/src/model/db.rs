@@ -74,6 +74,7 @@ pub struct Db {
     tables: BTreeMap<String, BTreeMap<Ref, Struct>>,
     events: VecDeque<Event>,
     next_event: u64,
+    quiet: bool,
 }
 
 impl Db {
@@ -83,7 +84,14 @@ impl Db {
             tables: BTreeMap::new(),
             events: VecDeque::new(),
             next_event: first_event.max(1),
+            quiet: false,
         }
+    }
+
+    /// Stops (`true`) or resumes logging events. Building a fresh pool is quiet: nobody
+    /// can hold a token yet, and thousands of record snapshots would only cost memory.
+    pub fn set_quiet(&mut self, quiet: bool) {
+        self.quiet = quiet;
     }
 
     /// The table of one class (empty if there are no objects).
@@ -254,6 +262,9 @@ impl Db {
     }
 
     fn log(&mut self, class: &str, op: Op, r: Ref, snapshot: Option<Struct>) {
+        if self.quiet {
+            return;
+        }
         let id = self.next_event;
         self.next_event += 1;
         if self.events.len() == EVENT_LOG_LEN {
