@@ -1,7 +1,7 @@
 //! The pool a fresh state directory starts with.
 //!
 //! Like a freshly installed XCP-ng pool with some guests: hosts with their control
-//! domains, a local SR per host, the XCP-ng Tools ISO SR, a management and a second
+//! domains and metrics, a local SR per host, the XCP-ng Tools ISO SR, a management and a second
 //! network with a PIF per host, two templates, and demo VMs with two data disks, an
 //! empty CD drive and a VIF each. Even-numbered demo VMs run, spread over the hosts.
 
@@ -37,11 +37,13 @@ pub fn build(st: &mut State, plan: &Plan) -> ApiResult<()> {
         let addr = Ipv4Addr::from(u32::from(plan.first_address) + i as u32).to_string();
         let name = format!("xcp-ng-sim-{}", i + 1);
         let (h, dom0) = (new_ref(), new_ref());
-        st.db.insert(
-            "host",
-            h.clone(),
-            host::host(&new_uuid(), &name, &addr, &dom0),
-        );
+        let metrics = new_ref();
+        let now = crate::clock::unix_now();
+        let m = host::host_metrics(&new_uuid(), 64 * GIB, now);
+        st.db.insert("host_metrics", metrics.clone(), m);
+        let mut rec = host::host(&new_uuid(), &name, &addr, &dom0);
+        rec.insert("metrics".into(), metrics.into());
+        st.db.insert("host", h.clone(), rec);
         let mut d = vm::vm(
             &new_uuid(),
             &format!("Control domain on host: {name}"),

@@ -184,12 +184,40 @@ impl Shared {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(host.to_owned(), task);
+        self.set_live(host, true);
         Ok(())
     }
 
+    /// Records a host's liveness in its `host_metrics`, as the master does after
+    /// missing (or getting back) the host's heartbeats.
+    fn set_live(&self, host: &str, live: bool) {
+        {
+            let mut st = self.lock();
+            let Ok(metrics) = st.db.str_field("host", host, "metrics") else {
+                return;
+            };
+            if st
+                .db
+                .field("host_metrics", &metrics, "live")
+                .ok()
+                .and_then(|v| v.as_bool())
+                == Some(live)
+            {
+                return;
+            }
+            let _ = st.db.set("host_metrics", &metrics, "live", live);
+        }
+        self.changed();
+    }
+
     /// Closes a host's listener and drops its connections: the host refuses connections
-    /// once this returns.
+    /// once this returns, and its `host_metrics` say it is not live.
     pub async fn host_down(&self, host: &str) {
+        self.stop_listener(host).await;
+        self.set_live(host, false);
+    }
+
+    async fn stop_listener(&self, host: &str) {
         let task = self
             .listeners
             .lock()
@@ -215,7 +243,7 @@ impl Shared {
         };
         tls::regenerate(&self.tls_dir(), &uuid, &addr)?;
         let was_up = self.is_up(host);
-        self.host_down(host).await;
+        self.stop_listener(host).await;
         if was_up {
             self.host_up(host)?;
         }
@@ -335,6 +363,7 @@ impl Sim {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(hosts[0].clone(), task);
+        shared.set_live(&hosts[0], true);
         for h in &hosts[1..] {
             shared.host_up(h)?;
         }
@@ -391,7 +420,7 @@ impl Sim {
             .cloned()
             .collect();
         for h in hosts {
-            self.shared.host_down(&h).await;
+            self.shared.stop_listener(&h).await;
         }
         self.shared.save_if_dirty()?;
         Ok(())

@@ -116,7 +116,16 @@ async fn vdi_in_use_and_cbt_metadata_cannot_be_attached() {
     );
 
     p.ok("VDI.enable_cbt", vec![disk.clone().into()]).await;
+    assert_eq!(
+        p.fail("VDI.data_destroy", vec![disk.clone().into()]).await,
+        [
+            "OPERATION_NOT_ALLOWED",
+            &format!("VDI is not a snapshot: {disk}")
+        ]
+    );
     let snap = p.ok("VDI.snapshot", vec![disk.clone().into()]).await;
+    p.ok("VDI.data_destroy", vec![snap.clone()]).await;
+    // Idempotent, as in xapi.
     p.ok("VDI.data_destroy", vec![snap.clone()]).await;
     let snap = snap.as_str().unwrap().to_owned();
     assert_eq!(
@@ -230,12 +239,17 @@ async fn host_down_refuses_connections_and_comes_back() {
     let addr = format!("{}:{}", p.sim.hosts[1].address, p.sim.port);
     tokio::net::TcpStream::connect(&addr).await.unwrap();
     let shared = p.sim.shared().clone();
+    let metrics = p.ok("host.get_metrics", vec![p.host(1).into()]).await;
+    let live = || p.ok("host_metrics.get_live", vec![metrics.clone()]);
+    assert_eq!(live().await, Value::Bool(true));
     shared.host_down(&p.host(1)).await;
     assert!(!shared.is_up(&p.host(1)));
+    assert_eq!(live().await, Value::Bool(false));
     let err = tokio::net::TcpStream::connect(&addr).await.unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
     shared.host_up(&p.host(1)).unwrap();
     tokio::net::TcpStream::connect(&addr).await.unwrap();
+    assert_eq!(live().await, Value::Bool(true));
 }
 
 #[tokio::test]

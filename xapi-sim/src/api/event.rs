@@ -179,7 +179,7 @@ fn batch(st: &State, filters: &[Filter], events: Vec<Value>, last: u64) -> Value
 
 fn event_value(e: &Event) -> Value {
     let mut v: Struct = [
-        ("id".to_owned(), Value::Int(e.id as i64)),
+        ("id".to_owned(), Value::from(e.id.to_string())),
         (
             "timestamp".to_owned(),
             Value::from(format!("{:.6}", e.time)),

@@ -110,29 +110,40 @@ pub(super) fn register(t: &mut Table) {
     });
     t.add("VDI.data_destroy", 1, 0, |ctx, p| {
         let vdi = params::object(ctx.st, p, 1, "VDI")?;
-        if !ctx
-            .st
-            .db
-            .field("VDI", &vdi, "cbt_enabled")?
-            .as_bool()
-            .unwrap_or(false)
-        {
-            return Err(errors::vdi_no_cbt_metadata(&vdi));
-        }
-        if is_attached(ctx.st, &vdi)? {
-            return Err(errors::vdi_in_use(&vdi, "data_destroy"));
-        }
-        let uuid = uuid_of(ctx.st, &vdi)?;
-        ctx.st
-            .disks
-            .data_destroy(&uuid)
-            .map_err(|e| disk_error(&vdi, e))?;
-        ctx.st.db.update("VDI", &vdi, |rec| {
-            rec.insert("type".into(), "cbt_metadata".into());
-            rec.insert("physical_utilisation".into(), Value::Int(0));
-        })?;
+        data_destroy(ctx.st, &vdi)?;
         Ok(void())
     });
+}
+
+/// `VDI.data_destroy`: keeps only the CBT metadata of a snapshot VDI. As in xapi it is a
+/// no-op on a `cbt_metadata` VDI, and drops the VDI's (unplugged) VBDs.
+fn data_destroy(st: &mut State, vdi: &str) -> ApiResult<()> {
+    let rec = st.db.get("VDI", vdi)?;
+    if rec.get("type").and_then(Value::as_str) == Some("cbt_metadata") {
+        return Ok(());
+    }
+    if rec.get("is_a_snapshot").and_then(Value::as_bool) != Some(true) {
+        return Err(errors::operation_not_allowed(&format!(
+            "VDI is not a snapshot: {vdi}"
+        )));
+    }
+    if rec.get("cbt_enabled").and_then(Value::as_bool) != Some(true) {
+        return Err(errors::vdi_no_cbt_metadata(vdi));
+    }
+    if is_attached(st, vdi)? {
+        return Err(errors::vdi_in_use(vdi, "data_destroy"));
+    }
+    let uuid = uuid_of(st, vdi)?;
+    st.disks
+        .data_destroy(&uuid)
+        .map_err(|e| disk_error(vdi, e))?;
+    for vbd in st.db.refs_field("VDI", vdi, "VBDs")? {
+        super::vbd::remove_vbd(st, &vbd)?;
+    }
+    st.db.update("VDI", vdi, |rec| {
+        rec.insert("type".into(), "cbt_metadata".into());
+        rec.insert("physical_utilisation".into(), Value::Int(0));
+    })
 }
 
 /// Creates a VDI record and its (zero or demo) content; returns its ref.

@@ -42,6 +42,12 @@ pub const CLASSES: &[ClassSpec] = &[
         maps: &["other_config", "logging"],
     },
     ClassSpec {
+        name: "host_metrics",
+        template: || host::host_metrics("", 0, 0.0),
+        settable: &["other_config"],
+        maps: &["other_config"],
+    },
+    ClassSpec {
         name: "VM",
         template: || vm::vm("", "", vm::VmKind::Guest, 0, 0),
         settable: &[

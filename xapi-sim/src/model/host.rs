@@ -1,8 +1,9 @@
-//! `pool` and `host` records.
+//! `pool`, `host` and `host_metrics` records.
 
 use a3_shared::xapi_wire::{Struct, Value};
 
 use super::{map, null, record, set, str_map};
+use crate::clock;
 
 /// XAPI version the simulated hosts report (XCP-ng 8.2 speaks API 2.21).
 pub const API_VERSION_MAJOR: i64 = 2;
@@ -160,5 +161,17 @@ pub fn host(uuid: &str, name: &str, address: &str, control_domain: &str) -> Stru
         ("editions", set()),
         ("pending_guidances", set()),
         ("tls_verification_enabled", false.into()),
+    ])
+}
+
+/// A `host_metrics` record of a live host with `memory` bytes of RAM.
+pub fn host_metrics(uuid: &str, memory: i64, now: f64) -> Struct {
+    record([
+        ("uuid", uuid.into()),
+        ("memory_total", Value::Int(memory)),
+        ("memory_free", Value::Int(memory / 2)),
+        ("live", true.into()),
+        ("last_updated", Value::DateTime(clock::xapi_datetime(now))),
+        ("other_config", map()),
     ])
 }

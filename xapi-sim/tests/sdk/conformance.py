@@ -80,7 +80,7 @@ TYPES = {
              "ha_enabled": bool, "ha_host_failures_to_tolerate": int},
     "host": {"address": str, "hostname": str, "name_label": str, "enabled": bool, "PIFs": list,
              "API_version_major": int, "API_version_minor": int, "software_version": dict,
-             "resident_VMs": list, "memory_overhead": int},
+             "resident_VMs": list, "memory_overhead": int, "metrics": str},
     "VM": {"uuid": str, "name_label": str, "power_state": str, "is_a_template": bool,
            "is_a_snapshot": bool, "snapshot_of": str, "snapshots": list, "VBDs": list, "VIFs": list,
            "memory_static_max": int, "memory_dynamic_max": int, "memory_dynamic_min": int,
