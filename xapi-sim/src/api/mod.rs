@@ -39,7 +39,7 @@ pub(crate) use vbd::{VbdSpec, create_vbd};
 pub(crate) use vdi::create_vdi;
 pub(crate) use vm::start_on;
 
-/// Who is calling: the host that received the call and the caller's session.
+/// The context of a call: the state and the host that received the call.
 pub struct Ctx<'a> {
     /// The simulator state.
     pub st: &'a mut State,

@@ -1,8 +1,8 @@
 //! `VM.*`: snapshot, clone, copy, provision, power operations, destroy.
 //!
 //! Power operations only change records: the simulator's guests have no process. The
-//! single place a guest would be run is [`start_vm`] (and its counterpart [`stop_vm`]),
-//! where a process backend for special VMs can hook in.
+//! single place a guest would be run is [`start_on`] (and its counterpart [`stop_vm`]),
+//! where a process backend for special VMs (the ABD) can hook in.
 
 use a3_shared::xapi_wire::{NULL_REF, Struct, Value};
 
@@ -176,7 +176,9 @@ fn copy_vm(
                 "snapshot_time".into(),
                 Value::DateTime(clock::xapi_datetime(now)),
             );
-            rec.insert("is_a_template".into(), false.into());
+            // xapi marks VM snapshots as templates too; clients tell them apart by
+            // is_a_snapshot.
+            rec.insert("is_a_template".into(), true.into());
         }
         VmCopy::Clone | VmCopy::Copy(_) => {
             rec.insert("is_a_snapshot".into(), false.into());
@@ -230,7 +232,7 @@ fn copy_vm(
 /// Creates the disks a template's `other_config:disks` asks for, e.g.
 /// `<provision><disk device="0" size="10737418240" sr="" bootable="true" type="system"/></provision>`,
 /// then drops the key as xapi does.
-pub(crate) fn provision(st: &mut State, vm: &str) -> ApiResult<()> {
+fn provision(st: &mut State, vm: &str) -> ApiResult<()> {
     let other = st.db.field("VM", vm, "other_config")?.clone();
     let Some(spec) = other.get_str("disks").map(str::to_owned) else {
         return Ok(());
@@ -319,7 +321,7 @@ fn next_domid(st: &mut State) -> i64 {
 }
 
 /// Starts a halted VM on a host picked round-robin.
-pub(crate) fn start_vm(ctx: &mut Ctx<'_>, vm: &str, paused: bool) -> ApiResult<()> {
+fn start_vm(ctx: &mut Ctx<'_>, vm: &str, paused: bool) -> ApiResult<()> {
     let hosts = ctx.st.hosts();
     let pick = hosts[(ctx.st.next_domid as usize) % hosts.len().max(1)].clone();
     start_on(ctx.st, vm, &pick, paused)
@@ -367,7 +369,7 @@ pub(crate) fn start_on(st: &mut State, vm: &str, host: &str, paused: bool) -> Ap
 }
 
 /// Stops a VM: detaches its devices and drops its guest metrics.
-pub(crate) fn stop_vm(st: &mut State, vm: &str) -> ApiResult<()> {
+fn stop_vm(st: &mut State, vm: &str) -> ApiResult<()> {
     for b in st.db.refs_field("VM", vm, "VBDs")? {
         vbd::set_attached(st, &b, false)?;
     }

@@ -171,7 +171,8 @@ check(len(running) >= 2, "at least two running demo VMs")
 source, helper = running[0], running[1]
 snap = x.VM.snapshot(source, "conformance-snapshot")
 srec = x.VM.get_record(snap)
-check(srec["is_a_snapshot"] and srec["snapshot_of"] == source, "VM.snapshot makes a snapshot of the VM")
+check(srec["is_a_snapshot"] and srec["is_a_template"] and srec["snapshot_of"] == source,
+      "VM.snapshot makes a snapshot of the VM (a template, as in xapi)")
 check(snap in x.VM.get_snapshots(source), "the snapshot is in VM.snapshots")
 snap_vdis = []
 for vbd in srec["VBDs"]:
