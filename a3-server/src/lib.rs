@@ -14,6 +14,7 @@ pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod inventory;
+pub mod pki;
 pub mod server;
 pub mod xapi;
 

@@ -5,6 +5,7 @@
 //! catalog runs in WAL mode with `synchronous=FULL`, so a committed transaction is durable:
 //! the store relies on that to make a version visible only after its data is on disk.
 
+pub mod abds;
 pub mod inventory;
 
 use std::path::{Path, PathBuf};
@@ -13,7 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use rusqlite::Connection;
 
 /// Every area's schema, applied in order at open.
-const SCHEMAS: &[&str] = &[inventory::SCHEMA];
+const SCHEMAS: &[&str] = &[abds::SCHEMA, inventory::SCHEMA];
 
 /// Errors of the catalog itself.
 #[derive(Debug, thiserror::Error)]

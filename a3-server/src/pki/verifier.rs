@@ -1,0 +1,125 @@
+//! The client-certificate check of port 2811: a certificate must chain to the A3's CA *and*
+//! be the one currently enrolled for an unrevoked ABD. The second half is looked up at every
+//! handshake in [`AcceptedCerts`], which enrollment and revocation update at once, so a
+//! revoked ABD cannot open another connection.
+//!
+//! A client without a certificate is let through the handshake: the only thing such a
+//! connection may do is enroll with a one-time token (see `dataport`).
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
+
+use super::ca::fingerprint;
+
+/// Fingerprints of accepted client certificates, each with its ABD id.
+#[derive(Debug, Clone, Default)]
+pub struct AcceptedCerts(Arc<RwLock<HashMap<String, String>>>);
+
+impl AcceptedCerts {
+    /// Replaces the whole set (at start, from the catalog).
+    pub fn replace(&self, entries: impl IntoIterator<Item = (String, String)>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = entries.into_iter().collect();
+    }
+
+    /// Accepts `fingerprint` for `id`, dropping any other certificate of `id`.
+    pub fn accept(&self, fingerprint: String, id: &str) {
+        let mut map = self.0.write().unwrap_or_else(|p| p.into_inner());
+        map.retain(|_, v| v != id);
+        map.insert(fingerprint, id.to_owned());
+    }
+
+    /// Stops accepting every certificate of `id`.
+    pub fn revoke(&self, id: &str) {
+        self.0
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, v| v != id);
+    }
+
+    /// The ABD id of an accepted certificate.
+    pub fn id_of(&self, cert_der: &[u8]) -> Option<String> {
+        self.0
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&fingerprint(cert_der))
+            .cloned()
+    }
+}
+
+/// The verifier: chain to our CA (webpki), then the accepted set.
+#[derive(Debug)]
+pub struct AbdClientVerifier {
+    chain: Arc<dyn ClientCertVerifier>,
+    accepted: AcceptedCerts,
+}
+
+impl AbdClientVerifier {
+    /// A verifier trusting `ca_der` only.
+    pub fn new(
+        ca_der: &CertificateDer<'static>,
+        accepted: AcceptedCerts,
+        provider: Arc<rustls::crypto::CryptoProvider>,
+    ) -> Result<AbdClientVerifier, rustls::Error> {
+        let mut roots = RootCertStore::empty();
+        roots.add(ca_der.clone())?;
+        let chain =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| rustls::Error::General(e.to_string()))?;
+        Ok(AbdClientVerifier { chain, accepted })
+    }
+}
+
+impl ClientCertVerifier for AbdClientVerifier {
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.chain.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.chain
+            .verify_client_cert(end_entity, intermediates, now)?;
+        if self.accepted.id_of(end_entity).is_none() {
+            return Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::Revoked,
+            ));
+        }
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.chain.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.chain.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.chain.supported_verify_schemes()
+    }
+}
