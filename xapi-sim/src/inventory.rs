@@ -64,21 +64,13 @@ pub fn build(st: &mut State, plan: &Plan) -> ApiResult<()> {
 
     let mut local_srs = Vec::new();
     for (h, _, name) in &hosts {
-        local_srs.push(api::create_local_sr(
-            st,
-            h,
-            &format!("Local storage on {name}"),
-        )?);
+        let label = format!("Local storage on {name}");
+        local_srs.push(api::create_sr(st, h, "ext", &label, "user", false)?);
     }
     st.db
         .set("pool", &pool, "default_SR", local_srs[0].clone())?;
-    let iso = api::create_local_sr(st, &hosts[0].0, "XCP-ng Tools")?;
-    st.db.update("SR", &iso, |rec| {
-        rec.insert("type".into(), "iso".into());
-        rec.insert("content_type".into(), "iso".into());
-        rec.insert("shared".into(), true.into());
-        rec.insert("is_tools_sr".into(), true.into());
-    })?;
+    let iso = api::create_sr(st, &hosts[0].0, "iso", "XCP-ng Tools", "iso", true)?;
+    st.db.set("SR", &iso, "is_tools_sr", true)?;
     let tools = api::create_vdi(st, "guest-tools.iso", &iso, 64 << 20, "user", None);
     st.db.update("VDI", &tools, |rec| {
         rec.insert("is_tools_iso".into(), true.into());

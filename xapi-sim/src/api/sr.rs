@@ -163,10 +163,27 @@ fn sr_create(
     Ok(sr)
 }
 
-/// A host's local SR, as every XCP-ng host has after install.
-pub(crate) fn create_local_sr(st: &mut State, host: &str, name: &str) -> ApiResult<Ref> {
-    let device_config: Value = [("device", "/dev/sda3")].into_iter().collect();
-    sr_create(st, host, "ext", name, "user", false, 1 << 40, device_config)
+/// An SR as a fresh XCP-ng install has them (a host's local SR, the Tools ISO SR):
+/// plugged on `host`, or on every host when shared.
+pub(crate) fn create_sr(
+    st: &mut State,
+    host: &str,
+    ty: &str,
+    name: &str,
+    content_type: &str,
+    shared: bool,
+) -> ApiResult<Ref> {
+    let device_config: Value = [("location", "/var/run/sr-mount")].into_iter().collect();
+    sr_create(
+        st,
+        host,
+        ty,
+        name,
+        content_type,
+        shared,
+        1 << 40,
+        device_config,
+    )
 }
 
 fn create_pbd(
