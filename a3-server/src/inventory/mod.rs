@@ -198,8 +198,8 @@ impl Inventory {
             username: &credentials.username,
             hosts: &members,
         })?;
-        let count = sync::full_sync(&self.catalog, &pool.uuid, &session).await?;
-        tracing::info!(pool = %pool.uuid, master = %session.endpoint(), hosts = members.len(), objects = count, "pool added");
+        let report = sync::full_sync(&self.catalog, &pool.uuid, &session).await?;
+        tracing::info!(pool = %pool.uuid, master = %session.endpoint(), hosts = members.len(), objects = report.objects, "pool added");
         self.spawn_watcher(&pool.uuid, Some(watch::Connected { session, token }));
         self.added(&pool.uuid)
     }
@@ -249,6 +249,15 @@ impl Inventory {
             previous: host.cert_sha256,
             current: current.to_string(),
         })
+    }
+
+    /// Re-reads a pool's whole inventory now (the watcher keeps it current anyway; this is
+    /// "refresh now", and what `cargo xtask bench xapi` times).
+    pub async fn resync(&self, pool_uuid: &str) -> Result<sync::SyncReport, InventoryError> {
+        let (session, _) = self.connect(pool_uuid).await?;
+        let report = sync::full_sync(&self.catalog, pool_uuid, &session).await;
+        session.logout().await;
+        report
     }
 
     /// A session on a recorded pool's current master, failing over to the other hosts when

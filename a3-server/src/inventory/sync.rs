@@ -1,7 +1,10 @@
 //! Reading a pool's inventory: a full sync through `get_all_records`, and events turned
 //! into catalog changes.
 
+use std::time::Instant;
+
 use a3_shared::xapi_wire::Value;
+use serde::{Deserialize, Serialize};
 
 use crate::catalog::Catalog;
 use crate::catalog::inventory::{Change, PoolObjects};
@@ -50,27 +53,54 @@ pub async fn fetch(session: &Session) -> Result<(PoolRecord, PoolObjects), XapiE
     ))
 }
 
-/// A full sync of a recorded pool into the catalog. Returns how many objects were read.
+/// What a full sync read and how long it took.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SyncReport {
+    /// The pool's uuid.
+    pub pool_uuid: String,
+    /// Objects read (hosts, VMs, VBDs, VDIs, SRs, networks, VIFs).
+    pub objects: usize,
+    /// VM records among them (templates, snapshots and control domains included).
+    pub vms: usize,
+    /// VDI records among them.
+    pub vdis: usize,
+    /// Time spent reading from XAPI, in seconds.
+    pub fetch_seconds: f64,
+    /// Time spent writing the catalog, in seconds.
+    pub store_seconds: f64,
+}
+
+/// A full sync of a recorded pool into the catalog.
 pub async fn full_sync(
     catalog: &Catalog,
     pool_uuid: &str,
     session: &Session,
-) -> Result<usize, InventoryError> {
+) -> Result<SyncReport, InventoryError> {
+    let started = Instant::now();
     let (pool, objects) = fetch(session).await?;
-    let count = objects.hosts.len()
-        + objects.vms.len()
-        + objects.vbds.len()
-        + objects.vdis.len()
-        + objects.srs.len()
-        + objects.networks.len()
-        + objects.vifs.len();
+    let fetched = Instant::now();
+    let mut report = SyncReport {
+        pool_uuid: pool_uuid.to_owned(),
+        objects: objects.hosts.len()
+            + objects.vms.len()
+            + objects.vbds.len()
+            + objects.vdis.len()
+            + objects.srs.len()
+            + objects.networks.len()
+            + objects.vifs.len(),
+        vms: objects.vms.len(),
+        vdis: objects.vdis.len(),
+        fetch_seconds: (fetched - started).as_secs_f64(),
+        store_seconds: 0.0,
+    };
     let catalog = catalog.clone();
     let pool_uuid = pool_uuid.to_owned();
     // Thousands of rows: keep the SQLite work off the async threads.
     tokio::task::spawn_blocking(move || catalog.replace_inventory(&pool_uuid, &pool, &objects))
         .await
         .map_err(|e| InventoryError::Internal(format!("inventory writer: {e}")))??;
-    Ok(count)
+    report.store_seconds = fetched.elapsed().as_secs_f64();
+    Ok(report)
 }
 
 /// The catalog changes for a batch of events. Records that do not parse are logged and

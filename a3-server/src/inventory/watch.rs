@@ -75,8 +75,8 @@ async fn watch(
             let session = Arc::new(session);
             // The token first: changes made during the sync arrive again as events.
             let token = EventWatcher::current_token(&session, &pool_ref).await?;
-            let count = sync::full_sync(&inventory.catalog, pool_uuid, &session).await?;
-            tracing::info!(pool = %pool_uuid, master = %session.endpoint(), objects = count, "inventory synchronised");
+            let report = sync::full_sync(&inventory.catalog, pool_uuid, &session).await?;
+            tracing::info!(pool = %pool_uuid, master = %session.endpoint(), objects = report.objects, "inventory synchronised");
             Connected { session, token }
         }
     };
