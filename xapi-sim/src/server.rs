@@ -144,7 +144,12 @@ pub async fn call(
         o
     };
     let query = match outcome {
-        Outcome::Done(r) => return r,
+        Outcome::Done(r) => {
+            if let XapiResponse::Failure(d) = &r {
+                tracing::debug!(host, method, error = ?d, "call failed");
+            }
+            return r;
+        }
         Outcome::WaitEvents(q) => q,
     };
     let deadline = tokio::time::Instant::now() + query.timeout;
