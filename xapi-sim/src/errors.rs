@@ -111,11 +111,6 @@ pub fn vdi_no_cbt_metadata(vdi: &str) -> ApiError {
     err("VDI_NO_CBT_METADATA", [vdi])
 }
 
-/// `VDI_READ_ONLY [vdi]`
-pub fn vdi_read_only(vdi: &str) -> ApiError {
-    err("VDI_READ_ONLY", [vdi])
-}
-
 /// `DEVICE_ALREADY_ATTACHED [device]`
 pub fn device_already_attached(device: &str) -> ApiError {
     err("DEVICE_ALREADY_ATTACHED", [device])

@@ -157,11 +157,6 @@ pub const CLASSES: &[ClassSpec] = &[
     },
 ];
 
-/// The class spec with this exact name.
-pub fn spec(name: &str) -> Option<&'static ClassSpec> {
-    CLASSES.iter().find(|c| c.name == name)
-}
-
 /// The canonical class name for a case-insensitive one (`vm` → `VM`), as `event.from`
 /// accepts them.
 pub fn canonical(name: &str) -> Option<&'static str> {

@@ -99,11 +99,6 @@ impl Db {
         self.tables.get(class).into_iter().flat_map(|t| t.iter())
     }
 
-    /// The classes that have, or had, objects.
-    pub fn classes(&self) -> impl Iterator<Item = &str> {
-        self.tables.keys().map(String::as_str)
-    }
-
     /// How many objects a class has.
     pub fn count(&self, class: &str) -> usize {
         self.tables.get(class).map_or(0, BTreeMap::len)
@@ -155,14 +150,6 @@ impl Db {
             .find(|(_, rec)| rec.get("uuid").and_then(Value::as_str) == Some(uuid))
             .map(|(r, _)| r.clone())
             .ok_or_else(|| errors::uuid_invalid(class, uuid))
-    }
-
-    /// Finds an object of any class by its ref; used by `event.inject` and the control API.
-    pub fn class_of(&self, r: &str) -> Option<&str> {
-        self.tables
-            .iter()
-            .find(|(_, t)| t.contains_key(r))
-            .map(|(c, _)| c.as_str())
     }
 
     /// Adds an object and logs `add`.
