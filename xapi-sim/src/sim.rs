@@ -173,6 +173,11 @@ impl Shared {
         }
         let address = self.lock().host_address(host).map_err(SimError::Build)?;
         let listener = bind(&address, self.port)?;
+        self.serve(host, listener)
+    }
+
+    /// Serves `host` on an open listener.
+    fn serve(self: &Arc<Self>, host: &str, listener: TcpListener) -> Result<(), SimError> {
         let tls = self.host_tls(host)?;
         let task = tokio::spawn(server::accept_loop(
             listener,
@@ -327,20 +332,11 @@ impl Sim {
         let username = state.username.clone();
         let password = state.password.clone();
         let hosts = state.hosts();
-        let (first, port) = {
-            let addr = state.host_address(&hosts[0]).map_err(SimError::Build)?;
-            (addr, config.port)
-        };
-        // With port 0 the OS picks host 1's port; the other hosts then use the same one.
-        let first_listener = bind(&first, port)?;
-        let port = first_listener
-            .local_addr()
-            .map_err(|source| SimError::Bind {
-                address: first.clone(),
-                port,
-                source,
-            })?
-            .port();
+        let addresses = hosts
+            .iter()
+            .map(|h| state.host_address(h).map_err(SimError::Build))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (port, listeners) = bind_all(&addresses, config.port)?;
         let shared = Arc::new(Shared {
             api: Api::new(),
             state: Mutex::new(state),
@@ -351,21 +347,8 @@ impl Sim {
             listeners: Mutex::new(HashMap::new()),
         });
         shared.save_if_dirty()?;
-        let tls = shared.host_tls(&hosts[0])?;
-        let task = tokio::spawn(server::accept_loop(
-            first_listener,
-            tls.config,
-            shared.clone(),
-            hosts[0].clone(),
-        ));
-        shared
-            .listeners
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(hosts[0].clone(), task);
-        shared.set_live(&hosts[0], true);
-        for h in &hosts[1..] {
-            shared.host_up(h)?;
+        for (h, listener) in hosts.iter().zip(listeners) {
+            shared.serve(h, listener)?;
         }
         let saver = tokio::spawn(save_loop(shared.clone()));
         Ok(Sim {
@@ -498,6 +481,44 @@ fn load_or_build(config: &SimConfig) -> Result<State, SimError> {
     inventory::build(&mut st, &plan).map_err(SimError::Build)?;
     st.db.set_quiet(false);
     Ok(st)
+}
+
+/// How many ports to try when the OS-picked port of host 1 is taken on another host's
+/// address.
+const PORT_ATTEMPTS: usize = 8;
+
+/// Binds every host address on one port. With port 0 the OS picks host 1's port and the
+/// others use the same one; if that port is taken on another address, a new one is tried.
+fn bind_all(addresses: &[String], port: u16) -> Result<(u16, Vec<TcpListener>), SimError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let first = bind(&addresses[0], port)?;
+        let chosen = first
+            .local_addr()
+            .map_err(|source| SimError::Bind {
+                address: addresses[0].clone(),
+                port,
+                source,
+            })?
+            .port();
+        let mut listeners = vec![first];
+        let mut taken = None;
+        for a in &addresses[1..] {
+            match bind(a, chosen) {
+                Ok(l) => listeners.push(l),
+                Err(e) => {
+                    taken = Some(e);
+                    break;
+                }
+            }
+        }
+        match taken {
+            None => return Ok((chosen, listeners)),
+            Some(e) if port != 0 || attempt == PORT_ATTEMPTS => return Err(e),
+            Some(_) => continue,
+        }
+    }
 }
 
 /// Binds `address:port` with SO_REUSEADDR, so a host brought back up can rebind at once.
