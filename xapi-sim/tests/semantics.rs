@@ -467,6 +467,19 @@ async fn parameters_and_methods_follow_xapi() {
 #[tokio::test]
 async fn provision_and_xenstore_data() {
     let p = Pool::start(1, 0).await;
+    let created: Value = [
+        ("name_label", Value::from("made")),
+        ("memory_static_max", Value::from("268435456")),
+        ("VCPUs_max", Value::from("1")),
+        ("is_a_template", Value::Bool(false)),
+    ]
+    .into_iter()
+    .collect();
+    let made = p.ok("VM.create", vec![created]).await;
+    let rec = p.ok("VM.get_record", vec![made]).await;
+    assert_eq!(rec.get("memory_static_max"), Some(&Value::Int(256 << 20)));
+    assert_eq!(rec.get_str("power_state"), Some("Halted"));
+
     let t = refs(
         &p.ok("VM.get_by_name_label", vec!["Debian Bookworm 12".into()])
             .await,

@@ -1,4 +1,4 @@
-//! `VM.*`: snapshot, clone, copy, provision, power operations, destroy.
+//! `VM.*`: create, snapshot, clone, copy, provision, power operations, destroy.
 //!
 //! Power operations only change records: the simulator's guests have no process. The
 //! single place a guest would be run is [`start_on`] (and its counterpart [`stop_vm`]),
@@ -15,6 +15,10 @@ use crate::model::{Ref, new_ref, new_uuid, null, vm as vm_model};
 use crate::state::State;
 
 pub(super) fn register(t: &mut Table) {
+    t.add("VM.create", 1, 0, |ctx, p| {
+        let args = params::record(p, 1, "args")?;
+        Ok(Value::from(create_vm(ctx.st, args)?))
+    });
     t.add("VM.snapshot", 3, 1, |ctx, p| {
         let vm = params::object(ctx.st, p, 1, "VM")?;
         let name = params::string(p, 2, "new_name")?.to_owned();
@@ -117,6 +121,62 @@ pub(super) fn register(t: &mut Table) {
                 .collect(),
         ))
     });
+}
+
+/// Fields `VM.create` takes from its record; the rest are xapi's defaults or are
+/// managed by xapi itself (power state, devices, snapshots, …).
+const CREATE_FIELDS: &[&str] = &[
+    "name_label",
+    "name_description",
+    "user_version",
+    "is_a_template",
+    "affinity",
+    "memory_target",
+    "memory_static_max",
+    "memory_dynamic_max",
+    "memory_dynamic_min",
+    "memory_static_min",
+    "VCPUs_params",
+    "VCPUs_max",
+    "VCPUs_at_startup",
+    "actions_after_shutdown",
+    "actions_after_reboot",
+    "actions_after_crash",
+    "PV_bootloader",
+    "PV_kernel",
+    "PV_ramdisk",
+    "PV_args",
+    "PV_bootloader_args",
+    "PV_legacy_args",
+    "HVM_boot_policy",
+    "HVM_boot_params",
+    "HVM_shadow_multiplier",
+    "platform",
+    "PCI_bus",
+    "other_config",
+    "recommendations",
+    "xenstore_data",
+    "ha_always_run",
+    "ha_restart_priority",
+    "tags",
+    "blocked_operations",
+    "has_vendor_device",
+    "domain_type",
+    "NVRAM",
+];
+
+/// `VM.create`: a halted VM from a record, with no devices.
+fn create_vm(st: &mut State, args: &Struct) -> ApiResult<Ref> {
+    let mut rec = vm_model::vm(&new_uuid(), "", vm_model::VmKind::Guest, 1 << 30, 1);
+    for &f in CREATE_FIELDS {
+        if let Some(v) = args.get(f) {
+            let v = params::coerce(f, &rec[f], v.clone())?;
+            rec.insert(f.to_owned(), v);
+        }
+    }
+    let r = new_ref();
+    st.db.insert("VM", r.clone(), rec);
+    Ok(r)
 }
 
 fn require_state(st: &State, vm: &str, expected: &str) -> ApiResult<()> {
