@@ -123,6 +123,8 @@ pub struct Shared {
     /// Woken on every change, for `event.from` waiters.
     pub events: Notify,
     dirty: AtomicBool,
+    /// Serialises saves: the periodic one and the one at shutdown share a temp file.
+    saving: Mutex<()>,
     /// The state directory.
     pub state_dir: PathBuf,
     /// The port all hosts listen on.
@@ -257,6 +259,7 @@ impl Shared {
 
     /// Writes the state if it changed since the last save.
     pub fn save_if_dirty(&self) -> Result<(), PersistError> {
+        let _saving = self.saving.lock().unwrap_or_else(|e| e.into_inner());
         if !self.dirty.swap(false, Ordering::AcqRel) {
             return Ok(());
         }
@@ -342,6 +345,7 @@ impl Sim {
             state: Mutex::new(state),
             events: Notify::new(),
             dirty: AtomicBool::new(true),
+            saving: Mutex::new(()),
             state_dir: dir.clone(),
             port,
             listeners: Mutex::new(HashMap::new()),
@@ -429,8 +433,12 @@ async fn save_loop(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(SAVE_INTERVAL);
     loop {
         tick.tick().await;
-        if let Err(e) = shared.save_if_dirty() {
-            tracing::error!("saving the simulator state: {e}");
+        // Writing and fsyncing megabytes of state blocks; keep it off the async workers.
+        let s = shared.clone();
+        match tokio::task::spawn_blocking(move || s.save_if_dirty()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!("saving the simulator state: {e}"),
+            Err(e) => tracing::error!("saving the simulator state: {e}"),
         }
     }
 }
