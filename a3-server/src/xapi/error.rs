@@ -22,7 +22,7 @@ pub enum XapiError {
         detail: String,
     },
     /// The host took longer than the bound on this call.
-    #[error("host {host}: no answer to {method} within {}s; check the host and the network", after.as_secs())]
+    #[error("host {host}: no answer to {method} within {after:?}; check the host and the network")]
     Timeout {
         /// The host.
         host: String,

@@ -316,4 +316,33 @@ mod tests {
             assert!(Endpoint::parse(bad).is_err(), "{bad}");
         }
     }
+
+    #[tokio::test]
+    async fn a_silent_host_is_cut_off_by_the_timeouts() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        // Accepts connections and never says a word, not even a TLS hello.
+        let silent = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((conn, _)) = listener.accept().await {
+                held.push(conn);
+            }
+        });
+        let bound = Duration::from_millis(300);
+        let timeouts = Timeouts {
+            connect: bound,
+            request: bound,
+        };
+        let t = Transport::new(Endpoint::new("127.0.0.1", port), None, timeouts).unwrap();
+        let err = t.call("pool.get_all", &[]).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                XapiError::Unreachable { .. } | XapiError::Timeout { .. }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("300ms"), "{err}");
+        silent.abort();
+    }
 }
