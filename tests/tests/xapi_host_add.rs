@@ -70,6 +70,23 @@ fn adding_a_supporter_records_the_pool_with_all_hosts_and_their_pins() {
         table.contains("master") && table.contains("supporter"),
         "{table}"
     );
+
+    // "Synchronise now" re-reads everything.
+    let report = a3.json(&["pool", "sync", uuid]);
+    assert_eq!(report["pool_uuid"], uuid);
+    assert!(report["vdis"].as_u64().unwrap() >= 8, "{report}");
+
+    // Removing any host of the pool forgets the pool, its inventory and its password.
+    let removed = a3.json(&["host", "remove", &sim.endpoint(2)]);
+    assert_eq!(removed["pool_uuid"], uuid);
+    assert_eq!(removed["hosts"], 3);
+    assert_eq!(a3.json(&["pool", "list"]), serde_json::json!([]));
+    assert_eq!(a3.json(&["vm", "list"]), serde_json::json!([]));
+    assert!(!secret.exists());
+    let out = a3.cli(&["host", "remove", &sim.endpoint(2)]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is recorded; `a3-server host list`"), "{err}");
 }
 
 #[test]
