@@ -13,5 +13,7 @@
 #![warn(missing_docs)]
 pub mod proto;
 pub mod vhd;
+pub mod chunk;
+pub mod formats;
 pub mod xapi_wire;
 pub mod xva;

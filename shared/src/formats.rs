@@ -1,0 +1,12 @@
+//! Magic numbers and format versions of what the A3 writes, in one place (as
+//! proxmox-backup's `file_formats.rs`). Bump a version when its format changes; readers
+//! refuse versions they don't know.
+
+/// Opens every chunk, on the wire and in the store.
+pub const CHUNK_MAGIC: &[u8; 2] = b"A3";
+/// The chunk header's layout: magic, version, codec, plaintext length.
+pub const CHUNK_FORMAT_VERSION: u8 = 1;
+/// Bytes before a chunk's payload.
+pub const CHUNK_HEADER_LEN: usize = 8;
+/// The largest block a chunk may carry: bounds what a decoder allocates for hostile input.
+pub const MAX_BLOCK_SIZE: usize = 16 * 1024 * 1024;
