@@ -60,3 +60,39 @@ async fn the_a3_follows_the_master_when_it_moves_and_the_old_master_goes_down() 
         "events from the new master never reached the catalog"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_master_dies_first_the_a3_asks_the_other_hosts() {
+    let sim = SimPool::start(3, 1);
+    let a3 = A3::start();
+    a3.add_pool(&sim, 0);
+
+    // The master goes down before any master change: the A3 only knows a dead master.
+    sim.control(1, &format!("hosts/{}/down", sim.hosts[0].address))
+        .await;
+    let lost = wait_until(Duration::from_secs(45), || {
+        let status = a3.json(&["pool", "list"])[0]["status"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        status
+            .contains("no host could be reached as master")
+            .then_some(status)
+    })
+    .expect("the A3 did not notice that the master is gone");
+    assert!(lost.contains(&sim.hosts[0].address), "{lost}");
+
+    // Host 2 takes over. Asked first among the others, host 1 answers HOST_IS_SLAVE
+    // [host 2], and the A3 follows.
+    let new_master = sim.hosts[2].address.clone();
+    sim.control(1, &format!("master?host={new_master}")).await;
+    let followed = wait_until(Duration::from_secs(45), || {
+        let pool = a3.json(&["pool", "list"])[0].clone();
+        (pool["master_address"] == new_master.as_str() && pool["status"] == "").then_some(())
+    });
+    assert!(
+        followed.is_some(),
+        "the A3 did not find the new master: {}",
+        a3.json(&["pool", "list"])
+    );
+}
