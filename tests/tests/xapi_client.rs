@@ -5,7 +5,7 @@ mod xapi_support;
 
 use std::sync::Arc;
 
-use a3_server::xapi::records::{HostRecord, VmRecord};
+use a3_server::xapi::records::{HostRecord, VdiRecord, VmRecord};
 use a3_server::xapi::{Endpoint, EventWatcher, Operation, Session, Timeouts, Transport, XapiError};
 use a3_shared::xapi_wire::Value;
 use xapi_support::{SimPool, halted_vm};
@@ -189,4 +189,25 @@ async fn a_pinned_transport_refuses_another_certificate() {
     )
     .unwrap();
     Session::login(transport, sim.credentials()).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_handlers_go_through_the_pinned_client() {
+    let sim = SimPool::start(3, 1);
+    let session = sim.session(0).await;
+    let (vdi_ref, vdi) = session
+        .get_all_records::<VdiRecord>()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|(_, v)| v.kind == "user" && !v.is_a_snapshot)
+        .expect("the demo VM has a disk");
+    let url = session.transport().url(&format!(
+        "/export_raw_vdi?session_id={}&vdi={vdi_ref}&format=raw",
+        session.session_ref().await
+    ));
+    let resp = session.transport().http().get(&url).send().await.unwrap();
+    assert!(resp.status().is_success(), "GET {url}: {}", resp.status());
+    let bytes = resp.bytes().await.unwrap();
+    assert_eq!(bytes.len() as i64, vdi.virtual_size);
 }

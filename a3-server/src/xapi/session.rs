@@ -64,9 +64,14 @@ impl Session {
         self.transport.endpoint()
     }
 
-    /// The transport (for its pin and presented certificate).
+    /// The transport (for its pin, its presented certificate, and XAPI's HTTP handlers).
     pub fn transport(&self) -> &Transport {
         &self.transport
+    }
+
+    /// The current session ref, for the `session_id` of XAPI's HTTP handlers.
+    pub async fn session_ref(&self) -> String {
+        self.session_ref.lock().await.clone()
     }
 
     /// Calls `method(session, args…)`. On `SESSION_INVALID` it logs in again and retries

@@ -174,6 +174,18 @@ impl Transport {
         self.timeouts
     }
 
+    /// The pinned HTTPS client, for XAPI's HTTP handlers (`/import`, `/export_raw_vdi`,
+    /// …), which carry their session in the query string. Bulk transfers should set their
+    /// own per-request timeout: the client's default bounds a whole call.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// The URL of `path_and_query` (starting with `/`) on this host.
+    pub fn url(&self, path_and_query: &str) -> String {
+        format!("{}{path_and_query}", self.url.trim_end_matches('/'))
+    }
+
     /// Calls `method` with `params` (the session ref first, if the method takes one),
     /// bounded by the default request timeout.
     pub async fn call(&self, method: &str, params: &[Value]) -> Result<Value, XapiError> {
