@@ -1,3 +1,95 @@
-fn main() {
-    println!("Hello, world!");
+//! `abd-agent`: the ABD's agent. As a plain process (tests, power users) it reads a config
+//! file; inside the appliance it is `/init` (see the appliance issue).
+//!
+//! Who does what:
+//! - [`config`]: the config file `a3-server abd enroll` writes;
+//! - [`identity`], [`tls`]: the agent's key and certificate, and trust in the pinned CA;
+//! - [`conn`]: enrollment, the control stream, reconnect with backoff;
+//! - [`jobs`]: running jobs and reporting progress;
+//! - [`backup`], [`restore`]: the data pipelines; [`device`]: opening what a job names;
+//! - [`wire`]: frames on QUIC streams.
+//!
+//! Exit codes: 0 success; 1 the command failed (message on stderr); 2 bad usage (clap).
+//! `run` only returns on a startup error: connection failures are retried forever.
+
+mod backup;
+mod blocks;
+mod config;
+mod conn;
+mod device;
+mod identity;
+mod jobs;
+mod restore;
+mod tls;
+mod wire;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// The ABD agent: backs up and restores disks for its A3 over port 2811.
+#[derive(Debug, Parser)]
+#[command(name = "abd-agent", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Connect to the A3 (enrolling on first start), take jobs, reconnect when cut off.
+    Run {
+        /// The agent config file (`a3-server abd enroll --out FILE` writes it).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Connect once (enrolling if needed), check the A3 accepts this ABD, and exit.
+    Probe {
+        /// The agent config file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match main_exec(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn main_exec(cli: Cli) -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(4)
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Command::Run { config } => {
+            let cfg = config::AgentConfig::load(&config)?;
+            runtime.block_on(conn::run(cfg))
+        }
+        Command::Probe { config } => {
+            let cfg = config::AgentConfig::load(&config)?;
+            runtime.block_on(conn::probe(cfg))?;
+            println!("accepted by the A3");
+            Ok(())
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }

@@ -122,6 +122,11 @@ impl Assembler {
         }
     }
 
+    /// The disk size the agent announced.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
     /// The plan both peers follow.
     pub fn plan(&self) -> &Plan {
         &self.plan

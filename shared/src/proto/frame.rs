@@ -133,6 +133,7 @@ mod tests {
                 job: 7,
                 stream: 1,
                 streams: 4,
+                size: 1 << 40,
             },
             DataUp::Hashes(HashBatch {
                 seq: 3,

@@ -192,6 +192,9 @@ pub enum DataUp {
         stream: u32,
         /// How many data streams the agent opens for the job.
         streams: u32,
+        /// The disk size in bytes the agent found (backup; the A3 plans with it and checks
+        /// every stream agrees); 0 for a restore.
+        size: u64,
     },
     /// The ids of a run of blocks the agent has read (backup).
     Hashes(HashBatch),

@@ -1,0 +1,237 @@
+//! The backup pipeline.
+//!
+//! ```text
+//! reader thread ──batches (≤ BATCH_BYTES, consecutive planned blocks)──▶ N stream workers
+//!   large aligned preads                  each: classify (zero / same-as-base / hash)
+//!   in plan order                               → HashBatch up, Need down
+//!                                               → compress the needed blocks, send them
+//! ```
+//!
+//! The reader never waits on a round trip: while one worker waits for its Need answer the
+//! others hash, compress and send, and the reader fills the queue. Memory is bounded by
+//! `(QUEUE + STREAMS + 1) × BATCH_BYTES` of block data plus one encoded chunk per worker
+//! and QUIC's send window.
+
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use a3_shared::proto::plan::CbtBitmap;
+use a3_shared::proto::{
+    BackupJob, BlockRef, DataDown, DataUp, HashBatch, MAX_BATCH_ENTRIES, MAX_BLOCK_SIZE,
+    MIN_BLOCK_SIZE, Manifest, WireId, need_bit, plan,
+};
+use anyhow::{Context, bail};
+use tokio::sync::{Mutex, mpsc};
+
+use crate::jobs::Counters;
+use crate::{blocks, device, wire};
+
+/// Parallel data streams per job: enough for the two cores to stay busy while one stream
+/// waits for an answer.
+pub const STREAMS: u32 = 3;
+/// Block data per batch.
+const BATCH_BYTES: u64 = 4 << 20;
+/// Batches read ahead of the workers.
+const QUEUE: usize = 1;
+
+/// Consecutive blocks read in one go.
+struct RawBatch {
+    first: u64,
+    data: Vec<u8>,
+}
+
+/// Runs one backup job to completion.
+pub async fn run(conn: quinn::Connection, job: BackupJob, c: Arc<Counters>) -> anyhow::Result<()> {
+    let bs = job.block_size;
+    if !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&bs) || !bs.is_multiple_of(MIN_BLOCK_SIZE) {
+        bail!("block size {bs} is not a multiple of 64 KiB within 64 KiB..=8 MiB");
+    }
+    let (file, size) = device::open_read(&job.device)?;
+    let cbt = job.cbt.clone().map(CbtBitmap::from_bytes);
+    let plan = plan(size, bs, job.base.as_ref(), cbt.as_ref());
+    let planned_bytes: u64 = plan
+        .reads
+        .iter()
+        .flat_map(|r| r.clone())
+        .map(|i| {
+            let r = Manifest::block_range(size, bs, i);
+            r.end - r.start
+        })
+        .sum();
+    c.total.store(size, std::sync::atomic::Ordering::Relaxed);
+    Counters::add(&c.done, size - planned_bytes);
+    // The base helps even without CBT: blocks equal to it need no question.
+    let base: Arc<Vec<Option<WireId>>> = Arc::new(
+        job.base
+            .filter(|b| b.block_size == bs && b.is_consistent())
+            .map(|b| b.blocks)
+            .unwrap_or_default(),
+    );
+
+    let per_batch = (BATCH_BYTES / u64::from(bs)).clamp(1, MAX_BATCH_ENTRIES as u64);
+    let (tx, rx) = mpsc::channel::<RawBatch>(QUEUE);
+    let reads = plan.reads.clone();
+    let file = Arc::new(file);
+    let reader_file = file.clone();
+    let reader_c = c.clone();
+    let reader = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        for run in reads {
+            let mut first = run.start;
+            while first < run.end {
+                let n = per_batch.min(run.end - first);
+                let start = first * u64::from(bs);
+                let end = ((first + n) * u64::from(bs)).min(size);
+                let mut data = vec![0u8; (end - start) as usize];
+                reader_file
+                    .read_exact_at(&mut data, start)
+                    .with_context(|| format!("device read at offset {start}"))?;
+                Counters::add(&reader_c.bytes_io, end - start);
+                if tx.blocking_send(RawBatch { first, data }).is_err() {
+                    return Ok(()); // the workers stopped; their error is reported
+                }
+                first += n;
+            }
+        }
+        Ok(())
+    });
+
+    let rx = Arc::new(Mutex::new(rx));
+    let mut workers = Vec::new();
+    for stream in 0..STREAMS {
+        let (mut send, recv) = conn.open_bi().await.context("opening a data stream")?;
+        wire::send(
+            &mut send,
+            &DataUp::Open {
+                job: job.job,
+                stream,
+                streams: STREAMS,
+                size,
+            },
+        )
+        .await?;
+        let w = Worker {
+            send,
+            recv,
+            bs,
+            size,
+            base: base.clone(),
+            c: c.clone(),
+            seq: 0,
+        };
+        workers.push(tokio::spawn(w.run(rx.clone())));
+    }
+    let mut first_err = None;
+    for w in workers {
+        let r = w.await.context("data stream worker")?;
+        if let Err(e) = r {
+            first_err.get_or_insert(e);
+            // Unblock the reader so the job ends promptly.
+            rx.lock().await.close();
+        }
+    }
+    let read = reader.await.context("device reader")?;
+    if let Some(e) = first_err {
+        return Err(e);
+    }
+    read
+}
+
+struct Worker {
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    bs: u32,
+    size: u64,
+    base: Arc<Vec<Option<WireId>>>,
+    c: Arc<Counters>,
+    seq: u64,
+}
+
+impl Worker {
+    async fn run(mut self, rx: Arc<Mutex<mpsc::Receiver<RawBatch>>>) -> anyhow::Result<()> {
+        loop {
+            let batch = rx.lock().await.recv().await;
+            let Some(batch) = batch else { break };
+            self.batch(batch).await?;
+        }
+        wire::send(&mut self.send, &DataUp::End).await?;
+        match wire::recv::<DataDown>(&mut self.recv, 1 << 20).await? {
+            Some(DataDown::End) => {}
+            Some(DataDown::Error { reason }) => bail!("{reason}"),
+            other => bail!("the A3 answered End with {other:?}"),
+        }
+        let _ = self.send.finish();
+        Ok(())
+    }
+
+    async fn batch(&mut self, raw: RawBatch) -> anyhow::Result<()> {
+        let (bs, size, base) = (self.bs, self.size, self.base.clone());
+        let first = raw.first;
+        // Classify in the blocking pool: hashing is the CPU work, and the pool runs the
+        // workers' batches in parallel.
+        let (raw, entries) = tokio::task::spawn_blocking(move || {
+            let entries: Vec<BlockRef> = raw
+                .data
+                .chunks(bs as usize)
+                .enumerate()
+                .map(|(k, block)| {
+                    if blocks::is_zero(block) {
+                        return BlockRef::Zero;
+                    }
+                    let id = blocks::block_id(block);
+                    match base.get((first + k as u64) as usize) {
+                        Some(Some(b)) if *b == id => BlockRef::Same,
+                        _ => BlockRef::Hash(id),
+                    }
+                })
+                .collect();
+            (raw, entries)
+        })
+        .await?;
+        let zeros = entries
+            .iter()
+            .filter(|e| matches!(e, BlockRef::Zero))
+            .count();
+        Counters::add(&self.c.zero_blocks, zeros as u64);
+        let seq = self.seq;
+        self.seq += 1;
+        wire::send(
+            &mut self.send,
+            &DataUp::Hashes(HashBatch {
+                seq,
+                first,
+                entries: entries.clone(),
+            }),
+        )
+        .await?;
+        let bits = match wire::recv::<DataDown>(&mut self.recv, 1 << 20).await? {
+            Some(DataDown::Need { seq: s, bits }) if s == seq => bits,
+            Some(DataDown::Error { reason }) => bail!("{reason}"),
+            other => bail!("the A3 answered hash batch {seq} with {other:?}"),
+        };
+        let raw = Arc::new(raw);
+        for (k, entry) in entries.iter().enumerate() {
+            let BlockRef::Hash(id) = *entry else { continue };
+            if !need_bit(&bits, k) {
+                continue;
+            }
+            let raw = raw.clone();
+            let encoded = tokio::task::spawn_blocking(move || {
+                let start = k * bs as usize;
+                let end = (start + bs as usize).min(raw.data.len());
+                blocks::encode(&raw.data[start..end])
+            })
+            .await??;
+            Counters::add(&self.c.chunks, 1);
+            Counters::add(&self.c.chunk_bytes, encoded.len() as u64);
+            wire::send(&mut self.send, &DataUp::Chunk { id, data: encoded }).await?;
+        }
+        let done: u64 = (0..entries.len() as u64)
+            .map(|k| {
+                let r = Manifest::block_range(size, bs, first + k);
+                r.end - r.start
+            })
+            .sum();
+        Counters::add(&self.c.done, done);
+        Ok(())
+    }
+}

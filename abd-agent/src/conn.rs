@@ -1,0 +1,225 @@
+//! The agent's connection to its A3: enrollment on first start, then one control stream
+//! that carries jobs, held until the connection drops, then reconnect with backoff.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use a3_shared::proto::{A3Msg, AgentMsg, MAX_FRAME_LEN, PROTOCOL_VERSION};
+use anyhow::{Context, bail};
+
+use crate::config::AgentConfig;
+use crate::identity::Identity;
+use crate::{jobs, tls, wire};
+
+/// Control messages are small except jobs carrying a manifest.
+const MAX_CONTROL_FRAME: usize = MAX_FRAME_LEN;
+
+/// Transport settings for bulk transfer on loopback and LAN.
+///
+/// - Windows: the agent sends (backup) at most `send_window` unacknowledged bytes and
+///   accepts (restore) 8 MiB per stream and 24 MiB per connection. A LAN's bandwidth-delay
+///   product (10 Gbit/s × 1 ms ≈ 1.25 MB) fits many times over, loopback more so, and the
+///   sums stay inside the 48 MiB the agent may use in a 128 MiB VM. DESIGN.md §7 measured
+///   ~500 MB/s with 16/64 MiB windows; wider ones only add memory.
+/// - MTU: discovery may grow datagrams up to 8952 bytes (9000-byte jumbo frames minus IP
+///   and UDP headers). Per-packet costs (header protection, ACK processing, syscalls) are a
+///   large share of QUIC's CPU; fewer, bigger packets cut them where the path allows, and
+///   discovery falls back to what the path carries.
+/// - Liveness: a keep-alive every 2 s and an idle timeout of 10 s, so that a dead peer
+///   fails its jobs within seconds rather than minutes.
+pub fn transport() -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    t.stream_receive_window(quinn::VarInt::from_u32(8 << 20))
+        .receive_window(quinn::VarInt::from_u32(24 << 20))
+        .send_window(16 << 20)
+        .max_concurrent_bidi_streams(quinn::VarInt::from_u32(64))
+        .keep_alive_interval(Some(Duration::from_secs(2)))
+        .max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(
+            10_000,
+        ))));
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(8952);
+    t.mtu_discovery_config(Some(mtu));
+    t
+}
+
+/// A client endpoint with 4 MiB socket buffers (the kernel may clamp them to
+/// `net.core.[rw]mem_max`), so bursts at line rate are not dropped in the socket.
+fn endpoint(bind: Option<SocketAddr>, peer: SocketAddr) -> anyhow::Result<quinn::Endpoint> {
+    let bind = bind.unwrap_or_else(|| match peer {
+        SocketAddr::V4(_) => "0.0.0.0:0".parse().expect("literal"),
+        SocketAddr::V6(_) => "[::]:0".parse().expect("literal"),
+    });
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(bind),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    let _ = socket.set_recv_buffer_size(4 << 20);
+    let _ = socket.set_send_buffer_size(4 << 20);
+    socket
+        .bind(&bind.into())
+        .with_context(|| format!("cannot bind {bind}"))?;
+    let endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        socket.into(),
+        Arc::new(quinn::TokioRuntime),
+    )?;
+    Ok(endpoint)
+}
+
+/// Connects to the A3 with the identity's certificate (or none, to enroll).
+async fn connect(
+    cfg: &AgentConfig,
+    identity: &Identity,
+) -> anyhow::Result<(quinn::Endpoint, quinn::Connection)> {
+    let tls = tls::client_config(&cfg.ca_pin, identity)?;
+    let mut client = quinn::ClientConfig::new(Arc::new(
+        quinn::crypto::rustls::QuicClientConfig::try_from(tls)?,
+    ));
+    client.transport_config(Arc::new(transport()));
+    let endpoint = endpoint(cfg.bind, cfg.a3_address)?;
+    let conn = endpoint
+        .connect_with(client, cfg.a3_address, &cfg.server_name)?
+        .await
+        .with_context(|| format!("A3 at {}: cannot connect", cfg.a3_address))?;
+    Ok((endpoint, conn))
+}
+
+/// Trades the one-time token for a certificate.
+async fn enroll(cfg: &AgentConfig, identity: &mut Identity) -> anyhow::Result<()> {
+    let Some(token) = cfg.token.as_deref() else {
+        bail!(
+            "ABD '{}' has no certificate and its config has no enrollment token; run \
+             `a3-server abd enroll --id {}` and use the config it writes",
+            cfg.id,
+            cfg.id
+        );
+    };
+    let (endpoint, conn) = connect(cfg, identity).await?;
+    let (mut send, mut recv) = conn.open_bi().await?;
+    wire::send(
+        &mut send,
+        &AgentMsg::Enroll {
+            version: PROTOCOL_VERSION,
+            abd_id: cfg.id.clone(),
+            token: token.to_owned(),
+            public_key: identity.key.public_key_raw().to_vec(),
+        },
+    )
+    .await?;
+    let answer = wire::recv::<A3Msg>(&mut recv, 64 << 10).await?;
+    conn.close(0u32.into(), b"enrolled");
+    endpoint.wait_idle().await;
+    match answer {
+        Some(A3Msg::Enrolled { cert_der }) => {
+            identity.save_cert(cert_der)?;
+            tracing::info!(id = %cfg.id, "enrolled with the A3");
+            Ok(())
+        }
+        Some(A3Msg::Refused { reason }) => bail!("the A3 refused the enrollment: {reason}"),
+        other => bail!("the A3 answered the enrollment with {other:?}"),
+    }
+}
+
+/// An accepted connection: the control stream is open and the A3 said welcome.
+pub struct Session {
+    endpoint: quinn::Endpoint,
+    conn: quinn::Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+}
+
+/// Connects (enrolling first when needed) and says hello.
+pub async fn open_session(cfg: &AgentConfig, identity: &mut Identity) -> anyhow::Result<Session> {
+    if identity.cert.is_none() {
+        enroll(cfg, identity).await?;
+    }
+    let (endpoint, conn) = connect(cfg, identity).await?;
+    let refused = |e: anyhow::Error| {
+        e.context(format!(
+            "the A3 at {} refused ABD '{}' (certificate revoked, replaced, or from another \
+             CA?); re-enroll with `a3-server abd enroll --id {}`",
+            cfg.a3_address, cfg.id, cfg.id
+        ))
+    };
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| refused(e.into()))?;
+    wire::send(
+        &mut send,
+        &AgentMsg::Hello {
+            version: PROTOCOL_VERSION,
+            abd_id: cfg.id.clone(),
+            agent: concat!("abd-agent ", env!("CARGO_PKG_VERSION")).to_owned(),
+        },
+    )
+    .await
+    .map_err(refused)?;
+    match wire::recv::<A3Msg>(&mut recv, 64 << 10)
+        .await
+        .map_err(refused)?
+    {
+        Some(A3Msg::Welcome { version }) if version == PROTOCOL_VERSION => Ok(Session {
+            endpoint,
+            conn,
+            send,
+            recv,
+        }),
+        Some(A3Msg::Welcome { version }) => {
+            bail!("the A3 speaks protocol {version}, this agent {PROTOCOL_VERSION}; upgrade")
+        }
+        Some(A3Msg::Refused { reason }) => bail!("the A3 refused ABD '{}': {reason}", cfg.id),
+        other => Err(refused(anyhow::anyhow!("unexpected answer {other:?}"))),
+    }
+}
+
+/// Serves jobs on an open session until the connection ends; returns why it ended.
+pub async fn serve(session: Session) -> anyhow::Error {
+    let Session {
+        endpoint,
+        conn,
+        send,
+        mut recv,
+    } = session;
+    let mut jobs = jobs::Jobs::new(conn.clone(), send);
+    let why = loop {
+        match wire::recv::<A3Msg>(&mut recv, MAX_CONTROL_FRAME).await {
+            Ok(Some(msg)) => jobs.handle(msg),
+            Ok(None) => break anyhow::anyhow!("the A3 closed the control stream"),
+            Err(e) => break e,
+        }
+    };
+    jobs.abort_all(&format!("{why:#}"));
+    conn.close(0u32.into(), b"bye");
+    endpoint.wait_idle().await;
+    why
+}
+
+/// `abd-agent run`: connect, serve, reconnect with backoff (1 s doubling to 30 s), forever.
+pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
+    let mut identity = Identity::load_or_create(cfg.state_dir())?;
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        match open_session(&cfg, &mut identity).await {
+            Ok(session) => {
+                tracing::info!(a3 = %cfg.a3_address, id = %cfg.id, "connected to the A3");
+                backoff = Duration::from_secs(1);
+                let why = serve(session).await;
+                tracing::warn!("connection to the A3 lost: {why:#}");
+            }
+            Err(e) => tracing::warn!("{e:#}; retrying in {}s", backoff.as_secs()),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// `abd-agent probe`: one attempt to connect (enrolling if needed) and be welcomed.
+pub async fn probe(cfg: AgentConfig) -> anyhow::Result<()> {
+    let mut identity = Identity::load_or_create(cfg.state_dir())?;
+    let session = open_session(&cfg, &mut identity).await?;
+    session.conn.close(0u32.into(), b"probe");
+    session.endpoint.wait_idle().await;
+    Ok(())
+}

@@ -1,0 +1,173 @@
+//! The jobs an agent runs for its A3: each in its own task, reporting progress and its end
+//! on the control stream. A failing job ends only itself; losing the connection fails them
+//! all (the A3 commits nothing it did not see finish).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use a3_shared::proto::{A3Msg, AgentMsg, Outcome, Progress};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::{backup, restore, wire};
+
+/// Live counters of one job, read by the progress reporter.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Bytes of the disk dealt with.
+    pub done: AtomicU64,
+    /// Bytes of the disk in all.
+    pub total: AtomicU64,
+    /// Bytes read from the device or written to the target.
+    pub bytes_io: AtomicU64,
+    /// All-zero blocks.
+    pub zero_blocks: AtomicU64,
+    /// Chunks sent or received.
+    pub chunks: AtomicU64,
+    /// Encoded chunk bytes sent or received.
+    pub chunk_bytes: AtomicU64,
+}
+
+impl Counters {
+    /// Adds to a counter.
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn progress(&self, job: u64) -> Progress {
+        Progress {
+            job,
+            done: self.done.load(Ordering::Relaxed),
+            total: self.total.load(Ordering::Relaxed),
+            sent: self.chunk_bytes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The final figures.
+    pub fn outcome(&self) -> Outcome {
+        Outcome {
+            bytes_io: self.bytes_io.load(Ordering::Relaxed),
+            zero_blocks: self.zero_blocks.load(Ordering::Relaxed),
+            chunks: self.chunks.load(Ordering::Relaxed),
+            chunk_bytes: self.chunk_bytes.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The running jobs of one connection.
+pub struct Jobs {
+    conn: quinn::Connection,
+    ctl: mpsc::UnboundedSender<AgentMsg>,
+    running: HashMap<u64, JoinHandle<()>>,
+    writer: JoinHandle<()>,
+}
+
+impl Jobs {
+    /// Starts the control-stream writer.
+    pub fn new(conn: quinn::Connection, mut send: quinn::SendStream) -> Jobs {
+        let (ctl, mut rx) = mpsc::unbounded_channel::<AgentMsg>();
+        let writer = tokio::spawn(async move {
+            while let Some(msg) = rx.recv().await {
+                if let Err(e) = wire::send(&mut send, &msg).await {
+                    tracing::warn!("control stream: {e:#}");
+                    break;
+                }
+            }
+        });
+        Jobs {
+            conn,
+            ctl,
+            running: HashMap::new(),
+            writer,
+        }
+    }
+
+    /// Acts on one control message from the A3.
+    pub fn handle(&mut self, msg: A3Msg) {
+        self.running.retain(|_, h| !h.is_finished());
+        match msg {
+            A3Msg::Backup(job) => {
+                let id = job.job;
+                tracing::info!(job = id, device = %job.device, disk = %job.disk, "backup starts");
+                let conn = self.conn.clone();
+                self.spawn(id, move |c| backup::run(conn, job, c));
+            }
+            A3Msg::Restore(job) => {
+                let id = job.job;
+                tracing::info!(job = id, target = %job.target, "restore starts");
+                let conn = self.conn.clone();
+                self.spawn(id, move |c| restore::run(conn, job, c));
+            }
+            A3Msg::Cancel { job, reason } => {
+                if let Some(h) = self.running.remove(&job) {
+                    h.abort();
+                    let _ = self.ctl.send(AgentMsg::Failed {
+                        job,
+                        reason: format!("cancelled by the A3: {reason}"),
+                    });
+                }
+            }
+            other => tracing::warn!("unexpected control message {other:?}"),
+        }
+    }
+
+    fn spawn<F, Fut>(&mut self, job: u64, work: F)
+    where
+        F: FnOnce(Arc<Counters>) -> Fut + Send + 'static,
+        Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        let ctl = self.ctl.clone();
+        let counters = Arc::new(Counters::default());
+        let handle = tokio::spawn(async move {
+            let reporter = {
+                let ctl = ctl.clone();
+                let counters = counters.clone();
+                tokio::spawn(async move {
+                    let mut tick = tokio::time::interval(Duration::from_millis(250));
+                    loop {
+                        tick.tick().await;
+                        if ctl
+                            .send(AgentMsg::Progress(counters.progress(job)))
+                            .is_err()
+                        {
+                            break;
+                        }
+                    }
+                })
+            };
+            let result = work(counters.clone()).await;
+            reporter.abort();
+            let msg = match result {
+                Ok(()) => {
+                    tracing::info!(job, "job done");
+                    AgentMsg::Done {
+                        job,
+                        outcome: counters.outcome(),
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(job, "job failed: {e:#}");
+                    AgentMsg::Failed {
+                        job,
+                        reason: format!("{e:#}"),
+                    }
+                }
+            };
+            let _ = ctl.send(msg);
+        });
+        self.running.insert(job, handle);
+    }
+
+    /// Stops every job (the connection is gone).
+    pub fn abort_all(&mut self, why: &str) {
+        for (job, h) in self.running.drain() {
+            if !h.is_finished() {
+                tracing::warn!(job, "job aborted: {why}");
+                h.abort();
+            }
+        }
+        self.writer.abort();
+    }
+}

@@ -1,0 +1,185 @@
+//! The restore pipeline: the A3 pushes each stream its stripes of blocks; every chunk is
+//! decoded and checked against the id the *job's manifest* names before a single byte is
+//! written. Zero blocks are never written to a file (it is recreated sparse) and written as
+//! zeros to a block device. Any failure stops the restore and says which offsets were not
+//! written; wrong data is never written.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use a3_shared::proto::{DataDown, DataUp, MAX_FRAME_LEN, Manifest, RestoreJob, restore_stream_of};
+use anyhow::{Context, bail};
+
+use crate::jobs::Counters;
+use crate::{blocks, device, wire};
+
+/// Parallel streams for a restore.
+const STREAMS: u32 = 3;
+
+/// Runs one restore job.
+pub async fn run(conn: quinn::Connection, job: RestoreJob, c: Arc<Counters>) -> anyhow::Result<()> {
+    let m = Arc::new(job.manifest);
+    if !m.is_consistent() {
+        bail!("{}: the manifest does not match its size", job.label);
+    }
+    let path = device::resolve(&job.target)?;
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("restore target {}: cannot open", path.display()))?;
+    let block_dev = device::is_block_device(&file);
+    if block_dev {
+        let len = std::io::Seek::seek(&mut &file, std::io::SeekFrom::End(0))?;
+        if len < m.size {
+            bail!(
+                "restore target {}: {len} bytes, smaller than the disk ({} bytes)",
+                path.display(),
+                m.size
+            );
+        }
+    } else {
+        // A regular file is recreated sparse: zero blocks stay holes.
+        file.set_len(0)?;
+        file.set_len(m.size)?;
+    }
+    c.total.store(m.size, Ordering::Relaxed);
+    let file = Arc::new(file);
+    let failed = Arc::new(AtomicBool::new(false));
+
+    let mut workers = Vec::new();
+    for stream in 0..STREAMS {
+        let (mut send, recv) = conn.open_bi().await.context("opening a data stream")?;
+        wire::send(
+            &mut send,
+            &DataUp::Open {
+                job: job.job,
+                stream,
+                streams: STREAMS,
+                size: 0,
+            },
+        )
+        .await?;
+        let _ = send.finish();
+        workers.push(tokio::spawn(receive(
+            recv,
+            stream,
+            m.clone(),
+            file.clone(),
+            c.clone(),
+            failed.clone(),
+            block_dev,
+            job.label.clone(),
+        )));
+    }
+    let mut first_err = None;
+    for w in workers {
+        if let Err(e) = w.await.context("restore stream")? {
+            failed.store(true, Ordering::Relaxed);
+            first_err.get_or_insert(e);
+        }
+    }
+    if let Some(e) = first_err {
+        return Err(e.context(format!(
+            "restore of {} to {} is INCOMPLETE: blocks not yet written hold zeros or old \
+             data; do not use the target",
+            job.label,
+            path.display()
+        )));
+    }
+    let f = file.clone();
+    tokio::task::spawn_blocking(move || f.sync_all())
+        .await?
+        .with_context(|| format!("restore target {}: fsync", path.display()))?;
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn receive(
+    mut recv: quinn::RecvStream,
+    stream: u32,
+    m: Arc<Manifest>,
+    file: Arc<File>,
+    c: Arc<Counters>,
+    failed: Arc<AtomicBool>,
+    block_dev: bool,
+    label: String,
+) -> anyhow::Result<()> {
+    let streams = STREAMS;
+    let mine: Vec<u64> = (0..m.blocks.len() as u64)
+        .filter(|&i| restore_stream_of(i, streams) == stream)
+        .collect();
+    let mut pending: std::collections::HashSet<u64> = mine
+        .iter()
+        .copied()
+        .filter(|&i| m.blocks[i as usize].is_some())
+        .collect();
+    // Zero blocks first: nothing to wait for.
+    for &i in &mine {
+        if m.blocks[i as usize].is_none() {
+            let r = Manifest::block_range(m.size, m.block_size, i);
+            if block_dev {
+                let zeros = vec![0u8; (r.end - r.start) as usize];
+                file.write_all_at(&zeros, r.start)?;
+            }
+            Counters::add(&c.zero_blocks, 1);
+            Counters::add(&c.done, r.end - r.start);
+        }
+    }
+    loop {
+        if failed.load(Ordering::Relaxed) {
+            bail!("another restore stream failed");
+        }
+        match wire::recv::<DataDown>(&mut recv, MAX_FRAME_LEN).await? {
+            Some(DataDown::Chunk { index, id, data }) => {
+                let expected = m.blocks.get(index as usize).copied().flatten();
+                if expected != Some(id) || !pending.remove(&index) {
+                    bail!(
+                        "{label}: the A3 sent block {index} with an id the manifest does not \
+                         name there (or twice); nothing written for it"
+                    );
+                }
+                let r = Manifest::block_range(m.size, m.block_size, index);
+                let len = (r.end - r.start) as usize;
+                Counters::add(&c.chunks, 1);
+                Counters::add(&c.chunk_bytes, data.len() as u64);
+                let f = file.clone();
+                let label2 = label.clone();
+                tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+                    let plain = blocks::decode(&data, &id).with_context(|| {
+                        format!(
+                            "{label2}: block at offset {}: chunk rejected, not written",
+                            r.start
+                        )
+                    })?;
+                    if plain.len() != len {
+                        bail!(
+                            "{label2}: block at offset {}: {} bytes, expected {len}; not written",
+                            r.start,
+                            plain.len()
+                        );
+                    }
+                    f.write_all_at(&plain, r.start)
+                        .with_context(|| format!("writing offset {}", r.start))
+                })
+                .await??;
+                Counters::add(&c.bytes_io, len as u64);
+                Counters::add(&c.done, len as u64);
+            }
+            Some(DataDown::End) => break,
+            Some(DataDown::Error { reason }) => bail!("{reason}"),
+            Some(other) => bail!("unexpected message on a restore stream: {other:?}"),
+            None => bail!("the A3 closed a restore stream early"),
+        }
+    }
+    if let Some(&i) = pending.iter().min() {
+        bail!(
+            "{label}: the A3 ended the stream without block at offset {}",
+            i * u64::from(m.block_size)
+        );
+    }
+    Ok(())
+}
