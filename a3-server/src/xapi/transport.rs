@@ -12,6 +12,9 @@ use super::tls::{Fingerprint, PresentedCert, pinned_client_config};
 /// XAPI's HTTPS port.
 pub const DEFAULT_PORT: u16 = 443;
 
+/// The largest answer accepted: far above a `get_all_records` of thousands of VMs, far
+/// below what would exhaust the A3's memory.
+const MAX_RESPONSE: usize = 1 << 30;
 /// Responses larger than this are decoded off the async runtime's threads.
 const DECODE_INLINE_LIMIT: usize = 64 * 1024;
 
@@ -219,10 +222,23 @@ impl Transport {
                 status: status.as_u16(),
             });
         }
-        let bytes = resp
-            .bytes()
+        let mut resp = resp;
+        let mut bytes =
+            Vec::with_capacity(resp.content_length().unwrap_or(0).min(1 << 24) as usize);
+        while let Some(chunk) = resp
+            .chunk()
             .await
-            .map_err(|e| self.transport_error(e, method, timeout))?;
+            .map_err(|e| self.transport_error(e, method, timeout))?
+        {
+            if bytes.len() + chunk.len() > MAX_RESPONSE {
+                return Err(XapiError::Unexpected {
+                    host,
+                    method: method.to_owned(),
+                    detail: format!("the answer is larger than {} MiB", MAX_RESPONSE >> 20),
+                });
+            }
+            bytes.extend_from_slice(&chunk);
+        }
         let decoded = if bytes.len() > DECODE_INLINE_LIMIT {
             tokio::task::spawn_blocking(move || decode_response(&bytes))
                 .await
