@@ -4,6 +4,7 @@
 //! rustup targets), or says exactly what to run.
 
 mod bench_xapi;
+mod demo;
 mod fuzz;
 mod image;
 mod setup;
@@ -26,6 +27,12 @@ enum Task {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
+    },
+    /// Run the product on a simulated pool: discovery, a backup, an incremental, restores.
+    Demo {
+        /// Leave the simulator, the A3 and the agent running afterwards.
+        #[arg(long)]
+        keep_running: bool,
     },
     /// Build the ABD template: target/abd-image/abd.img, abd.vhd and abd.xva.
     Image,
@@ -54,6 +61,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.task {
         Task::Test { args } => test(&args),
+        Task::Demo { keep_running } => demo::run(keep_running),
         Task::Image => image::build(),
         Task::Fuzz { target, seconds } => fuzz::run(target.as_deref(), seconds),
         Task::Bench { bench } => match bench {
