@@ -17,7 +17,7 @@ const MAX_CONTROL_FRAME: usize = MAX_FRAME_LEN;
 
 /// Transport settings for bulk transfer on loopback and LAN.
 ///
-/// - Windows: the agent sends (backup) at most `send_window` unacknowledged bytes and
+/// - Windows: the agent keeps at most 8 MiB written but unacknowledged (backup), and
 ///   accepts (restore) 8 MiB per stream and 24 MiB per connection. A LAN's bandwidth-delay
 ///   product (10 Gbit/s × 1 ms ≈ 1.25 MB) fits many times over, loopback more so, and the
 ///   sums stay inside the 48 MiB the agent may use in a 128 MiB VM. DESIGN.md §7 measured
@@ -32,7 +32,7 @@ pub fn transport() -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.stream_receive_window(quinn::VarInt::from_u32(8 << 20))
         .receive_window(quinn::VarInt::from_u32(24 << 20))
-        .send_window(16 << 20)
+        .send_window(8 << 20)
         .max_concurrent_bidi_streams(quinn::VarInt::from_u32(64))
         .keep_alive_interval(Some(Duration::from_secs(2)))
         .max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(

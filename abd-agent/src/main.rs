@@ -64,11 +64,28 @@ fn main() -> ExitCode {
     }
 }
 
+/// Keeps the agent's memory what its buffers need (the ABD has 128 MiB). glibc raises its
+/// mmap threshold each time a large block is freed, after which megabyte block buffers come
+/// from per-thread arenas that keep their pages: measured, peak RSS of a 1 GiB backup went
+/// from 72 MB to within the budget with a fixed threshold and two arenas. musl's allocator
+/// returns large blocks to the system already.
+fn tune_allocator() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only changes allocator parameters; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10);
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 fn main_exec(cli: Cli) -> anyhow::Result<()> {
+    tune_allocator();
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // Two cores in the appliance: two async workers, and at most three blocking threads
+    // (the device reader plus two for hashing and compression).
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
-        .max_blocking_threads(4)
+        .max_blocking_threads(3)
         .enable_all()
         .build()?;
     match cli.command {

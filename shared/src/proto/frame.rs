@@ -30,8 +30,12 @@ pub enum FrameError {
 /// When the encoding exceeds [`MAX_FRAME_LEN`]: senders build messages within the limits of
 /// [`super::consts`], so this is a bug in the caller.
 pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
-    let mut out = vec![0u8; FRAME_HEADER_LEN];
-    let mut out = postcard::to_extend(msg, std::mem::take(&mut out)).expect("Vec grows");
+    // Sized exactly up front: a chunk frame is a megabyte, and doubling growth would
+    // briefly hold twice that (the agent counts its megabytes).
+    let len = postcard::experimental::serialized_size(msg).expect("serialisable message");
+    let mut out = Vec::with_capacity(FRAME_HEADER_LEN + len);
+    out.extend_from_slice(&[0u8; FRAME_HEADER_LEN]);
+    let mut out = postcard::to_extend(msg, out).expect("Vec grows");
     let len = out.len() - FRAME_HEADER_LEN;
     assert!(
         len <= MAX_FRAME_LEN,
