@@ -19,6 +19,14 @@ const SCHEMAS: &[&str] = &[abds::SCHEMA, inventory::SCHEMA];
 /// Errors of the catalog itself.
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
+    /// The catalog file could not be set up.
+    #[error("catalog {path}: {source}")]
+    Io {
+        /// The catalog file.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
     /// SQLite refused an operation.
     #[error("catalog {path}: {source}")]
     Sqlite {
@@ -44,6 +52,16 @@ impl Catalog {
             source,
         };
         let conn = Connection::open(path).map_err(err)?;
+        // The catalog holds the pools' inventory and pinned certificates: owner-only.
+        if path != Path::new(":memory:") {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(
+                |e| CatalogError::Io {
+                    path: path.to_owned(),
+                    source: e,
+                },
+            )?;
+        }
         conn.execute_batch(
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;
              PRAGMA busy_timeout=5000;",
