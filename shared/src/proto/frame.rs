@@ -173,6 +173,23 @@ mod tests {
     }
 
     #[test]
+    fn wire_bytes_are_pinned() {
+        // A change here is a protocol change: bump PROTOCOL_VERSION.
+        assert_eq!(encode(&DataUp::End), [0, 0, 0, 1, 3]);
+        let hello = crate::proto::AgentMsg::Hello {
+            version: 1,
+            abd_id: "a".into(),
+            agent: "b".into(),
+        };
+        assert_eq!(encode(&hello), [0, 0, 0, 6, 0, 1, 1, b'a', 1, b'b']);
+        let need = crate::proto::DataDown::Need {
+            seq: 300,
+            bits: vec![5],
+        };
+        assert_eq!(encode(&need), [0, 0, 0, 5, 0, 0xac, 0x02, 1, 5]);
+    }
+
+    #[test]
     fn partial_frame_is_need_more_not_error() {
         let wire = encode(&DataUp::End);
         for cut in 0..wire.len() {
