@@ -3,6 +3,7 @@
 //! Every task installs what it needs when it is missing (Debian packages, pip packages,
 //! rustup targets), or says exactly what to run.
 
+mod bench_backup;
 mod bench_xapi;
 mod demo;
 mod fuzz;
@@ -55,6 +56,13 @@ enum Task {
 enum Bench {
     /// A full inventory sync of 3 hosts and 1,000 VMs (2,000 VDIs) from xapi-sim; goal < 1 s.
     Xapi,
+    /// A disk image backed up, re-backed up, incrementally backed up (CBT) and restored by
+    /// the A3 over QUIC, side by side with restic and borg; prints ratios and the goals.
+    Backup {
+        /// The image size (e.g. 4G, 2G, 512M).
+        #[arg(long, default_value = "4G", value_parser = bench_backup::parse_size)]
+        size: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -66,6 +74,7 @@ fn main() -> ExitCode {
         Task::Fuzz { target, seconds } => fuzz::run(target.as_deref(), seconds),
         Task::Bench { bench } => match bench {
             Bench::Xapi => bench_xapi::run(),
+            Bench::Backup { size } => bench_backup::run(size),
         },
     };
     match result {
