@@ -7,6 +7,7 @@
 //! - [`api`]: the HTTP JSON API, one handler file per resource.
 //! - [`xapi`]: the XAPI client (TLS pinning, sessions, typed records, events).
 //! - [`inventory`]: host add and pool discovery, the inventory kept current, failover.
+//! - [`store`]: the deduplicating backup store: chunks, manifests, versions, verify, GC.
 //! - [`cli`]: the command line; commands other than `serve` are clients of the running
 //!   server's API.
 pub mod api;
@@ -16,6 +17,7 @@ pub mod config;
 pub mod inventory;
 pub mod pki;
 pub mod server;
+pub mod store;
 pub mod xapi;
 
 /// Installs rustls's `ring` provider as the process default (every TLS and QUIC endpoint

@@ -10,3 +10,9 @@ pub const CHUNK_FORMAT_VERSION: u8 = 1;
 pub const CHUNK_HEADER_LEN: usize = 8;
 /// The largest block a chunk may carry: bounds what a decoder allocates for hostile input.
 pub const MAX_BLOCK_SIZE: usize = 16 * 1024 * 1024;
+
+/// Opens every disk manifest in the A3's store (`a3-server` `store::manifest`). Distinct
+/// from [`CHUNK_MAGIC`] so a manifest can never be taken for a chunk or the reverse.
+pub const MANIFEST_MAGIC: &[u8; 4] = b"A3MF";
+/// The manifest layout: header, one entry per block, BLAKE3 of everything before it.
+pub const MANIFEST_FORMAT_VERSION: u8 = 1;

@@ -7,6 +7,7 @@
 
 pub mod abds;
 pub mod inventory;
+pub mod versions;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -14,7 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use rusqlite::Connection;
 
 /// Every area's schema, applied in order at open.
-const SCHEMAS: &[&str] = &[abds::SCHEMA, inventory::SCHEMA];
+const SCHEMAS: &[&str] = &[abds::SCHEMA, inventory::SCHEMA, versions::SCHEMA];
 
 /// Errors of the catalog itself.
 #[derive(Debug, thiserror::Error)]

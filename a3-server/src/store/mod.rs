@@ -1,0 +1,497 @@
+//! The backup store: deduplicated chunks, disk manifests and versions (DESIGN.md §4).
+//!
+//! # Who does what
+//! - [`backend`]: the small object interface the store writes through ([`Backend`]);
+//!   [`fs`] is the filesystem implementation and its directory layout.
+//! - [`manifest`]: the disk manifest format (block ids with zero marks, checksummed).
+//! - [`session`]: a backup writer ([`BackupSession`]): dedup answers, verified inserts,
+//!   the commit, and the writer leases GC respects.
+//! - [`reader`]: reads that verify every chunk against its id.
+//! - [`verify`]: the verify walk, which names bad blocks and quarantines bad chunks.
+//! - [`gc`]: mark and sweep.
+//! - [`stats`]: logical and stored bytes, dedup ratio.
+//! - Version rows live in the catalog (`catalog::versions`).
+//!
+//! # Formats
+//! A chunk is a block encoded by `a3_shared::chunk` (header, raw or zstd payload), named by
+//! the BLAKE3-256 of its plaintext. A manifest is one disk of one version, named by the
+//! BLAKE3 of its file. Chunks and manifests live in separate namespaces: bytes of a disk
+//! block are never read as metadata. Magic numbers are in `a3_shared::formats`.
+//!
+//! # Commit order
+//! A version becomes visible only when all of it is durable:
+//! 1. every chunk is durable when `insert_chunk` returns (temp, fsync, rename, fsync dir);
+//! 2. at commit, every chunk the manifests name is checked present (and touched, see GC);
+//! 3. each manifest is written the same durable way;
+//! 4. one catalog transaction (SQLite, `synchronous=FULL`) inserts the version and its
+//!    disks.
+//!
+//! A crash before 4 leaves no version, only unreferenced chunks and manifests, which GC
+//! reclaims. A failed write (a full disk) removes its temp file and leaves the store as it
+//! was.
+//!
+//! # GC and the writer leases
+//! Every backup session holds a lease, registered in the store with its start time. GC:
+//! 1. revokes leases idle longer than [`StoreOptions::lease_idle_limit`] (such a session
+//!    then fails at commit) and takes the cutoff: the older of its own start and the
+//!    oldest live lease's start, minus [`StoreOptions::gc_margin`];
+//! 2. marks: reads every version's manifests; one unreadable manifest aborts GC;
+//! 3. lists every chunk and manifest; an incomplete listing aborts GC, deleting nothing;
+//! 4. sweeps what is unmarked *and* last written or touched before the cutoff.
+//!
+//! A live session can only reference chunks it inserted or was told exist (`has_chunks`
+//! touches them), plus its base version's chunks, which that committed version marks; its
+//! commit touches all of them again, so each is either newer than any cutoff or already
+//! gone, in which case the commit fails instead of naming a missing chunk.
+//!
+//! # Locking, and what may run together
+//! - One process owns a store directory (an flock on `<dir>/lock`).
+//! - Backup sessions, reads, restores, verify and stats all run concurrently.
+//! - One GC at a time; it runs alongside all of the above.
+//! - Per chunk, a striped mutex orders the few steps that must not interleave: GC's
+//!   "still old? delete", a session's touch or insert, and verify's "still bad? quarantine".
+//! - A quarantined chunk (renamed `.bad`, never deleted) is invisible to `has_chunks`, so
+//!   the next backup uploads it again.
+//!
+//! All calls block on disk I/O; async callers use `spawn_blocking`.
+
+pub mod backend;
+pub mod fs;
+pub mod gc;
+pub mod manifest;
+pub mod reader;
+pub mod session;
+pub mod stats;
+pub mod verify;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use a3_shared::chunk::BlockId;
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::versions::VersionRow;
+use crate::catalog::{Catalog, CatalogError};
+pub use backend::{Backend, Entry, Space};
+pub use fs::{FsBackend, SyncMode};
+pub use gc::GcReport;
+pub use manifest::{DiskManifest, ManifestError};
+pub use session::{BackupSession, Inserted};
+pub use stats::StoreStats;
+pub use verify::{BadBlock, BadManifest, BadOrphan, VerifyProgress, VerifyReport, VerifyScope};
+
+/// Chunk-lock stripes: enough that parallel streams rarely share one.
+const STRIPES: usize = 64;
+
+/// Settings of a store.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreOptions {
+    /// How writes reach the disk.
+    pub sync: SyncMode,
+    /// GC keeps chunks written or touched less than this before the oldest live writer
+    /// started (clock steps, slow clocks between processes).
+    pub gc_margin: Duration,
+    /// A writer idle this long loses its lease at the next GC and fails at commit.
+    pub lease_idle_limit: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> StoreOptions {
+        StoreOptions {
+            sync: SyncMode::Full,
+            gc_margin: Duration::from_secs(5 * 60),
+            lease_idle_limit: Duration::from_secs(60 * 60),
+        }
+    }
+}
+
+/// A committed version's id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct VersionId(pub i64);
+
+impl fmt::Display for VersionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl FromStr for VersionId {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<VersionId, String> {
+        s.parse()
+            .map(VersionId)
+            .map_err(|_| format!("'{s}' is not a version id (a number, as `versions` lists)"))
+    }
+}
+
+/// A committed version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VersionInfo {
+    /// Its id.
+    pub id: VersionId,
+    /// What was backed up (a disk's name now, a VM later).
+    pub subject: String,
+    /// Unix seconds of the commit.
+    pub created_at: i64,
+    /// The caller's metadata (e.g. the VM record), as given at commit.
+    pub metadata: serde_json::Value,
+    /// Its disks, by name.
+    pub disks: Vec<DiskInfo>,
+}
+
+/// One disk of a version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskInfo {
+    /// The disk's name within the version.
+    pub name: String,
+    /// Disk size in bytes.
+    pub size: u64,
+    /// Block size in bytes.
+    pub block_size: u32,
+}
+
+/// Store failures. Each names the store and the object, then the cause and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// An I/O error.
+    #[error("store {store}: {what}: {source}")]
+    Io {
+        /// The store's location.
+        store: String,
+        /// What was being done.
+        what: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The filesystem is full; nothing was half-written.
+    #[error("store {store}: disk full while {what}: free space or run `a3-server store gc`")]
+    DiskFull {
+        /// The store's location.
+        store: String,
+        /// What was being written.
+        what: String,
+    },
+    /// Another process owns the store.
+    #[error(
+        "store {store}: in use by another process (lock {store}/lock); stop the other \
+         a3-server or give this one another --state-dir"
+    )]
+    Locked {
+        /// The store's location.
+        store: String,
+    },
+    /// An uploaded chunk does not decode to its id: refused, nothing stored.
+    #[error("store {store}: refused an uploaded chunk: {source}")]
+    Refused {
+        /// The store's location.
+        store: String,
+        /// Why.
+        source: a3_shared::chunk::ChunkError,
+    },
+    /// A stored chunk failed its check on read; it was quarantined.
+    #[error(
+        "store {store}: chunk {chunk} is corrupt ({reason}); quarantined as {quarantined}; \
+         `a3-server store verify` lists the versions that use it, and the next backup of \
+         the disk stores it again"
+    )]
+    Corrupt {
+        /// The store's location.
+        store: String,
+        /// The chunk.
+        chunk: BlockId,
+        /// What is wrong with it.
+        reason: String,
+        /// Where it was moved.
+        quarantined: String,
+    },
+    /// A chunk a manifest names is not in the store.
+    #[error(
+        "store {store}: chunk {chunk} is missing (quarantined or lost); run `a3-server \
+         store verify` to list the versions that use it"
+    )]
+    Missing {
+        /// The store's location.
+        store: String,
+        /// The chunk.
+        chunk: BlockId,
+    },
+    /// A stored manifest cannot be read.
+    #[error("store {store}: version {version} disk '{disk}': manifest {digest}: {reason}")]
+    BadManifest {
+        /// The store's location.
+        store: String,
+        /// The version.
+        version: VersionId,
+        /// The disk.
+        disk: String,
+        /// The manifest's name.
+        digest: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// No such version.
+    #[error("version {0} does not exist; `a3-server disk versions` lists them")]
+    NoSuchVersion(VersionId),
+    /// The version has no disk of that name.
+    #[error("version {version} has no disk '{disk}'; its disks: {}", disks.join(", "))]
+    NoSuchDisk {
+        /// The version.
+        version: VersionId,
+        /// The disk asked for.
+        disk: String,
+        /// The disks it has.
+        disks: Vec<String>,
+    },
+    /// A backup session cannot go on; nothing of it was committed.
+    #[error("backup of '{subject}': {reason}; nothing was committed")]
+    Session {
+        /// What was being backed up.
+        subject: String,
+        /// What went wrong, and the fix.
+        reason: String,
+    },
+    /// A GC is already running.
+    #[error("store {store}: a GC is already running; wait for it to finish")]
+    GcRunning {
+        /// The store's location.
+        store: String,
+    },
+    /// GC could not see everything, so it deleted nothing.
+    #[error("store {store}: GC aborted, nothing was deleted: {reason}")]
+    GcAborted {
+        /// The store's location.
+        store: String,
+        /// What could not be read.
+        reason: String,
+    },
+    /// The catalog failed.
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+}
+
+impl StoreError {
+    /// Whether the error means "no such version or disk" (for a 404).
+    pub fn is_not_found(&self) -> bool {
+        matches!(
+            self,
+            StoreError::NoSuchVersion(_) | StoreError::NoSuchDisk { .. }
+        )
+    }
+}
+
+/// A writer's lease.
+struct Lease {
+    subject: String,
+    started: SystemTime,
+    last_active: Instant,
+    /// Set while commit runs: GC does not revoke it then.
+    committing: bool,
+}
+
+#[derive(Default)]
+struct Leases {
+    next: u64,
+    live: HashMap<u64, Lease>,
+}
+
+struct Inner {
+    backend: Box<dyn Backend>,
+    catalog: Catalog,
+    options: StoreOptions,
+    leases: Mutex<Leases>,
+    stripes: Vec<Mutex<()>>,
+    gc: Mutex<()>,
+}
+
+/// The store. Cheap to clone; `Send + Sync`; every call blocks.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the filesystem store at `dir`, with default options.
+    pub fn open(dir: &Path, catalog: Catalog) -> Result<Store, StoreError> {
+        Store::open_with(dir, catalog, StoreOptions::default())
+    }
+
+    /// Opens the filesystem store at `dir`.
+    pub fn open_with(
+        dir: &Path,
+        catalog: Catalog,
+        options: StoreOptions,
+    ) -> Result<Store, StoreError> {
+        let store = dir.display().to_string();
+        let backend = FsBackend::open(dir, options.sync).map_err(|e| match e.kind() {
+            std::io::ErrorKind::WouldBlock => StoreError::Locked {
+                store: store.clone(),
+            },
+            _ => io_error(&store, "opening".into(), e),
+        })?;
+        Ok(Store::with_backend(Box::new(backend), catalog, options))
+    }
+
+    /// A store over any backend.
+    pub fn with_backend(
+        backend: Box<dyn Backend>,
+        catalog: Catalog,
+        options: StoreOptions,
+    ) -> Store {
+        Store {
+            inner: Arc::new(Inner {
+                backend,
+                catalog,
+                options,
+                leases: Mutex::new(Leases::default()),
+                stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+                gc: Mutex::new(()),
+            }),
+        }
+    }
+
+    /// Where the store lives, for messages.
+    pub fn location(&self) -> &str {
+        self.inner.backend.location()
+    }
+
+    /// One version.
+    pub fn version(&self, id: VersionId) -> Result<VersionInfo, StoreError> {
+        let row = self
+            .inner
+            .catalog
+            .version_get(id.0)?
+            .ok_or(StoreError::NoSuchVersion(id))?;
+        Ok(version_info(row))
+    }
+
+    /// The versions of `subject` (or of all subjects), oldest first.
+    pub fn versions(&self, subject: Option<&str>) -> Result<Vec<VersionInfo>, StoreError> {
+        Ok(self
+            .inner
+            .catalog
+            .version_list(subject)?
+            .into_iter()
+            .map(version_info)
+            .collect())
+    }
+
+    /// The newest committed version of `subject`: the base of its next incremental.
+    pub fn latest_version(&self, subject: &str) -> Result<Option<VersionInfo>, StoreError> {
+        Ok(self
+            .inner
+            .catalog
+            .version_latest(subject)?
+            .map(version_info))
+    }
+
+    /// The manifest of one disk of a version, checked.
+    pub fn manifest(&self, version: VersionId, disk: &str) -> Result<DiskManifest, StoreError> {
+        let row = self
+            .inner
+            .catalog
+            .version_get(version.0)?
+            .ok_or(StoreError::NoSuchVersion(version))?;
+        let Some(d) = row.disks.iter().find(|d| d.disk == disk) else {
+            return Err(StoreError::NoSuchDisk {
+                version,
+                disk: disk.to_owned(),
+                disks: row.disks.iter().map(|d| d.disk.clone()).collect(),
+            });
+        };
+        self.load_manifest(version, &d.disk, &d.manifest)
+    }
+
+    /// Reads and checks a manifest by its digest.
+    fn load_manifest(
+        &self,
+        version: VersionId,
+        disk: &str,
+        digest: &str,
+    ) -> Result<DiskManifest, StoreError> {
+        let bad = |reason: String| StoreError::BadManifest {
+            store: self.location().to_owned(),
+            version,
+            disk: disk.to_owned(),
+            digest: digest.to_owned(),
+            reason,
+        };
+        let id: BlockId = digest.parse().map_err(|e| bad(format!("{e}")))?;
+        let bytes = match self.inner.backend.get(Space::Manifests, &id) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(bad("missing from the store".into()));
+            }
+            Err(e) => return Err(bad(format!("unreadable: {e}"))),
+        };
+        if BlockId::of(&bytes) != id {
+            return Err(bad("content does not match its name (damaged)".into()));
+        }
+        DiskManifest::decode(&bytes).map_err(|e| bad(e.to_string()))
+    }
+
+    fn stripe(&self, id: &BlockId) -> MutexGuard<'_, ()> {
+        self.inner.stripes[usize::from(id.0[0]) % STRIPES]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn leases(&self) -> MutexGuard<'_, Leases> {
+        self.inner.leases.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wraps a backend error, telling a full disk apart.
+    fn io(&self, what: impl FnOnce() -> String, e: std::io::Error) -> StoreError {
+        io_error(self.location(), what(), e)
+    }
+}
+
+fn io_error(store: &str, what: String, e: std::io::Error) -> StoreError {
+    match e.kind() {
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
+            StoreError::DiskFull {
+                store: store.to_owned(),
+                what,
+            }
+        }
+        _ => StoreError::Io {
+            store: store.to_owned(),
+            what,
+            source: e,
+        },
+    }
+}
+
+fn version_info(row: VersionRow) -> VersionInfo {
+    VersionInfo {
+        id: VersionId(row.id),
+        subject: row.subject,
+        created_at: row.created_at,
+        // The store wrote this text from a `Value`; anything else is kept as a string.
+        metadata: serde_json::from_str(&row.metadata)
+            .unwrap_or(serde_json::Value::String(row.metadata)),
+        disks: row
+            .disks
+            .into_iter()
+            .map(|d| DiskInfo {
+                name: d.disk,
+                size: d.size,
+                block_size: d.block_size,
+            })
+            .collect(),
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+#[cfg(test)]
+mod tests;

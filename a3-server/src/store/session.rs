@@ -1,0 +1,226 @@
+//! A backup writer: answers "which blocks do you have", stores verified chunks, and
+//! commits a version in the order that keeps the store consistent (see the module
+//! overview). Dropping a session without committing aborts it: nothing becomes visible.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::time::{Instant, SystemTime};
+
+use a3_shared::chunk::{self, BlockId};
+
+use super::{Lease, Space, Store, StoreError, VersionId};
+use crate::catalog::versions::VersionDiskRow;
+use crate::store::manifest::DiskManifest;
+
+/// What an insert did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inserted {
+    /// The chunk was written; this many bytes are now stored.
+    New {
+        /// Bytes written.
+        bytes: u64,
+    },
+    /// The store already had it.
+    Existing,
+}
+
+/// A backup in progress, holding a writer lease. `Send + Sync`: data streams share it.
+pub struct BackupSession {
+    store: Store,
+    lease: u64,
+    subject: String,
+    disks: Mutex<Vec<(String, DiskManifest)>>,
+}
+
+impl Store {
+    /// Starts a backup of `subject`, registering its writer lease.
+    pub fn begin_backup(&self, subject: &str) -> Result<BackupSession, StoreError> {
+        if subject.trim().is_empty() {
+            return Err(StoreError::Session {
+                subject: subject.to_owned(),
+                reason: "the subject name is empty".into(),
+            });
+        }
+        let mut leases = self.leases();
+        leases.next += 1;
+        let lease = leases.next;
+        leases.live.insert(
+            lease,
+            Lease {
+                subject: subject.to_owned(),
+                started: SystemTime::now(),
+                last_active: Instant::now(),
+                committing: false,
+            },
+        );
+        Ok(BackupSession {
+            store: self.clone(),
+            lease,
+            subject: subject.to_owned(),
+            disks: Mutex::new(Vec::new()),
+        })
+    }
+}
+
+impl BackupSession {
+    /// What is being backed up.
+    pub fn subject(&self) -> &str {
+        &self.subject
+    }
+
+    /// For each id, whether the store has that chunk (and will keep it for this session:
+    /// a present chunk is touched, so GC spares it). Quarantined chunks answer `false`.
+    pub fn has_chunks(&self, ids: &[BlockId]) -> Result<Vec<bool>, StoreError> {
+        self.renew()?;
+        let backend = &self.store.inner.backend;
+        ids.iter()
+            .map(|id| {
+                let _g = self.store.stripe(id);
+                backend
+                    .touch(Space::Chunks, id)
+                    .map_err(|e| self.store.io(|| format!("checking chunk {id}"), e))
+            })
+            .collect()
+    }
+
+    /// Stores an encoded chunk after checking that it decodes to `id`; a chunk that does
+    /// not is refused. Durable when this returns.
+    pub fn insert_chunk(&self, id: &BlockId, encoded: &[u8]) -> Result<Inserted, StoreError> {
+        self.renew()?;
+        chunk::decode(id, encoded).map_err(|source| StoreError::Refused {
+            store: self.store.location().to_owned(),
+            source,
+        })?;
+        let backend = &self.store.inner.backend;
+        let _g = self.store.stripe(id);
+        if backend
+            .touch(Space::Chunks, id)
+            .map_err(|e| self.store.io(|| format!("checking chunk {id}"), e))?
+        {
+            return Ok(Inserted::Existing);
+        }
+        backend
+            .put(Space::Chunks, id, encoded)
+            .map_err(|e| self.store.io(|| format!("writing chunk {id}"), e))?;
+        Ok(Inserted::New {
+            bytes: encoded.len() as u64,
+        })
+    }
+
+    /// Adds a disk to the version being built.
+    pub fn add_disk(&self, name: &str, manifest: DiskManifest) -> Result<(), StoreError> {
+        let fail = |reason: String| StoreError::Session {
+            subject: self.subject.clone(),
+            reason,
+        };
+        if name.trim().is_empty() {
+            return Err(fail("a disk name is empty".into()));
+        }
+        manifest
+            .validate()
+            .map_err(|e| fail(format!("disk '{name}': {e}")))?;
+        let mut disks = self.disks.lock().unwrap_or_else(|p| p.into_inner());
+        if disks.iter().any(|(n, _)| n == name) {
+            return Err(fail(format!("disk '{name}' was added twice")));
+        }
+        disks.push((name.to_owned(), manifest));
+        Ok(())
+    }
+
+    /// Commits the version: checks every referenced chunk is present, writes the manifests
+    /// durably, then inserts the version row. Fails, committing nothing, if the lease was
+    /// lost or a chunk is missing.
+    pub fn commit(self, metadata: serde_json::Value) -> Result<VersionId, StoreError> {
+        let fail = |reason: String| StoreError::Session {
+            subject: self.subject.clone(),
+            reason,
+        };
+        let disks = std::mem::take(&mut *self.disks.lock().unwrap_or_else(|p| p.into_inner()));
+        if disks.is_empty() {
+            return Err(fail("no disk was added".into()));
+        }
+        self.set_committing()?;
+        let store = &self.store;
+        let backend = &store.inner.backend;
+        let mut checked = HashSet::new();
+        for (name, m) in &disks {
+            for (index, id) in m.chunks() {
+                if !checked.insert(id) {
+                    continue;
+                }
+                let _g = store.stripe(&id);
+                let present = backend
+                    .touch(Space::Chunks, &id)
+                    .map_err(|e| store.io(|| format!("checking chunk {id}"), e))?;
+                if !present {
+                    return Err(fail(format!(
+                        "disk '{name}': the block at offset {} (chunk {id}) is not in the \
+                         store (never sent, quarantined, or collected); run the backup again \
+                         without a CBT bitmap",
+                        m.offset_of(index)
+                    )));
+                }
+            }
+        }
+        let mut rows = Vec::with_capacity(disks.len());
+        for (name, m) in &disks {
+            let bytes = m.encode();
+            let digest = BlockId::of(&bytes);
+            backend
+                .put(Space::Manifests, &digest, &bytes)
+                .map_err(|e| store.io(|| format!("writing the manifest of disk '{name}'"), e))?;
+            rows.push(VersionDiskRow {
+                disk: name.clone(),
+                size: m.size,
+                block_size: m.block_size,
+                manifest: digest.to_hex(),
+            });
+        }
+        let id = store.inner.catalog.version_insert(
+            &self.subject,
+            super::unix_now(),
+            &metadata.to_string(),
+            &rows,
+        )?;
+        tracing::info!(subject = %self.subject, version = id, disks = rows.len(), "version committed");
+        Ok(VersionId(id))
+    }
+
+    /// Marks the session active; fails if GC revoked the lease.
+    fn renew(&self) -> Result<(), StoreError> {
+        match self.store.leases().live.get_mut(&self.lease) {
+            Some(l) => {
+                l.last_active = Instant::now();
+                Ok(())
+            }
+            None => Err(self.lease_lost()),
+        }
+    }
+
+    fn set_committing(&self) -> Result<(), StoreError> {
+        match self.store.leases().live.get_mut(&self.lease) {
+            Some(l) => {
+                l.committing = true;
+                Ok(())
+            }
+            None => Err(self.lease_lost()),
+        }
+    }
+
+    fn lease_lost(&self) -> StoreError {
+        StoreError::Session {
+            subject: self.subject.clone(),
+            reason: format!(
+                "the writer lease was lost (idle over {:?} while GC ran), so chunks it \
+                 relied on may be gone; run the backup again",
+                self.store.inner.options.lease_idle_limit
+            ),
+        }
+    }
+}
+
+impl Drop for BackupSession {
+    fn drop(&mut self) {
+        self.store.leases().live.remove(&self.lease);
+    }
+}

@@ -1,0 +1,1 @@
+//! Store tests: round trips, dedup, commit order, crashes, corruption, GC, full disk.
