@@ -14,6 +14,7 @@ pub mod api;
 pub mod catalog;
 pub mod cli;
 pub mod config;
+pub mod dataport;
 pub mod inventory;
 pub mod pki;
 pub mod server;

@@ -20,6 +20,7 @@ pub struct Running {
     /// Shared handles, for in-process tests.
     pub state: AppState,
     http: JoinHandle<std::io::Result<()>>,
+    dataport: JoinHandle<()>,
 }
 
 impl Running {
@@ -27,6 +28,7 @@ impl Running {
     pub async fn shutdown(self) -> anyhow::Result<()> {
         self.state.shutdown.cancel();
         self.http.await.context("HTTP server task")??;
+        self.dataport.await.context("port 2811 task")?;
         Ok(())
     }
 }
@@ -52,12 +54,24 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     inventory
         .start_watchers()
         .context("starting the pool watchers")?;
+    let pki = crate::pki::Pki::open(state_dir, catalog.clone())?;
+    // The one handle on the store of this process (it holds the store's lock).
+    let store = crate::store::Store::open(&state_dir.join("store"), catalog.clone())?;
+    let (dataport, dataport_task) = crate::dataport::DataPort::start(
+        config.data_listen,
+        state_dir,
+        pki,
+        crate::dataport::storage::StoreHandle::new(store),
+        shutdown.clone(),
+    )
+    .await?;
     let state = AppState {
         config: Arc::new(config),
         catalog,
         shutdown: shutdown.clone(),
         api_token: api_token.into(),
         inventory,
+        dataport,
     };
     let app = api::router(state.clone());
     let stop = shutdown.clone();
@@ -71,6 +85,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         http_addr,
         state,
         http,
+        dataport: dataport_task,
     })
 }
 

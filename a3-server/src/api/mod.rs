@@ -4,6 +4,8 @@
 //! [`router`]. Handlers return [`ApiError`], the only place where errors become HTTP
 //! statuses. Every route requires the bearer token from the state dir's `api.token`.
 
+pub mod abds;
+pub mod disks;
 pub mod hosts;
 pub mod pools;
 pub mod vms;
@@ -36,6 +38,8 @@ pub struct AppState {
     pub api_token: Arc<str>,
     /// Pools, hosts and their inventory.
     pub inventory: Inventory,
+    /// Port 2811: agents, data-path jobs, the PKI.
+    pub dataport: crate::dataport::DataPort,
 }
 
 /// An API failure: an HTTP status and a message that names the thing and the fix.
@@ -103,6 +107,8 @@ pub fn router(state: AppState) -> Router {
         .merge(hosts::routes())
         .merge(pools::routes())
         .merge(vms::routes())
+        .merge(abds::routes())
+        .merge(disks::routes())
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state)
 }

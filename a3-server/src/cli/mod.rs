@@ -1,7 +1,9 @@
 //! The `a3-server` command line. `serve` runs the server; every other command is a client of
 //! the running server's HTTP API (see [`client`]), one file per command group.
 
+pub mod abd;
 pub mod client;
+pub mod disk;
 pub mod host;
 pub mod pool;
 pub mod vm;
@@ -51,6 +53,12 @@ pub enum Command {
     /// List the VMs of the managed pools.
     #[command(subcommand)]
     Vm(vm::VmCommand),
+    /// Enroll, revoke and list ABDs (port-2811 credentials).
+    #[command(subcommand)]
+    Abd(abd::AbdCommand),
+    /// Back up, restore and list disks through an ABD, without XAPI.
+    #[command(subcommand)]
+    Disk(disk::DiskCommand),
 }
 
 impl Cli {
@@ -94,6 +102,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Vm(cmd) => {
             let api = client::ApiClient::connect(&config, cli.api.as_deref())?;
             runtime.block_on(vm::run(cmd, &api))
+        }
+        Command::Abd(cmd) => {
+            let api = client::ApiClient::connect(&config, cli.api.as_deref())?;
+            runtime.block_on(abd::run(cmd, &api))
+        }
+        Command::Disk(cmd) => {
+            let api = client::ApiClient::connect(&config, cli.api.as_deref())?;
+            runtime.block_on(disk::run(cmd, &api))
         }
     }
 }

@@ -1,0 +1,135 @@
+//! `/api/abds`: ABD credentials for port 2811 (enroll, revoke, list with connection state).
+
+use axum::extract::{Path, State};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use super::{ApiError, AppState};
+
+/// The routes.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/abds", get(list))
+        .route("/api/abds/{id}/enroll", post(enroll))
+        .route("/api/abds/{id}/revoke", post(revoke))
+}
+
+/// One ABD as `abd list` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AbdView {
+    /// The id.
+    pub id: String,
+    /// `enrolling` (token issued, not used), `enrolled` or `revoked`.
+    pub state: String,
+    /// Whether its agent is connected now.
+    pub connected: bool,
+    /// Its agent's address when connected now.
+    pub connected_from: Option<String>,
+    /// Unix seconds of the enrollment.
+    pub enrolled_at: Option<i64>,
+    /// Unix seconds of the revocation.
+    pub revoked_at: Option<i64>,
+}
+
+/// What an agent needs to enroll; `abd enroll` writes it as the agent's config.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnrollAnswer {
+    /// The ABD id.
+    pub id: String,
+    /// The one-time token.
+    pub token: String,
+    /// Hex SHA-256 of the A3's CA certificate.
+    pub ca_pin: String,
+    /// Port 2811's address as the A3 is bound (may be unspecified: 0.0.0.0).
+    pub a3_address: String,
+    /// A name the server certificate carries.
+    pub server_name: String,
+}
+
+/// Revocation result.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Revoked {
+    /// The ABD id.
+    pub id: String,
+}
+
+/// Checks an ABD id: it names files and appears in certificates and logs.
+pub fn check_id(id: &str) -> Result<(), ApiError> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "ABD id {id:?}: use 1 to 64 letters, digits, '-', '_' or '.'"
+        )))
+    }
+}
+
+async fn list(State(state): State<AppState>) -> Result<Json<Vec<AbdView>>, ApiError> {
+    let connected = state.dataport.connected();
+    let rows = state.catalog.abd_list()?;
+    Ok(Json(
+        rows.into_iter()
+            .map(|a| AbdView {
+                state: if a.revoked_at.is_some() {
+                    "revoked"
+                } else if a.cert_sha256.is_some() {
+                    "enrolled"
+                } else {
+                    "enrolling"
+                }
+                .into(),
+                connected: connected.contains_key(&a.id),
+                connected_from: connected.get(&a.id).map(|r| r.to_string()),
+                id: a.id,
+                enrolled_at: a.enrolled_at,
+                revoked_at: a.revoked_at,
+            })
+            .collect(),
+    ))
+}
+
+async fn enroll(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<EnrollAnswer>, ApiError> {
+    check_id(&id)?;
+    let pki = state.dataport.pki();
+    let token = pki
+        .begin_enrollment(&id)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let addr = state.dataport.addr();
+    let server_name = if addr.ip().is_unspecified() {
+        "a3".to_owned()
+    } else {
+        addr.ip().to_string()
+    };
+    Ok(Json(EnrollAnswer {
+        id,
+        token,
+        ca_pin: pki.ca_pin(),
+        a3_address: addr.to_string(),
+        server_name,
+    }))
+}
+
+async fn revoke(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Revoked>, ApiError> {
+    let known = state
+        .dataport
+        .revoke(&id)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    if !known {
+        return Err(ApiError::not_found(format!(
+            "ABD '{id}' is not enrolled (or already revoked); see `a3-server abd list`"
+        )));
+    }
+    Ok(Json(Revoked { id }))
+}

@@ -1,0 +1,160 @@
+//! The A3's half of a backup: answer hash batches from the store, store the needed chunks
+//! (the store re-hashes them), and commit only a complete version.
+
+use std::sync::{Arc, Mutex};
+
+use a3_shared::proto::{Assembler, CbtBitmap, DataDown, DataUp, MAX_FRAME_LEN, Manifest, WireId};
+
+use super::storage::BackupSession;
+use super::wire;
+
+/// One running backup job.
+pub struct BackupWork {
+    /// The job.
+    pub job: u64,
+    /// The ABD running it.
+    pub abd: String,
+    /// The disk's name.
+    pub disk: String,
+    block_size: u32,
+    base: Option<Manifest>,
+    cbt: Option<CbtBitmap>,
+    /// Created when the first data stream announces the disk size.
+    assembler: Mutex<Option<Assembler>>,
+    /// Taken by the commit; dropping it aborts the backup in the store.
+    session: Mutex<Option<Arc<BackupSession>>>,
+}
+
+impl BackupWork {
+    /// A job about to be assigned.
+    pub fn new(
+        job: u64,
+        abd: String,
+        disk: String,
+        block_size: u32,
+        base: Option<Manifest>,
+        cbt: Option<CbtBitmap>,
+        session: BackupSession,
+    ) -> BackupWork {
+        BackupWork {
+            job,
+            abd,
+            disk,
+            block_size,
+            base,
+            cbt,
+            assembler: Mutex::new(None),
+            session: Mutex::new(Some(Arc::new(session))),
+        }
+    }
+
+    fn with_assembler<T>(&self, f: impl FnOnce(&mut Assembler) -> T) -> Result<T, String> {
+        let mut guard = self.assembler.lock().unwrap_or_else(|p| p.into_inner());
+        let a = guard
+            .as_mut()
+            .ok_or_else(|| "no data stream announced the disk size".to_owned())?;
+        Ok(f(a))
+    }
+
+    fn session(&self) -> Result<Arc<BackupSession>, String> {
+        self.session
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| format!("job {}: already committed or aborted", self.job))
+    }
+
+    /// Serves one data stream until the agent's End; `Err` names what failed.
+    pub async fn serve_stream(
+        self: Arc<Self>,
+        size: u64,
+        send: &mut quinn::SendStream,
+        recv: &mut quinn::RecvStream,
+    ) -> Result<(), String> {
+        {
+            let mut guard = self.assembler.lock().unwrap_or_else(|p| p.into_inner());
+            match guard.as_ref() {
+                None => {
+                    *guard = Some(Assembler::new(
+                        size,
+                        self.block_size,
+                        self.base.clone(),
+                        self.cbt.as_ref(),
+                    ))
+                }
+                Some(a) if a.size() != size => {
+                    return Err(format!(
+                        "data streams disagree on the disk size ({} vs {size})",
+                        a.size()
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        let session = self.session()?;
+        let ctx = |e: wire::WireError| e.describe(&self.abd);
+        loop {
+            match wire::recv::<DataUp>(recv, MAX_FRAME_LEN)
+                .await
+                .map_err(ctx)?
+            {
+                Some(DataUp::Hashes(batch)) => {
+                    let pending = self
+                        .with_assembler(|a| a.record_batch(&batch))?
+                        .map_err(|e| e.to_string())?;
+                    let ids: Vec<WireId> = pending.ids().copied().collect();
+                    let present = if ids.is_empty() {
+                        Vec::new()
+                    } else {
+                        session.has_chunks(ids).await.map_err(|e| e.to_string())?
+                    };
+                    let need = self.with_assembler(|a| a.resolve(pending, &present))?;
+                    wire::send(send, &need).await.map_err(ctx)?;
+                }
+                Some(DataUp::Chunk { id, data }) => {
+                    if !self.with_assembler(|a| a.is_outstanding(&id))? {
+                        return Err(format!(
+                            "chunk {} was not requested",
+                            a3_shared::proto::assemble::hex(&id)
+                        ));
+                    }
+                    session
+                        .insert_chunk(id, data)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    self.with_assembler(|a| a.chunk_received(&id))?
+                        .map_err(|e| e.to_string())?;
+                }
+                Some(DataUp::End) => {
+                    // Release the session before saying End: the agent reports Done on
+                    // End, and the commit needs the session to itself.
+                    drop(session);
+                    wire::send(send, &DataDown::End).await.map_err(ctx)?;
+                    return Ok(());
+                }
+                Some(DataUp::Open { .. }) => return Err("Open sent twice on a stream".into()),
+                None => return Err(format!("ABD '{}' closed a data stream early", self.abd)),
+            }
+        }
+    }
+
+    /// The agent is done: commit if, and only if, the version is complete. Returns the
+    /// version id.
+    pub async fn commit(&self) -> Result<String, String> {
+        let manifest = self
+            .with_assembler(|a| a.finish())?
+            .map_err(|e| format!("disk '{}': {e}", self.disk))?;
+        let session = self
+            .session
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .ok_or_else(|| format!("job {}: already committed or aborted", self.job))?;
+        let session = Arc::try_unwrap(session)
+            .map_err(|_| format!("job {}: data streams still running at commit", self.job))?;
+        session
+            .commit(self.disk.clone(), manifest)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}

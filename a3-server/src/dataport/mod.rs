@@ -1,0 +1,367 @@
+//! Port 2811: the QUIC endpoint ABD agents connect to (DESIGN.md §4).
+//!
+//! Who does what:
+//! - [`endpoint`]: socket, TLS (from [`crate::pki`]) and transport tuning;
+//! - [`conn`]: one task per connection: enrollment, or the control stream plus data
+//!   streams; an error ends that connection only;
+//! - [`backup`], [`restore`]: the A3's half of each job's data streams;
+//! - [`storage`]: the calls into the store, all through `spawn_blocking`;
+//! - [`jobs`]: job status for the API and CLI;
+//! - [`wire`]: frames on QUIC streams.
+//!
+//! Jobs are dispatched to the connected agent of an ABD id. A job's version is committed
+//! only when the agent reports success *and* the A3's own bookkeeping says every block is
+//! accounted for and every needed chunk stored; an agent that disconnects, or an A3 that
+//! shuts down, fails its jobs, and dropping the store session aborts them.
+
+pub mod backup;
+pub mod conn;
+pub mod endpoint;
+pub mod jobs;
+pub mod restore;
+pub mod storage;
+pub mod wire;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use a3_shared::proto::{A3Msg, BackupJob, CbtBitmap, DEFAULT_BLOCK_SIZE, RestoreJob};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::pki::Pki;
+pub use jobs::{JobState, JobStatus, Jobs};
+use storage::StoreHandle;
+
+/// At most this many agent connections at once; more wait in the accept queue.
+const MAX_CONNECTIONS: usize = 256;
+
+/// Why a job cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    /// No agent of that id is connected.
+    #[error(
+        "ABD '{0}' is not connected to this A3; start `abd-agent run --config FILE` (its config comes from `a3-server abd enroll --id {0}`) and check `a3-server abd list`"
+    )]
+    NotConnected(String),
+    /// The request is wrong.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] storage::StorageError),
+}
+
+/// A connected agent, as the dispatcher sees it.
+#[derive(Clone)]
+struct AgentLink {
+    conn_id: usize,
+    ctl: mpsc::UnboundedSender<A3Msg>,
+    remote: SocketAddr,
+}
+
+/// A job's A3-side work, found by data streams through the job id.
+#[derive(Clone)]
+enum Active {
+    Backup(Arc<backup::BackupWork>),
+    Restore(Arc<restore::RestoreWork>),
+}
+
+impl Active {
+    fn abd(&self) -> &str {
+        match self {
+            Active::Backup(w) => &w.abd,
+            Active::Restore(w) => &w.abd,
+        }
+    }
+}
+
+struct Inner {
+    addr: SocketAddr,
+    pki: Pki,
+    store: StoreHandle,
+    jobs: Jobs,
+    agents: Mutex<HashMap<String, AgentLink>>,
+    active: Mutex<HashMap<u64, Active>>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+/// The running data port: dispatch jobs, list agents.
+#[derive(Clone)]
+pub struct DataPort {
+    inner: Arc<Inner>,
+}
+
+/// A backup to dispatch.
+#[derive(Debug, Clone)]
+pub struct BackupRequest {
+    /// The ABD to run it.
+    pub abd: String,
+    /// The device or file on the ABD.
+    pub path: String,
+    /// The disk's name in the store.
+    pub disk: String,
+    /// The CBT bitmap (base64), for an incremental against the last committed version.
+    pub cbt: Option<String>,
+}
+
+/// A restore to dispatch.
+#[derive(Debug, Clone)]
+pub struct RestoreRequest {
+    /// The ABD to run it.
+    pub abd: String,
+    /// The version.
+    pub version: String,
+    /// The disk of the version (needed when it has several).
+    pub disk: Option<String>,
+    /// Where the ABD writes it.
+    pub path: String,
+}
+
+/// What a dispatched job says about itself at once.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Dispatched {
+    /// The job id.
+    pub job: u64,
+    /// Notes for the user (e.g. why an incremental reads the whole disk).
+    pub notes: Vec<String>,
+}
+
+impl DataPort {
+    /// Binds port 2811 and starts accepting; writes the bound address to
+    /// `<state-dir>/data.addr`. Stops when `shutdown` is cancelled; the returned task ends
+    /// once every connection is closed.
+    pub async fn start(
+        listen: SocketAddr,
+        state_dir: &std::path::Path,
+        pki: Pki,
+        store: StoreHandle,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<(DataPort, JoinHandle<()>)> {
+        let endpoint = endpoint::bind(listen, &pki)?;
+        let addr = endpoint.local_addr()?;
+        crate::server::write_private(&state_dir.join("data.addr"), format!("{addr}\n").as_bytes())?;
+        let port = DataPort {
+            inner: Arc::new(Inner {
+                addr,
+                pki,
+                store,
+                jobs: Jobs::default(),
+                agents: Mutex::new(HashMap::new()),
+                active: Mutex::new(HashMap::new()),
+                shutdown: shutdown.clone(),
+                tasks: TaskTracker::new(),
+            }),
+        };
+        tracing::info!(%addr, "port 2811 (QUIC) listening");
+        let accept = tokio::spawn(port.clone().accept_loop(endpoint));
+        Ok((port, accept))
+    }
+
+    async fn accept_loop(self, endpoint: quinn::Endpoint) {
+        let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let mut next_id = 0usize;
+        loop {
+            let permit = tokio::select! {
+                _ = self.inner.shutdown.cancelled() => break,
+                p = limit.clone().acquire_owned() => p.expect("never closed"),
+            };
+            let incoming = tokio::select! {
+                _ = self.inner.shutdown.cancelled() => break,
+                i = endpoint.accept() => match i { Some(i) => i, None => break },
+            };
+            next_id += 1;
+            let port = self.clone();
+            let conn_id = next_id;
+            self.inner.tasks.spawn(async move {
+                let remote = incoming.remote_address();
+                if let Err(e) = conn::handle(port, incoming, conn_id).await {
+                    tracing::info!(%remote, "port 2811 connection ended: {e:#}");
+                }
+                drop(permit);
+            });
+        }
+        endpoint.close(0u32.into(), b"A3 shutting down");
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
+        endpoint.wait_idle().await;
+        tracing::info!("port 2811 stopped");
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.inner.addr
+    }
+
+    /// The PKI (enrollment, revocation).
+    pub fn pki(&self) -> &Pki {
+        &self.inner.pki
+    }
+
+    /// The job registry.
+    pub fn jobs(&self) -> &Jobs {
+        &self.inner.jobs
+    }
+
+    /// The store.
+    pub fn store(&self) -> &StoreHandle {
+        &self.inner.store
+    }
+
+    /// Connected ABD ids with their remote addresses.
+    pub fn connected(&self) -> HashMap<String, SocketAddr> {
+        self.lock_agents()
+            .iter()
+            .map(|(id, l)| (id.clone(), l.remote))
+            .collect()
+    }
+
+    fn lock_agents(&self) -> std::sync::MutexGuard<'_, HashMap<String, AgentLink>> {
+        self.inner.agents.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_active(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Active>> {
+        self.inner.active.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn link(&self, abd: &str) -> Result<AgentLink, DispatchError> {
+        self.lock_agents()
+            .get(abd)
+            .cloned()
+            .ok_or_else(|| DispatchError::NotConnected(abd.to_owned()))
+    }
+
+    /// Starts a backup on the ABD's agent.
+    pub async fn start_backup(&self, req: BackupRequest) -> Result<Dispatched, DispatchError> {
+        let link = self.link(&req.abd)?;
+        let mut notes = Vec::new();
+        let cbt = match &req.cbt {
+            Some(text) => Some(
+                CbtBitmap::from_base64(text)
+                    .map_err(|e| DispatchError::BadRequest(format!("--cbt: {e}")))?,
+            ),
+            None => None,
+        };
+        let block_size = DEFAULT_BLOCK_SIZE;
+        let base = match &cbt {
+            Some(_) => {
+                let base = self.inner.store.last_manifest(&req.disk).await?;
+                if base.is_none() {
+                    notes.push(format!(
+                        "disk '{}' has no committed version yet: the CBT bitmap is ignored and \
+                         the whole disk is read",
+                        req.disk
+                    ));
+                }
+                base
+            }
+            None => None,
+        };
+        let session = self.inner.store.begin_backup(&req.disk).await?;
+        let id = self
+            .inner
+            .jobs
+            .create("backup", &req.abd, &req.disk, &req.path);
+        let work = Arc::new(backup::BackupWork::new(
+            id,
+            req.abd.clone(),
+            req.disk.clone(),
+            block_size,
+            base.clone(),
+            cbt.clone(),
+            session,
+        ));
+        self.lock_active().insert(id, Active::Backup(work));
+        let msg = A3Msg::Backup(BackupJob {
+            job: id,
+            device: req.path,
+            disk: req.disk,
+            block_size,
+            base: if cbt.is_some() { base } else { None },
+            cbt: cbt.map(|c| c.as_bytes().to_vec()),
+        });
+        if link.ctl.send(msg).is_err() {
+            self.fail(
+                id,
+                &format!("ABD '{}' disconnected as the job started", req.abd),
+            );
+        }
+        Ok(Dispatched { job: id, notes })
+    }
+
+    /// Starts a restore on the ABD's agent.
+    pub async fn start_restore(&self, req: RestoreRequest) -> Result<Dispatched, DispatchError> {
+        let link = self.link(&req.abd)?;
+        let (disk, manifest) = self
+            .inner
+            .store
+            .restore_manifest(&req.version, req.disk.as_deref())
+            .await?;
+        let label = format!("version {} disk '{}'", req.version, disk);
+        let id = self
+            .inner
+            .jobs
+            .create("restore", &req.abd, &disk, &req.path);
+        let work = Arc::new(restore::RestoreWork::new(
+            id,
+            req.abd.clone(),
+            req.version.clone(),
+            label.clone(),
+            manifest.clone(),
+            self.inner.store.clone(),
+        ));
+        self.lock_active().insert(id, Active::Restore(work));
+        let msg = A3Msg::Restore(RestoreJob {
+            job: id,
+            target: req.path,
+            manifest,
+            label,
+        });
+        if link.ctl.send(msg).is_err() {
+            self.fail(
+                id,
+                &format!("ABD '{}' disconnected as the job started", req.abd),
+            );
+        }
+        Ok(Dispatched {
+            job: id,
+            notes: vec![],
+        })
+    }
+
+    /// Fails a job: its store session is dropped (aborted), nothing is committed.
+    pub fn fail(&self, job: u64, reason: &str) {
+        let was = self.lock_active().remove(&job);
+        let reason = match was {
+            Some(Active::Backup(_)) => format!("{reason}; no version was committed"),
+            _ => reason.to_owned(),
+        };
+        if self.inner.jobs.set(
+            job,
+            JobState::Failed {
+                reason: reason.clone(),
+            },
+        ) {
+            tracing::warn!(job, "job failed: {reason}");
+        }
+    }
+
+    fn active(&self, job: u64) -> Option<Active> {
+        self.lock_active().get(&job).cloned()
+    }
+
+    /// Revokes an ABD and cuts its live connection.
+    pub fn revoke(&self, abd: &str) -> Result<bool, crate::pki::PkiError> {
+        let known = self.inner.pki.revoke(abd)?;
+        if let Some(link) = self.lock_agents().remove(abd) {
+            let _ = link.ctl.send(A3Msg::Refused {
+                reason: format!("ABD '{abd}' was revoked"),
+            });
+        }
+        Ok(known)
+    }
+}

@@ -1,0 +1,153 @@
+//! The data port's calls into the store ([`crate::store`]), each on the blocking pool, in
+//! the wire's terms (`proto::Manifest`, raw ids).
+
+use std::sync::Arc;
+
+use a3_shared::chunk::BlockId;
+use a3_shared::proto::{Manifest, WireId};
+
+pub use crate::store::VersionInfo;
+use crate::store::{Store, StoreError, VersionId};
+
+/// A store failure, or a blocking task that died.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The store said no.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The request names something that does not parse.
+    #[error("{0}")]
+    BadRequest(String),
+    /// A blocking task panicked or was cancelled.
+    #[error("store task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+impl StorageError {
+    /// Whether it means "no such version or disk".
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, StorageError::Store(e) if e.is_not_found())
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StorageError> {
+    Ok(tokio::task::spawn_blocking(f).await??)
+}
+
+/// The store, as the data port uses it.
+#[derive(Clone)]
+pub struct StoreHandle {
+    store: Store,
+}
+
+impl StoreHandle {
+    /// Wraps the opened store.
+    pub fn new(store: Store) -> StoreHandle {
+        StoreHandle { store }
+    }
+
+    /// The store itself.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The manifest of the last committed version of `disk` (the subject and disk name of
+    /// `disk backup`): the base of a CBT incremental.
+    pub async fn last_manifest(&self, disk: &str) -> Result<Option<Manifest>, StorageError> {
+        let store = self.store.clone();
+        let disk = disk.to_owned();
+        blocking(move || {
+            let Some(v) = store.latest_version(&disk)? else {
+                return Ok(None);
+            };
+            Ok(Some(store.manifest(v.id, &disk)?.into()))
+        })
+        .await
+    }
+
+    /// Starts a backup of `disk`; dropping the session aborts it.
+    pub async fn begin_backup(&self, disk: &str) -> Result<BackupSession, StorageError> {
+        let store = self.store.clone();
+        let disk = disk.to_owned();
+        let session = blocking(move || store.begin_backup(&disk)).await?;
+        Ok(BackupSession(Arc::new(session)))
+    }
+
+    /// The manifest to restore: `version`'s disk `disk`, or its only disk. Returns the
+    /// disk's name with it.
+    pub async fn restore_manifest(
+        &self,
+        version: &str,
+        disk: Option<&str>,
+    ) -> Result<(String, Manifest), StorageError> {
+        let id: VersionId = version.parse().map_err(StorageError::BadRequest)?;
+        let store = self.store.clone();
+        let disk = disk.map(str::to_owned);
+        blocking(move || {
+            let info = store.version(id)?;
+            let name = match disk {
+                Some(d) => d,
+                None if info.disks.len() == 1 => info.disks[0].name.clone(),
+                None => {
+                    return Err(StoreError::NoSuchDisk {
+                        version: id,
+                        disk: "(none given: pass --disk)".into(),
+                        disks: info.disks.iter().map(|d| d.name.clone()).collect(),
+                    });
+                }
+            };
+            let m = store.manifest(id, &name)?;
+            Ok((name, m.into()))
+        })
+        .await
+    }
+
+    /// The encoded chunk `id`, verified against its id (a bad one is quarantined).
+    pub async fn read_chunk(&self, id: WireId) -> Result<Vec<u8>, StorageError> {
+        let store = self.store.clone();
+        blocking(move || store.read_chunk(&BlockId(id))).await
+    }
+
+    /// Committed versions, of `disk` or of all subjects.
+    pub async fn versions(&self, disk: Option<&str>) -> Result<Vec<VersionInfo>, StorageError> {
+        let store = self.store.clone();
+        let disk = disk.map(str::to_owned);
+        blocking(move || store.versions(disk.as_deref())).await
+    }
+}
+
+/// A backup being written. Dropping it (without [`BackupSession::commit`]) aborts it.
+pub struct BackupSession(Arc<crate::store::BackupSession>);
+
+impl BackupSession {
+    /// Which of `ids` the store has (touching them for GC).
+    pub async fn has_chunks(&self, ids: Vec<WireId>) -> Result<Vec<bool>, StorageError> {
+        let s = self.0.clone();
+        blocking(move || {
+            let ids: Vec<BlockId> = ids.into_iter().map(BlockId).collect();
+            s.has_chunks(&ids)
+        })
+        .await
+    }
+
+    /// Stores a chunk durably; the store re-hashes it and refuses a mismatch.
+    pub async fn insert_chunk(&self, id: WireId, encoded: Vec<u8>) -> Result<(), StorageError> {
+        let s = self.0.clone();
+        blocking(move || s.insert_chunk(&BlockId(id), &encoded).map(drop)).await
+    }
+
+    /// Adds the disk and commits the version; returns its id.
+    pub async fn commit(self, disk: String, manifest: Manifest) -> Result<String, StorageError> {
+        let session = Arc::try_unwrap(self.0).map_err(|_| {
+            StorageError::BadRequest("a store call of this backup is still running".into())
+        })?;
+        blocking(move || {
+            session.add_disk(&disk, manifest.into())?;
+            let id = session.commit(serde_json::json!({ "source": "disk backup" }))?;
+            Ok(id.to_string())
+        })
+        .await
+    }
+}
