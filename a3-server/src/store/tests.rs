@@ -1,1 +1,510 @@
 //! Store tests: round trips, dedup, commit order, crashes, corruption, GC, full disk.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use a3_shared::chunk::{BlockId, ChunkEncoder, is_zero};
+use serde_json::json;
+
+use super::*;
+
+const BS: u32 = 64 << 10;
+
+/// Deterministic incompressible bytes.
+fn noise(seed: u64, n: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// An image with random blocks, a zero run, a duplicated region and a short last block.
+fn image(seed: u64) -> Vec<u8> {
+    let bs = BS as usize;
+    let mut img = noise(seed, 10 * bs + 1234);
+    img[2 * bs..4 * bs].fill(0);
+    let (head, tail) = img.split_at_mut(6 * bs);
+    tail[..bs].copy_from_slice(&head[..bs]);
+    img
+}
+
+fn options() -> StoreOptions {
+    StoreOptions {
+        sync: SyncMode::Full,
+        gc_margin: Duration::ZERO,
+        ..StoreOptions::default()
+    }
+}
+
+fn open(dir: &Path) -> Store {
+    Store::open_with(dir, Catalog::in_memory().unwrap(), options()).unwrap()
+}
+
+fn chunk_path(dir: &Path, id: &BlockId) -> PathBuf {
+    let hex = id.to_hex();
+    dir.join("chunks")
+        .join(&hex[..2])
+        .join(&hex[2..4])
+        .join(hex)
+}
+
+/// What a data stream does: hash, ask, send what is lacking. Returns the session and the
+/// number of chunks uploaded.
+fn upload(store: &Store, subject: &str, disks: &[(&str, &[u8])]) -> (BackupSession, usize) {
+    let s = store.begin_backup(subject).unwrap();
+    let mut enc = ChunkEncoder::new(1).unwrap();
+    let mut sent = 0;
+    for (name, data) in disks {
+        let blocks: Vec<Option<BlockId>> = data
+            .chunks(BS as usize)
+            .map(|b| (!is_zero(b)).then(|| BlockId::of(b)))
+            .collect();
+        let ids: Vec<BlockId> = blocks.iter().flatten().copied().collect();
+        let have = s.has_chunks(&ids).unwrap();
+        for (block, (id, have)) in data
+            .chunks(BS as usize)
+            .filter(|b| !is_zero(b))
+            .zip(ids.iter().zip(have))
+        {
+            if !have
+                && s.insert_chunk(id, &enc.encode(block).unwrap()).unwrap() != Inserted::Existing
+            {
+                sent += 1;
+            }
+        }
+        s.add_disk(
+            name,
+            DiskManifest {
+                size: data.len() as u64,
+                block_size: BS,
+                blocks,
+            },
+        )
+        .unwrap();
+    }
+    (s, sent)
+}
+
+fn backup(store: &Store, subject: &str, disks: &[(&str, &[u8])]) -> VersionId {
+    upload(store, subject, disks)
+        .0
+        .commit(json!({"test": true}))
+        .unwrap()
+}
+
+fn restore(store: &Store, version: VersionId, disk: &str) -> Vec<u8> {
+    let m = store.manifest(version, disk).unwrap();
+    let mut out = Vec::with_capacity(m.size as usize);
+    for (i, b) in m.blocks.iter().enumerate() {
+        let len = (m.size - m.offset_of(i)).min(u64::from(m.block_size)) as usize;
+        match b {
+            None => out.resize(out.len() + len, 0),
+            Some(id) => {
+                let plain = store.read_block(id).unwrap();
+                assert_eq!(plain.len(), len);
+                out.extend_from_slice(&plain);
+            }
+        }
+    }
+    out
+}
+
+fn verify_all(store: &Store) -> VerifyReport {
+    store.verify(VerifyScope::All, &mut |_| {}).unwrap()
+}
+
+#[test]
+fn round_trip_with_zero_runs_duplicates_and_a_short_last_block() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let img = image(1);
+    let v = backup(&store, "web", &[("xvda", &img)]);
+    assert_eq!(restore(&store, v, "xvda"), img);
+    let m = store.manifest(v, "xvda").unwrap();
+    assert_eq!(m.blocks.len(), 11);
+    assert_eq!(m.blocks.iter().filter(|b| b.is_none()).count(), 2);
+    assert_eq!(m.blocks[6], m.blocks[0]);
+    let info = store.version(v).unwrap();
+    assert_eq!(info.metadata, json!({"test": true}));
+    assert_eq!(info.disks[0].size, img.len() as u64);
+    assert_eq!(store.latest_version("web").unwrap().unwrap().id, v);
+    assert_eq!(store.latest_version("db").unwrap(), None);
+    let stats = store.stats().unwrap();
+    // 11 blocks: 2 zero, one duplicate: 8 distinct chunks.
+    assert_eq!((stats.versions, stats.chunks), (1, 8));
+    assert_eq!(stats.logical_bytes, img.len() as u64);
+    assert!(verify_all(&store).is_ok());
+    // The encoded chunk handed to an agent is the verified chunk itself.
+    let id = m.blocks[0].unwrap();
+    let encoded = store.read_chunk(&id).unwrap();
+    assert_eq!(
+        a3_shared::chunk::decode(&id, &encoded).unwrap(),
+        img[..BS as usize]
+    );
+}
+
+#[test]
+fn a_block_shared_by_two_disks_is_stored_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let a = noise(2, 4 * BS as usize);
+    let mut b = noise(3, 4 * BS as usize);
+    b[BS as usize..2 * BS as usize].copy_from_slice(&a[2 * BS as usize..3 * BS as usize]);
+    let (s, sent) = upload(&store, "vm-a", &[("xvda", &a)]);
+    assert_eq!(sent, 4);
+    let va = s.commit(json!({})).unwrap();
+    // Another VM's disk: the shared block is found, not sent.
+    let (s, sent) = upload(&store, "vm-b", &[("xvda", &b)]);
+    assert_eq!(sent, 3);
+    let vb = s.commit(json!({})).unwrap();
+    assert_eq!(store.stats().unwrap().chunks, 7);
+    assert_eq!(restore(&store, va, "xvda"), a);
+    assert_eq!(restore(&store, vb, "xvda"), b);
+    // Within one version too: two disks of a VM.
+    let v2 = backup(&store, "vm-c", &[("xvda", &a), ("xvdb", &b)]);
+    assert_eq!(store.stats().unwrap().chunks, 7);
+    assert_eq!(restore(&store, v2, "xvdb"), b);
+    let stats = store.stats().unwrap();
+    assert!(stats.dedup_ratio.unwrap() > 1.9, "{stats:?}");
+}
+
+#[test]
+fn a_version_is_visible_only_once_committed_and_only_if_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let img = image(4);
+    let (s, _) = upload(&store, "web", &[("xvda", &img)]);
+    assert!(store.versions(None).unwrap().is_empty());
+    assert_eq!(store.latest_version("web").unwrap(), None);
+    let v = s.commit(json!({})).unwrap();
+    assert_eq!(store.versions(Some("web")).unwrap()[0].id, v);
+
+    // An upload whose bytes are not its id's is refused, and nothing is stored.
+    let s = store.begin_backup("web").unwrap();
+    let mut enc = ChunkEncoder::new(1).unwrap();
+    let liar = BlockId::of(b"something else");
+    let err = s
+        .insert_chunk(&liar, &enc.encode(&noise(5, 100)).unwrap())
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Refused { .. }), "{err}");
+    assert!(!chunk_path(dir.path(), &liar).exists());
+
+    // A manifest naming a chunk the store lacks (a CBT base whose chunk was quarantined,
+    // say) commits nothing.
+    s.add_disk(
+        "xvda",
+        DiskManifest {
+            size: u64::from(BS),
+            block_size: BS,
+            blocks: vec![Some(liar)],
+        },
+    )
+    .unwrap();
+    let err = s.commit(json!({})).unwrap_err().to_string();
+    assert!(
+        err.contains("offset 0") && err.contains("nothing was committed"),
+        "{err}"
+    );
+    assert_eq!(store.versions(None).unwrap().len(), 1);
+
+    // Inconsistent manifests and empty versions are refused.
+    let s = store.begin_backup("web").unwrap();
+    let bad = DiskManifest {
+        size: 3 * u64::from(BS),
+        block_size: BS,
+        blocks: vec![None],
+    };
+    assert!(s.add_disk("xvda", bad).is_err());
+    assert!(s.commit(json!({})).is_err());
+    assert_eq!(store.versions(None).unwrap().len(), 1);
+}
+
+#[test]
+fn a_crash_mid_backup_leaves_no_version_and_gc_reclaims_its_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("catalog.db");
+    let root = dir.path().join("store");
+    let img = image(6);
+    let v1;
+    {
+        let store = Store::open_with(&root, Catalog::open(&db).unwrap(), options()).unwrap();
+        v1 = backup(&store, "web", &[("xvda", &img)]);
+        // A second backup gets as far as a durable manifest, then the A3 dies before the
+        // catalog row: drop everything without committing.
+        let other = noise(7, 5 * BS as usize);
+        let (s, sent) = upload(&store, "web", &[("xvda", &other)]);
+        assert_eq!(sent, 5);
+        let orphan = DiskManifest {
+            size: other.len() as u64,
+            block_size: BS,
+            blocks: other
+                .chunks(BS as usize)
+                .map(|b| Some(BlockId::of(b)))
+                .collect(),
+        }
+        .encode();
+        store
+            .inner
+            .backend
+            .put(Space::Manifests, &BlockId::of(&orphan), &orphan)
+            .unwrap();
+        drop(s);
+    }
+    let store = Store::open_with(&root, Catalog::open(&db).unwrap(), options()).unwrap();
+    let versions = store.versions(None).unwrap();
+    assert_eq!(versions.len(), 1);
+    assert_eq!(versions[0].id, v1);
+    let report = verify_all(&store);
+    assert!(report.is_ok(), "{report:?}");
+    assert_eq!(report.unreferenced, 5);
+    let gc = store.gc().unwrap();
+    assert_eq!((gc.chunks_removed, gc.manifests_removed), (5, 1), "{gc:?}");
+    assert_eq!(store.stats().unwrap().chunks, 8);
+    assert_eq!(restore(&store, v1, "xvda"), img);
+    assert!(verify_all(&store).is_ok());
+    // The rerun succeeds.
+    let other = noise(7, 5 * BS as usize);
+    let v2 = backup(&store, "web", &[("xvda", &other)]);
+    assert_eq!(restore(&store, v2, "xvda"), other);
+}
+
+#[test]
+fn a_corrupt_chunk_is_named_quarantined_and_stored_again_by_the_next_backup() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let img = image(8);
+    let v1 = backup(&store, "web", &[("xvda", &img)]);
+    let v2 = backup(&store, "web", &[("xvda", &img)]);
+    let m = store.manifest(v1, "xvda").unwrap();
+    // Block 0 is also block 6 (the duplicated region).
+    let bad = m.blocks[0].unwrap();
+    let path = chunk_path(dir.path(), &bad);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[100] ^= 1;
+    std::fs::write(&path, &bytes).unwrap();
+
+    let report = store.verify(VerifyScope::Version(v1), &mut |_| {}).unwrap();
+    assert!(!report.is_ok());
+    let named: Vec<(VersionId, &str, u64)> = report
+        .bad_blocks
+        .iter()
+        .map(|b| (b.version, b.disk.as_str(), b.offset))
+        .collect();
+    assert_eq!(named, [(v1, "xvda", 0), (v1, "xvda", 6 * u64::from(BS))]);
+    assert_eq!(report.bad_blocks[0].chunk, bad.to_hex());
+    assert_eq!(report.quarantined.len(), 1);
+    assert!(report.quarantined[0].ends_with(".bad"));
+    assert!(!path.exists());
+    assert!(Path::new(&report.quarantined[0]).exists());
+
+    // Reads fail clearly; the chunk is not offered for dedup.
+    let err = store.read_block(&bad).unwrap_err();
+    assert!(matches!(err, StoreError::Missing { .. }), "{err}");
+    let s = store.begin_backup("web").unwrap();
+    assert_eq!(s.has_chunks(&[bad]).unwrap(), [false]);
+    drop(s);
+
+    // The next backup of the disk uploads it again, and both old versions heal.
+    let (s, sent) = upload(&store, "web", &[("xvda", &img)]);
+    assert_eq!(sent, 1);
+    s.commit(json!({})).unwrap();
+    assert_eq!(restore(&store, v1, "xvda"), img);
+    assert_eq!(restore(&store, v2, "xvda"), img);
+    let report = verify_all(&store);
+    assert!(report.is_ok(), "{report:?}");
+    assert_eq!(store.stats().unwrap().quarantined_chunks, 1);
+
+    // A read that finds damage reports it and quarantines the chunk itself.
+    let other = m.blocks[1].unwrap();
+    let path = chunk_path(dir.path(), &other);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x80;
+    std::fs::write(&path, &bytes).unwrap();
+    let err = store.read_chunk(&other).unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+    assert!(err.to_string().contains(&other.to_hex()), "{err}");
+    assert!(!path.exists());
+}
+
+#[test]
+fn gc_spares_what_a_running_backup_inserted_or_was_told_exists() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let keep = noise(9, 2 * BS as usize);
+    let v1 = backup(&store, "web", &[("xvda", &keep)]);
+    // Two unreferenced chunks, from aborted backups.
+    let reused = noise(10, BS as usize);
+    let lost = noise(11, BS as usize);
+    drop(upload(&store, "old", &[("xvda", &reused), ("xvdb", &lost)]));
+
+    // A backup starts, uploads a new block and is told the store has `reused`.
+    let fresh = noise(12, BS as usize);
+    let mut disk = fresh.clone();
+    disk.extend_from_slice(&reused);
+    let (s, sent) = upload(&store, "new", &[("xvda", &disk)]);
+    assert_eq!(sent, 1);
+
+    let gc = store.gc().unwrap();
+    assert_eq!(gc.chunks_removed, 1, "{gc:?}");
+    assert_eq!(gc.chunks_kept_recent, 2, "{gc:?}");
+    assert!(!chunk_path(dir.path(), &BlockId::of(&lost)).exists());
+    let v2 = s.commit(json!({})).unwrap();
+    assert_eq!(restore(&store, v2, "xvda"), disk);
+    assert_eq!(restore(&store, v1, "xvda"), keep);
+    assert!(verify_all(&store).is_ok());
+    // Once committed, GC keeps it because a version uses it.
+    assert_eq!(store.gc().unwrap().chunks_removed, 0);
+}
+
+#[test]
+fn a_writer_that_lost_its_lease_fails_at_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_with(
+        dir.path(),
+        Catalog::in_memory().unwrap(),
+        StoreOptions {
+            lease_idle_limit: Duration::ZERO,
+            ..options()
+        },
+    )
+    .unwrap();
+    let img = noise(13, 2 * BS as usize);
+    let (s, _) = upload(&store, "web", &[("xvda", &img)]);
+    let gc = store.gc().unwrap();
+    assert_eq!(gc.leases_revoked, ["web"]);
+    // Its chunks were not protected any more, so the commit must not name them.
+    assert_eq!(gc.chunks_removed, 2);
+    assert!(s.has_chunks(&[BlockId::of(&img)]).is_err());
+    let err = s.commit(json!({})).unwrap_err().to_string();
+    assert!(
+        err.contains("lease was lost") && err.contains("run the backup again"),
+        "{err}"
+    );
+    assert!(store.versions(None).unwrap().is_empty());
+}
+
+#[test]
+fn gc_deletes_nothing_when_it_cannot_read_every_manifest() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let img = noise(14, 2 * BS as usize);
+    backup(&store, "web", &[("xvda", &img)]);
+    drop(upload(&store, "old", &[("xvda", &noise(15, BS as usize))]));
+    let before = store.stats().unwrap().chunks;
+    assert_eq!(before, 3);
+    let manifests = dir.path().join("manifests");
+    for d in std::fs::read_dir(&manifests).unwrap() {
+        std::fs::remove_dir_all(d.unwrap().path()).unwrap();
+    }
+    let err = store.gc().unwrap_err();
+    assert!(matches!(err, StoreError::GcAborted { .. }), "{err}");
+    assert!(err.to_string().contains("nothing was deleted"), "{err}");
+    assert_eq!(store.stats().unwrap().chunks, before);
+    // Verify names the version whose manifest is gone.
+    let report = verify_all(&store);
+    assert_eq!(report.bad_manifests.len(), 1);
+    assert_eq!(report.bad_manifests[0].disk, "xvda");
+}
+
+#[test]
+fn concurrent_sessions_share_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let common = noise(16, 2 * BS as usize);
+    let images: Vec<Vec<u8>> = (0..4)
+        .map(|i| {
+            let mut img = common.clone();
+            img.extend_from_slice(&noise(100 + i, 3 * BS as usize));
+            img
+        })
+        .collect();
+    let versions: Vec<VersionId> = std::thread::scope(|sc| {
+        let handles: Vec<_> = images
+            .iter()
+            .enumerate()
+            .map(|(i, img)| {
+                let store = store.clone();
+                sc.spawn(move || backup(&store, &format!("vm{i}"), &[("xvda", img)]))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (v, img) in versions.iter().zip(&images) {
+        assert_eq!(&restore(&store, *v, "xvda"), img);
+    }
+    assert_eq!(store.stats().unwrap().chunks, 2 + 4 * 3);
+    assert!(verify_all(&store).is_ok());
+}
+
+/// A small tmpfs, unmounted on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: PathBuf, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&dir)
+            .output()
+            .expect("running `mount` (util-linux: apt-get install mount)");
+        assert!(
+            out.status.success(),
+            "mount -t tmpfs {}: {}; this test needs root (CAP_SYS_ADMIN)",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs(dir)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_gives_a_clear_error_and_leaves_the_store_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = Tmpfs::mount(dir.path().join("mnt"), "4m");
+    let root = mnt.0.join("store");
+    let store = open(&root);
+    let img = noise(17, 2 * BS as usize);
+    let v1 = backup(&store, "web", &[("xvda", &img)]);
+
+    let s = store.begin_backup("web").unwrap();
+    let mut enc = ChunkEncoder::new(1).unwrap();
+    let mut err = None;
+    for i in 0..100 {
+        let block = noise(1000 + i, BS as usize);
+        if let Err(e) = s.insert_chunk(&BlockId::of(&block), &enc.encode(&block).unwrap()) {
+            err = Some(e);
+            break;
+        }
+    }
+    let err = err.expect("a 4 MiB tmpfs filled up");
+    assert!(matches!(err, StoreError::DiskFull { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&format!("store {}", root.display()))
+            && msg.contains("disk full while writing chunk")
+            && msg.contains("free space or run `a3-server store gc`"),
+        "{msg}"
+    );
+    drop(s);
+    assert_eq!(std::fs::read_dir(root.join("tmp")).unwrap().count(), 0);
+    let report = verify_all(&store);
+    assert!(report.is_ok(), "{report:?}");
+    assert_eq!(restore(&store, v1, "xvda"), img);
+    // GC frees the aborted backup's chunks, and backups work again.
+    assert!(store.gc().unwrap().chunks_removed > 0);
+    let again = noise(18, 2 * BS as usize);
+    let v2 = backup(&store, "web", &[("xvda", &again)]);
+    assert_eq!(restore(&store, v2, "xvda"), again);
+}
