@@ -5,7 +5,8 @@ mod datapath_util;
 use std::time::Duration;
 
 use datapath_util::{
-    A3, assert_same, finish, scratch, spawn_backup, start_agent, wait_mid_job, write_random,
+    A3, assert_same, finish, scratch, spawn_backup, start_agent, verify_store, wait_mid_job,
+    write_random,
 };
 
 const MIB: usize = 1 << 20;
@@ -15,7 +16,11 @@ const MIB: usize = 1 << 20;
 #[test]
 fn killed_agent_commits_no_version_and_rerun_succeeds() {
     let dir = scratch();
-    let a3 = A3::start(&dir.path().join("a3"), "127.0.1.205:0");
+    let state = dir.path().join("a3");
+    // A fixed port: the A3 is restarted below (to verify its store) and the agent must find
+    // it again.
+    let listen = "127.0.1.205:28205";
+    let mut a3 = A3::start(&state, listen);
     let cfg = a3.enroll("kill-1", dir.path());
     let mut agent = start_agent(&a3, "kill-1", &cfg);
     let src = dir.path().join("big.img");
@@ -31,6 +36,14 @@ fn killed_agent_commits_no_version_and_rerun_succeeds() {
         "{err}"
     );
     assert!(a3.versions("big").is_empty(), "a version was committed");
+
+    // The store is whole: stop the A3 (it owns the store) and verify all of it.
+    a3.child
+        .terminate(Duration::from_secs(30))
+        .expect("the A3 did not stop");
+    let report = verify_store(&state);
+    assert!(report.is_ok(), "verify found damage: {report:?}");
+    a3 = A3::start(&state, listen);
 
     let _agent = start_agent(&a3, "kill-1", &cfg);
     let v = a3.backup("kill-1", &src, "big", None);

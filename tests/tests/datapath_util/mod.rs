@@ -322,3 +322,40 @@ pub fn write_random(path: &Path, seed: u64, size: usize) -> Vec<u8> {
     std::fs::write(path, &img).unwrap();
     img
 }
+
+/// Opens the store of a stopped A3 in this process and verifies all of it.
+pub fn verify_store(state: &Path) -> a3_server::store::VerifyReport {
+    let catalog = a3_server::catalog::Catalog::open(&state.join("catalog.sqlite")).unwrap();
+    let store = a3_server::store::Store::open(&state.join("store"), catalog).unwrap();
+    store
+        .verify(a3_server::store::VerifyScope::All, &mut |_| {})
+        .unwrap()
+}
+
+/// The chunk files in an A3's store (quarantined ones excluded).
+pub fn chunk_files(state: &Path) -> Vec<PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.extension().is_none() {
+                out.push(p);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&state.join("store").join("chunks"), &mut out);
+    out
+}
+
+/// Where the store keeps the chunk of `block`.
+pub fn chunk_path(state: &Path, block: &[u8]) -> PathBuf {
+    let hex = a3_shared::chunk::BlockId::of(block).to_hex();
+    state
+        .join("store")
+        .join("chunks")
+        .join(&hex[0..2])
+        .join(&hex[2..4])
+        .join(hex)
+}
