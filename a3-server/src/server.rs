@@ -72,6 +72,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         api_token: api_token.into(),
         inventory,
         dataport,
+        verify_runs: Default::default(),
     };
     let app = api::router(state.clone());
     let stop = shutdown.clone();

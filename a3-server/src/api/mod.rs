@@ -8,6 +8,7 @@ pub mod abds;
 pub mod disks;
 pub mod hosts;
 pub mod pools;
+pub mod store;
 pub mod vms;
 
 use std::sync::Arc;
@@ -40,6 +41,8 @@ pub struct AppState {
     pub inventory: Inventory,
     /// Port 2811: agents, data-path jobs, the PKI.
     pub dataport: crate::dataport::DataPort,
+    /// The store's verify runs, for their progress and reports.
+    pub verify_runs: store::VerifyRuns,
 }
 
 /// An API failure: an HTTP status and a message that names the thing and the fix.
@@ -109,6 +112,7 @@ pub fn router(state: AppState) -> Router {
         .merge(vms::routes())
         .merge(abds::routes())
         .merge(disks::routes())
+        .merge(store::routes())
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state)
 }

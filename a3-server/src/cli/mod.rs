@@ -6,6 +6,7 @@ pub mod client;
 pub mod disk;
 pub mod host;
 pub mod pool;
+pub mod store;
 pub mod vm;
 
 use std::path::PathBuf;
@@ -59,6 +60,9 @@ pub enum Command {
     /// Back up, restore and list disks through an ABD, without XAPI.
     #[command(subcommand)]
     Disk(disk::DiskCommand),
+    /// Verify the backup store, collect its garbage, show its figures.
+    #[command(subcommand)]
+    Store(store::StoreCommand),
 }
 
 impl Cli {
@@ -110,6 +114,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Disk(cmd) => {
             let api = client::ApiClient::connect(&config, cli.api.as_deref())?;
             runtime.block_on(disk::run(cmd, &api))
+        }
+        Command::Store(cmd) => {
+            let api = client::ApiClient::connect(&config, cli.api.as_deref())?;
+            runtime.block_on(store::run(cmd, &api))
         }
     }
 }
