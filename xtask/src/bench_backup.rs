@@ -15,7 +15,12 @@
 //! - restic and borg at their default settings into local repositories (borg needs an
 //!   encryption mode: `repokey`, the one its docs recommend), full, incremental (they
 //!   re-read the whole image) and restore, each restore checked by hash;
-//! - `cat image > /dev/null` and `b3sum image`: the physical limits.
+//! - `cat image > /dev/null` and `b3sum image`: the physical limits; `b3sum` and `zstd -1`
+//!   on one core: the CPU price of the agent's hashing and compression.
+//!
+//! For each A3 step it also prints the CPU seconds the agent, the A3 and every other
+//! process used: a step that leaves the 2 cores idle is bound by latency, not CPU, and a
+//! concurrent build on the machine shows up as "other processes".
 //!
 //! The image stays in the page cache (24 GiB of RAM), so every row measures CPU and memory
 //! bandwidth, not the virtual disk. Throughput is MiB/s of image size per second of wall
@@ -119,6 +124,7 @@ struct Peer {
 /// Runs the bench and prints the table and the JSON line.
 pub fn run(size: u64) -> anyhow::Result<()> {
     setup::ensure_debian_tools(&[
+        ("zstd", "zstd"),
         ("restic", "restic"),
         ("borg", "borgbackup"),
         ("b3sum", "b3sum"),
@@ -163,12 +169,28 @@ pub fn run(size: u64) -> anyhow::Result<()> {
         )
     })?;
     let (_, b3) = time(|| run_quiet(Command::new("b3sum").arg(&image)))?;
+    // One core's worth of the agent's two heavy steps, for the CPU budget of a backup.
+    let (_, b3_one) = time(|| {
+        run_quiet(
+            Command::new("b3sum")
+                .args(["--num-threads", "1"])
+                .arg(&image),
+        )
+    })?;
+    let (_, zstd_one) = time(|| {
+        run_quiet(
+            Command::new("sh")
+                .arg("-c")
+                .arg(format!("zstd -1 -T1 -c '{}' > /dev/null", image.display())),
+        )
+    })?;
 
     // --- A3 ---
     let a3_dir = work.join("a3");
     let a3 = A3::start(&bins, &a3_dir, &work)?;
-    let (_, a3_full) = time(|| a3.backup(&image, None))?;
-    let (_, a3_rebackup) = time(|| a3.backup(&image, None))?;
+    let mut cpu = Vec::new();
+    let (_, a3_full) = a3.measured(&mut cpu, "(a) full", || a3.backup(&image, None))?;
+    let (_, a3_rebackup) = a3.measured(&mut cpu, "(b) re-backup", || a3.backup(&image, None))?;
 
     // --- peers, full ---
     let restic = Restic::new(&work)?;
@@ -182,14 +204,16 @@ pub fn run(size: u64) -> anyhow::Result<()> {
     fs::write(&cbt_file, &bitmap)?;
     let want = blake3_file(&image)?;
 
-    let (_, a3_incr) = time(|| a3.backup(&image, Some(&cbt_file)))?;
+    let (_, a3_incr) = a3.measured(&mut cpu, "(c) incremental", || {
+        a3.backup(&image, Some(&cbt_file))
+    })?;
     let (_, restic_incr) = time(|| restic.backup(&image))?;
     let (_, borg_incr) = time(|| borg.backup(&image, "v2"))?;
 
     // --- restores of the second version ---
     let a3_out = work.join("a3-restored.raw");
     let version = a3.latest_version()?;
-    let (_, a3_restore) = time(|| a3.restore(&version, &a3_out))?;
+    let (_, a3_restore) = a3.measured(&mut cpu, "(d) restore", || a3.restore(&version, &a3_out))?;
     check_same(&a3_out, &want, "A3")?;
     fs::remove_file(&a3_out)?;
     let restic_out = work.join("restic-restored");
@@ -238,10 +262,12 @@ pub fn run(size: u64) -> anyhow::Result<()> {
         &borg,
         cat,
         b3,
+        [b3_one, zstd_one],
         agent_rss,
         server_rss,
         &stored_how,
         &a3_verify,
+        &cpu,
     );
     let _ = fs::remove_dir_all(&work);
     let _ = fs::remove_file(&image);
@@ -256,10 +282,12 @@ fn report(
     borg: &Peer,
     cat: Timed,
     b3: Timed,
+    [b3_one, zstd_one]: [Timed; 2],
     agent_rss: f64,
     server_rss: f64,
     stored_how: &str,
     verify: &anyhow::Result<String>,
+    cpu: &[CpuRow],
 ) {
     let gib = size as f64 / (1u64 << 30) as f64;
     println!();
@@ -316,7 +344,30 @@ fn report(
     println!("| peak RSS (VmHWM) | agent {agent_rss:.1} MiB, A3 {server_rss:.1} MiB | | | | |");
     println!("| `cat image > /dev/null` | {} | | | | |", rate(cat));
     println!("| `b3sum image` | {} | | | | |", rate(b3));
+    println!(
+        "| `b3sum --num-threads 1 image` (one core) | {} | | | | |",
+        rate(b3_one)
+    );
+    println!(
+        "| `zstd -1 -T1 image` (one core) | {} | | | | |",
+        rate(zstd_one)
+    );
     println!();
+    println!(
+        "CPU seconds spent per A3 step (2 cores: at most 2 s of CPU per second of wall time):"
+    );
+    for row in cpu {
+        println!(
+            "  {:<16} wall {:.2} s: agent {:.2} s, A3 {:.2} s, both {:.0}% of 2 cores; \
+             other processes {:.2} s",
+            row.step,
+            row.wall,
+            row.agent,
+            row.server,
+            (row.agent + row.server) / (2.0 * row.wall) * 100.0,
+            row.others
+        );
+    }
     println!("A3 stored bytes: {stored_how}");
     match verify {
         Ok(text) => println!("A3 store verify after the run: {text}"),
@@ -747,6 +798,53 @@ fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) -> a
 // ---------------------------------------------------------------------------------------
 // The product, through its scriptable CLI
 
+/// CPU time the agent and the A3 spent in one step.
+struct CpuRow {
+    step: &'static str,
+    wall: f64,
+    agent: f64,
+    server: f64,
+    /// Every other process on the machine (a concurrent build skews the figures).
+    others: f64,
+}
+
+/// Busy CPU seconds of the whole machine (all cores), from /proc/stat.
+fn machine_busy_secs() -> anyhow::Result<f64> {
+    let stat = fs::read_to_string("/proc/stat")?;
+    let line = stat.lines().next().context("/proc/stat is empty")?;
+    // cpu user nice system idle iowait irq softirq steal ...: busy = all but idle, iowait.
+    let v: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    let busy: f64 = v
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4 && *i < 8)
+        .map(|(_, x)| x)
+        .sum();
+    Ok(busy / 100.0)
+}
+
+/// User + system CPU seconds a live process has used.
+fn cpu_secs(pid: u32) -> anyhow::Result<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("process {pid} is gone: cannot read its CPU time"))?;
+    // The fields after the command name, which may hold spaces, start after ')'.
+    let rest = stat.rsplit_once(')').context("/proc/PID/stat")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> anyhow::Result<f64> {
+        Ok(fields
+            .get(i)
+            .context("/proc/PID/stat is short")?
+            .parse::<f64>()?)
+    };
+    // utime and stime are fields 14 and 15 of the whole line; clock ticks of 1/100 s
+    // (CLK_TCK on Linux).
+    Ok((ticks(11)? + ticks(12)?) / 100.0)
+}
+
 struct A3 {
     bins: PathBuf,
     state: PathBuf,
@@ -817,6 +915,28 @@ impl A3 {
                 .unwrap_or(false)
         })?;
         Ok(a3)
+    }
+
+    /// Times `f` and records the CPU both processes spent in it.
+    fn measured<T>(
+        &self,
+        rows: &mut Vec<CpuRow>,
+        step: &'static str,
+        f: impl FnOnce() -> anyhow::Result<T>,
+    ) -> anyhow::Result<(T, Timed)> {
+        let (agent, server) = (cpu_secs(self.agent.pid())?, cpu_secs(self.server.pid())?);
+        let busy = machine_busy_secs()?;
+        let (v, t) = time(f)?;
+        let agent = cpu_secs(self.agent.pid())? - agent;
+        let server = cpu_secs(self.server.pid())? - server;
+        rows.push(CpuRow {
+            step,
+            wall: t.secs,
+            agent,
+            server,
+            others: (machine_busy_secs()? - busy - agent - server).max(0.0),
+        });
+        Ok((v, t))
     }
 
     fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
