@@ -992,13 +992,22 @@ impl A3 {
     /// The store's own figure when `store stats --json` gives one, else the bytes under
     /// the state dir's `store/`.
     fn stored_bytes(&self) -> anyhow::Result<(u64, String)> {
-        let figure = self
+        let stats = self
             .cli(&["store", "stats", "--json"])
             .ok()
-            .and_then(|out| serde_json::from_str::<serde_json::Value>(&out).ok())
-            .and_then(|v| v["stored_bytes"].as_u64());
-        if let Some(n) = figure {
-            return Ok((n, "`a3-server store stats --json` stored_bytes".into()));
+            .and_then(|out| serde_json::from_str::<serde_json::Value>(&out).ok());
+        if let Some(chunks) = stats.as_ref().and_then(|v| v["stored_bytes"].as_u64()) {
+            let manifests = stats
+                .as_ref()
+                .and_then(|v| v["manifest_bytes"].as_u64())
+                .unwrap_or(0);
+            return Ok((
+                chunks + manifests,
+                format!(
+                    "`a3-server store stats --json`: chunks {chunks} B + manifests {manifests} B \
+                     (restic and borg: every file of the repository)"
+                ),
+            ));
         }
         let dir = self.state.join("store");
         Ok((
@@ -1007,13 +1016,23 @@ impl A3 {
         ))
     }
 
+    /// `store verify` of the whole store: a one-line summary.
     fn verify(&self) -> anyhow::Result<String> {
         let out = self.cli(&["store", "verify", "--json"])?;
-        Ok(out.trim().to_owned())
+        let v: serde_json::Value = serde_json::from_str(&out).context("store verify --json")?;
+        let count = |k: &str| v[k].as_array().map_or(0, Vec::len);
+        Ok(format!(
+            "{} versions, {} chunks, {} MB read; bad blocks {}, bad manifests {}, bad unreferenced chunks {}",
+            v["versions"],
+            v["chunks"],
+            v["bytes"].as_u64().unwrap_or(0) / 1_000_000,
+            count("bad_blocks"),
+            count("bad_manifests"),
+            count("bad_unreferenced")
+        ))
     }
 }
 
-/// Runs `a3-server --state-dir STATE ARGS`; returns its stdout.
 fn a3_cli(bins: &Path, state: &Path, args: &[&str]) -> anyhow::Result<String> {
     run_quiet(
         Command::new(bins.join("a3-server"))
