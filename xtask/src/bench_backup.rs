@@ -41,8 +41,6 @@ use crate::setup;
 const MIB: u64 = 1 << 20;
 /// XAPI's CBT granule.
 const GRANULE: u64 = 64 << 10;
-/// Bumped when the generator changes, so a cached image of an older mix is rebuilt.
-const GENERATOR_VERSION: u32 = 1;
 const ABD_ID: &str = "bench";
 const DISK: &str = "bench-disk";
 /// The bench A3's own loopback address, so it can run beside tests.
@@ -145,8 +143,10 @@ pub fn run(size: u64) -> anyhow::Result<()> {
     let bins = target.join("release");
     let root = target.join("bench-backup");
     fs::create_dir_all(&root)?;
-    let image = root.join(format!("image-{}M-v{GENERATOR_VERSION}.raw", size / MIB));
-    let work = root.join("run");
+    // Per-run names: two benches at once must not share a state dir or an image.
+    let run_id = std::process::id();
+    let image = root.join(format!("image-{}M-{run_id}.raw", size / MIB));
+    let work = root.join(format!("run-{run_id}"));
     if work.exists() {
         fs::remove_dir_all(&work).with_context(|| format!("{}: cannot clear", work.display()))?;
     }
