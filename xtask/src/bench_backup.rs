@@ -65,6 +65,34 @@ impl Drop for Killed {
     }
 }
 
+/// Removes the image and the repositories when the bench ends; keeps the logs of a
+/// failed run.
+struct Cleanup {
+    image: PathBuf,
+    work: PathBuf,
+    ok: bool,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.image);
+        if self.ok {
+            let _ = fs::remove_dir_all(&self.work);
+            return;
+        }
+        for big in [
+            "a3/store",
+            "restic-repo",
+            "borg-repo",
+            "restic-cache",
+            "borg-base",
+        ] {
+            let _ = fs::remove_dir_all(self.work.join(big));
+        }
+        eprintln!("bench: logs of the failed run in {}", self.work.display());
+    }
+}
+
 /// Parses `4G`, `512M`, `2GiB`, `1048576`.
 pub fn parse_size(s: &str) -> anyhow::Result<u64> {
     let t = s.trim().trim_end_matches("iB").trim_end_matches('B');
@@ -151,6 +179,11 @@ pub fn run(size: u64) -> anyhow::Result<()> {
         fs::remove_dir_all(&work).with_context(|| format!("{}: cannot clear", work.display()))?;
     }
     fs::create_dir_all(&work)?;
+    let mut cleanup = Cleanup {
+        image: image.clone(),
+        work: work.clone(),
+        ok: false,
+    };
 
     // A fresh image each run: the incremental step writes into it.
     eprintln!(
@@ -269,8 +302,7 @@ pub fn run(size: u64) -> anyhow::Result<()> {
         &a3_verify,
         &cpu,
     );
-    let _ = fs::remove_dir_all(&work);
-    let _ = fs::remove_file(&image);
+    cleanup.ok = true;
     Ok(())
 }
 
