@@ -502,9 +502,90 @@ fn a_full_disk_gives_a_clear_error_and_leaves_the_store_intact() {
     let report = verify_all(&store);
     assert!(report.is_ok(), "{report:?}");
     assert_eq!(restore(&store, v1, "xvda"), img);
+    // A commit whose manifest does not fit fails the same way and commits nothing.
+    let (s, _) = upload(&store, "web", &[("xvda", &img)]);
+    let filler = mnt.0.join("filler");
+    let mut f = std::fs::File::create(&filler).unwrap();
+    let page = vec![0xa5u8; 4096];
+    while std::io::Write::write_all(&mut f, &page).is_ok() {}
+    drop(f);
+    let err = s.commit(json!({})).unwrap_err();
+    assert!(matches!(err, StoreError::DiskFull { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains("writing the manifest of disk 'xvda'"),
+        "{err}"
+    );
+    assert_eq!(store.versions(None).unwrap().len(), 1);
+    std::fs::remove_file(&filler).unwrap();
+    assert_eq!(std::fs::read_dir(root.join("tmp")).unwrap().count(), 0);
+    assert!(verify_all(&store).is_ok());
     // GC frees the aborted backup's chunks, and backups work again.
     assert!(store.gc().unwrap().chunks_removed > 0);
     let again = noise(18, 2 * BS as usize);
     let v2 = backup(&store, "web", &[("xvda", &again)]);
     assert_eq!(restore(&store, v2, "xvda"), again);
+}
+
+/// A backend whose chunk listing fails part-way, as a flaky disk or object store would.
+struct ListFails(FsBackend);
+
+impl Backend for ListFails {
+    fn location(&self) -> &str {
+        self.0.location()
+    }
+    fn put(&self, space: Space, id: &BlockId, bytes: &[u8]) -> std::io::Result<()> {
+        self.0.put(space, id, bytes)
+    }
+    fn get(&self, space: Space, id: &BlockId) -> std::io::Result<Vec<u8>> {
+        self.0.get(space, id)
+    }
+    fn stat(&self, space: Space, id: &BlockId) -> std::io::Result<Option<Entry>> {
+        self.0.stat(space, id)
+    }
+    fn touch(&self, space: Space, id: &BlockId) -> std::io::Result<bool> {
+        self.0.touch(space, id)
+    }
+    fn list(&self, space: Space, visit: &mut dyn FnMut(Entry)) -> std::io::Result<()> {
+        let mut first = true;
+        self.0.list(space, &mut |e| {
+            if std::mem::take(&mut first) {
+                visit(e);
+            }
+        })?;
+        match space {
+            Space::Chunks => Err(std::io::Error::other("I/O error reading chunks/7f")),
+            Space::Manifests => Ok(()),
+        }
+    }
+    fn remove(&self, space: Space, id: &BlockId) -> std::io::Result<()> {
+        self.0.remove(space, id)
+    }
+    fn quarantine(&self, space: Space, id: &BlockId) -> std::io::Result<String> {
+        self.0.quarantine(space, id)
+    }
+}
+
+#[test]
+fn gc_deletes_nothing_when_it_cannot_list_every_chunk() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = FsBackend::open(dir.path(), SyncMode::Full).unwrap();
+    let store = Store::with_backend(
+        Box::new(ListFails(backend)),
+        Catalog::in_memory().unwrap(),
+        options(),
+    );
+    backup(&store, "web", &[("xvda", &noise(19, BS as usize))]);
+    let garbage: Vec<Vec<u8>> = (0..3).map(|i| noise(20 + i, BS as usize)).collect();
+    drop(upload(
+        &store,
+        "old",
+        &[("a", &garbage[0]), ("b", &garbage[1]), ("c", &garbage[2])],
+    ));
+    let err = store.gc().unwrap_err();
+    assert!(matches!(err, StoreError::GcAborted { .. }), "{err}");
+    assert!(err.to_string().contains("chunks/7f"), "{err}");
+    for g in &garbage {
+        assert!(chunk_path(dir.path(), &BlockId::of(g)).exists());
+    }
 }
