@@ -104,14 +104,21 @@ impl Store {
             report.bytes_removed += e.len;
         }
         for e in orphan_manifests {
-            // A manifest newer than the cutoff may belong to a commit in progress.
-            if e.modified < cutoff {
-                self.inner
-                    .backend
-                    .remove(Space::Manifests, &e.id)
-                    .map_err(|err| self.io(|| format!("GC: removing manifest {}", e.id), err))?;
-                report.manifests_removed += 1;
+            // A manifest newer than the cutoff may belong to a commit in progress; a commit
+            // of identical content rewrites the file under the same lock, refreshing it.
+            let _g = self.stripe(&e.id);
+            match self.inner.backend.stat(Space::Manifests, &e.id) {
+                Ok(Some(now)) if now.modified < cutoff => {}
+                Ok(_) => continue,
+                Err(err) => {
+                    return Err(self.io(|| format!("GC: checking manifest {}", e.id), err));
+                }
             }
+            self.inner
+                .backend
+                .remove(Space::Manifests, &e.id)
+                .map_err(|err| self.io(|| format!("GC: removing manifest {}", e.id), err))?;
+            report.manifests_removed += 1;
         }
         tracing::info!(
             removed = report.chunks_removed,

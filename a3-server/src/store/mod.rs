@@ -48,8 +48,9 @@
 //! - One process owns a store directory (an flock on `<dir>/lock`).
 //! - Backup sessions, reads, restores, verify and stats all run concurrently.
 //! - One GC at a time; it runs alongside all of the above.
-//! - Per chunk, a striped mutex orders the few steps that must not interleave: GC's
-//!   "still old? delete", a session's touch or insert, and verify's "still bad? quarantine".
+//! - Per object, a striped mutex orders the few steps that must not interleave: GC's
+//!   "still old? delete", a session's touch or insert (or its commit writing a manifest
+//!   identical to an orphan one), and verify's "still bad? quarantine".
 //! - A quarantined chunk (renamed `.bad`, never deleted) is invisible to `has_chunks`, so
 //!   the next backup uploads it again.
 //!

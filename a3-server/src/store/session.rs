@@ -166,6 +166,8 @@ impl BackupSession {
         for (name, m) in &disks {
             let bytes = m.encode();
             let digest = BlockId::of(&bytes);
+            // Under the digest's lock: GC may be about to remove an identical orphan.
+            let _g = store.stripe(&digest);
             backend
                 .put(Space::Manifests, &digest, &bytes)
                 .map_err(|e| store.io(|| format!("writing the manifest of disk '{name}'"), e))?;

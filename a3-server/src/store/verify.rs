@@ -108,6 +108,7 @@ impl VerifyReport {
 /// One chunk's verdict.
 enum Verdict {
     Good(u64),
+    Missing,
     Bad {
         problem: String,
         quarantined: Option<String>,
@@ -166,6 +167,11 @@ impl Store {
         for (i, verdict) in verdicts {
             match verdict {
                 Verdict::Good(n) => report.bytes += n,
+                // An unused chunk may have been collected since the listing: not damage.
+                Verdict::Missing if i >= referenced => {}
+                Verdict::Missing => {
+                    bad.insert(ids[i], format!("chunk {} is missing", ids[i]));
+                }
                 Verdict::Bad {
                     problem,
                     quarantined,
@@ -250,10 +256,7 @@ impl Store {
                             Ok(Checked::Good { encoded, .. }) => {
                                 Verdict::Good(encoded.len() as u64)
                             }
-                            Ok(Checked::Missing) => Verdict::Bad {
-                                problem: format!("chunk {id} is missing"),
-                                quarantined: None,
-                            },
+                            Ok(Checked::Missing) => Verdict::Missing,
                             Ok(Checked::Quarantined { reason, to }) => Verdict::Bad {
                                 problem: format!("{reason}; quarantined as {to}"),
                                 quarantined: Some(to),
