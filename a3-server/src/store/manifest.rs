@@ -215,6 +215,16 @@ mod tests {
     }
 
     #[test]
+    fn the_format_is_pinned() {
+        // Any change to the layout changes this digest: bump MANIFEST_FORMAT_VERSION then.
+        let bytes = sample().encode();
+        assert_eq!(
+            BlockId::of(&bytes).to_hex(),
+            "2eb6c7a3a91ef3a769de24f4eec1c7f40523ace712495cc9d885a6bc3ecce308"
+        );
+    }
+
+    #[test]
     fn damage_and_lies_are_refused() {
         let bytes = sample().encode();
         for i in [0, 4, 9, 30, bytes.len() - 1] {
