@@ -15,7 +15,7 @@
 //! - restic and borg at their default settings into local repositories (borg needs an
 //!   encryption mode: `repokey`, the one its docs recommend), full, incremental (they
 //!   re-read the whole image) and restore, each restore checked by hash;
-//! - `cat image > /dev/null` and `b3sum image`: the physical limits; `b3sum` and `zstd -1`
+//! - `cat image > /dev/null`, `b3sum image` and `cp image new-file`: the physical limits; `b3sum` and `zstd -1`
 //!   on one core: the CPU price of the agent's hashing and compression.
 //!
 //! For each A3 step it also prints the CPU seconds the agent, the A3 and every other
@@ -202,6 +202,10 @@ pub fn run(size: u64) -> anyhow::Result<()> {
         )
     })?;
     let (_, b3) = time(|| run_quiet(Command::new("b3sum").arg(&image)))?;
+    // Writing a new file of the image's size: what any restore to a new file pays.
+    let copy = work.join("copy.raw");
+    let (_, cp) = time(|| run_quiet(Command::new("cp").arg(&image).arg(&copy)))?;
+    fs::remove_file(&copy)?;
     // One core's worth of the agent's two heavy steps, for the CPU budget of a backup.
     let (_, b3_one) = time(|| {
         run_quiet(
@@ -295,6 +299,7 @@ pub fn run(size: u64) -> anyhow::Result<()> {
         &borg,
         cat,
         b3,
+        cp,
         [b3_one, zstd_one],
         agent_rss,
         server_rss,
@@ -314,6 +319,7 @@ fn report(
     borg: &Peer,
     cat: Timed,
     b3: Timed,
+    cp: Timed,
     [b3_one, zstd_one]: [Timed; 2],
     agent_rss: f64,
     server_rss: f64,
@@ -376,6 +382,10 @@ fn report(
     println!("| peak RSS (VmHWM) | agent {agent_rss:.1} MiB, A3 {server_rss:.1} MiB | | | | |");
     println!("| `cat image > /dev/null` | {} | | | | |", rate(cat));
     println!("| `b3sum image` | {} | | | | |", rate(b3));
+    println!(
+        "| `cp image new-file` (page cache) | {} | | | | |",
+        rate(cp)
+    );
     println!(
         "| `b3sum --num-threads 1 image` (one core) | {} | | | | |",
         rate(b3_one)
@@ -461,6 +471,7 @@ fn report(
         "agent_peak_rss_mib": round1(agent_rss),
         "a3_peak_rss_mib": round1(server_rss),
         "cat_mbps": round1(cat.mibps(size)),
+        "cp_mbps": round1(cp.mibps(size)),
         "b3sum_mbps": round1(b3.mibps(size)),
     });
     println!("{json}");
