@@ -118,6 +118,14 @@ fn verify_all(store: &Store) -> VerifyReport {
     store.verify(VerifyScope::All, &mut |_| {}).unwrap()
 }
 
+/// The data path shares these across tasks and calls them through `spawn_blocking`.
+#[test]
+fn the_store_and_its_sessions_are_send_and_sync() {
+    fn shared<T: Send + Sync + 'static>() {}
+    shared::<Store>();
+    shared::<BackupSession>();
+}
+
 #[test]
 fn round_trip_with_zero_runs_duplicates_and_a_short_last_block() {
     let dir = tempfile::tempdir().unwrap();

@@ -195,6 +195,13 @@ impl Store {
             }
         }
         report.quarantined.sort();
+        tracing::info!(
+            chunks = report.chunks,
+            bad_blocks = report.bad_blocks.len(),
+            bad_manifests = report.bad_manifests.len(),
+            quarantined = report.quarantined.len(),
+            "verify done"
+        );
         Ok(report)
     }
 
