@@ -11,9 +11,9 @@
 //! Everything here is sans-IO: pure types, codecs and state machines, with time and
 //! randomness passed in, so that it is unit-testable and fuzzable without sockets.
 #![warn(missing_docs)]
-pub mod proto;
-pub mod vhd;
 pub mod chunk;
 pub mod formats;
+pub mod proto;
+pub mod vhd;
 pub mod xapi_wire;
 pub mod xva;
