@@ -52,7 +52,12 @@
 //!   "still old? delete", a session's touch or insert (or its commit writing a manifest
 //!   identical to an orphan one), and verify's "still bad? quarantine".
 //! - A quarantined chunk (renamed `.bad`, never deleted) is invisible to `has_chunks`, so
-//!   the next backup uploads it again.
+//!   the next backup uploads it again. A CBT incremental that takes the block from its base
+//!   manifest without asking fails at commit instead, naming the block.
+//!
+//! # Durability setting
+//! [`StoreOptions::sync`]: [`SyncMode::Full`] (the default) fsyncs every object and its
+//! directory; [`SyncMode::Off`] keeps writes atomic but not power-cut safe.
 //!
 //! All calls block on disk I/O; async callers use `spawn_blocking`.
 
