@@ -141,6 +141,8 @@ fn time<T>(f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<(T, Timed)> 
 struct Peer {
     full: Timed,
     rebackup: Option<Timed>,
+    /// A CBT incremental with an empty bitmap.
+    floor: Option<Timed>,
     incr: Timed,
     restore: Timed,
     /// None when it could not be measured (the reason is printed).
@@ -228,6 +230,16 @@ pub fn run(size: u64) -> anyhow::Result<()> {
     let mut cpu = Vec::new();
     let (_, a3_full) = a3.measured(&mut cpu, "(a) full", || a3.backup(&image, None))?;
     let (_, a3_rebackup) = a3.measured(&mut cpu, "(b) re-backup", || a3.backup(&image, None))?;
+    // A CBT incremental with nothing changed: the fixed price of a job (CLI, API, dispatch,
+    // manifest, commit), the floor under (c).
+    let empty_cbt = work.join("cbt-empty.b64");
+    fs::write(
+        &empty_cbt,
+        base64::engine::general_purpose::STANDARD.encode(vec![0u8; (size / GRANULE / 8) as usize]),
+    )?;
+    let (_, a3_floor) = a3.measured(&mut cpu, "CBT, no change", || {
+        a3.backup(&image, Some(&empty_cbt))
+    })?;
 
     // --- peers, full ---
     let restic = Restic::new(&work)?;
@@ -274,6 +286,7 @@ pub fn run(size: u64) -> anyhow::Result<()> {
     let ours = Peer {
         full: a3_full,
         rebackup: Some(a3_rebackup),
+        floor: Some(a3_floor),
         incr: a3_incr,
         restore: a3_restore,
         stored: a3_stored,
@@ -281,6 +294,7 @@ pub fn run(size: u64) -> anyhow::Result<()> {
     let restic = Peer {
         full: restic_full,
         rebackup: None,
+        floor: None,
         incr: restic_incr,
         restore: restic_restore,
         stored: Some(dir_bytes(&restic.repo)?),
@@ -288,6 +302,7 @@ pub fn run(size: u64) -> anyhow::Result<()> {
     let borg = Peer {
         full: borg_full,
         rebackup: None,
+        floor: None,
         incr: borg_incr,
         restore: borg_restore,
         stored: Some(dir_bytes(&borg.repo)?),
@@ -349,6 +364,12 @@ fn report(
     );
     if let Some(r) = a3.rebackup {
         println!("| (b) re-backup, unchanged, no CBT | {} | | | | |", rate(r));
+    }
+    if let Some(f) = a3.floor {
+        println!(
+            "| CBT incremental with nothing changed (the fixed price of a job) | {} | | | | |",
+            secs(f)
+        );
     }
     println!(
         "| (c) incremental, 1% of 64 KiB granules written (A3 with CBT; peers re-read all) | {} | {} | {} | {:.1}x | {:.1}x |",
@@ -458,6 +479,7 @@ fn report(
         "full_mbps": round1(a3.full.mibps(size)),
         "rebackup_mbps": a3.rebackup.map(|r| round1(r.mibps(size))),
         "incr_s": round3(a3.incr.secs),
+        "cbt_nochange_s": a3.floor.map(|f| round3(f.secs)),
         "restore_mbps": round1(a3.restore.mibps(size)),
         "restic_full_mbps": round1(restic.full.mibps(size)),
         "restic_incr_s": round3(restic.incr.secs),
