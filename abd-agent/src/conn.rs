@@ -18,7 +18,7 @@ const MAX_CONTROL_FRAME: usize = MAX_FRAME_LEN;
 /// Transport settings for bulk transfer on loopback and LAN.
 ///
 /// - Windows: the agent keeps at most 8 MiB written but unacknowledged (backup), and
-///   accepts (restore) 8 MiB per stream and 24 MiB per connection. A LAN's bandwidth-delay
+///   accepts (restore) 4 MiB per stream and 12 MiB per connection. A LAN's bandwidth-delay
 ///   product (10 Gbit/s × 1 ms ≈ 1.25 MB) fits many times over, loopback more so, and the
 ///   sums stay inside the 48 MiB the agent may use in a 128 MiB VM. DESIGN.md §7 measured
 ///   ~500 MB/s with 16/64 MiB windows; wider ones only add memory.
@@ -30,8 +30,8 @@ const MAX_CONTROL_FRAME: usize = MAX_FRAME_LEN;
 ///   fails its jobs within seconds rather than minutes.
 pub fn transport() -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
-    t.stream_receive_window(quinn::VarInt::from_u32(8 << 20))
-        .receive_window(quinn::VarInt::from_u32(24 << 20))
+    t.stream_receive_window(quinn::VarInt::from_u32(4 << 20))
+        .receive_window(quinn::VarInt::from_u32(12 << 20))
         .send_window(8 << 20)
         .max_concurrent_bidi_streams(quinn::VarInt::from_u32(64))
         .keep_alive_interval(Some(Duration::from_secs(2)))

@@ -5,6 +5,8 @@ mod datapath_util;
 use datapath_util::{A3, Rng, assert_same, chunk_files, chunk_path, scratch, start_agent};
 
 const MIB: usize = 1 << 20;
+/// The data path's block size: what one chunk covers.
+const BS: usize = a3_shared::proto::DEFAULT_BLOCK_SIZE as usize;
 
 /// A block shared by two different disks is stored once: backing up the second disk adds
 /// only its own blocks.
@@ -21,20 +23,21 @@ fn block_shared_by_two_disks_is_stored_once() {
     rng.fill(&mut a);
     let mut b = vec![0u8; 3 * MIB];
     rng.fill(&mut b);
-    b[MIB..2 * MIB].copy_from_slice(&a[MIB..2 * MIB]); // the shared block
+    b[BS..2 * BS].copy_from_slice(&a[BS..2 * BS]); // the shared block
     let (pa, pb) = (dir.path().join("a.img"), dir.path().join("b.img"));
     std::fs::write(&pa, &a).unwrap();
     std::fs::write(&pb, &b).unwrap();
 
     let va = a3.backup("dedup-1", &pa, "disk-a", None);
-    assert_eq!(chunk_files(&state).len(), 3);
+    let blocks = 3 * MIB / BS;
+    assert_eq!(chunk_files(&state).len(), blocks);
     let vb = a3.backup("dedup-1", &pb, "disk-b", None);
     assert_eq!(
         chunk_files(&state).len(),
-        5,
+        2 * blocks - 1,
         "the shared block was stored twice"
     );
-    assert!(chunk_path(&state, &a[MIB..2 * MIB]).exists());
+    assert!(chunk_path(&state, &a[BS..2 * BS]).exists());
 
     for (v, want) in [(&va, &a), (&vb, &b)] {
         let out = dir.path().join(format!("{v}.out"));
@@ -62,8 +65,8 @@ fn corrupted_chunk_is_reported_by_restore_and_never_written() {
     let v1 = a3.backup("corrupt-1", &src, "disk", None);
 
     // Flip one byte in the payload of block 2's chunk.
-    let victim = 2 * MIB;
-    let path = chunk_path(&state, &img[victim..victim + MIB]);
+    let victim = 2 * BS;
+    let path = chunk_path(&state, &img[victim..victim + BS]);
     let mut bytes = std::fs::read(&path).unwrap();
     let at = bytes.len() / 2;
     bytes[at] ^= 0x01;
@@ -81,9 +84,9 @@ fn corrupted_chunk_is_reported_by_restore_and_never_written() {
         "the error does not name the version and offset: {err}"
     );
     let restored = std::fs::read(&out).unwrap_or_default();
-    if restored.len() >= victim + MIB {
+    if restored.len() >= victim + BS {
         assert!(
-            restored[victim..victim + MIB].iter().all(|&b| b == 0),
+            restored[victim..victim + BS].iter().all(|&b| b == 0),
             "bytes of the corrupt block were written"
         );
     }

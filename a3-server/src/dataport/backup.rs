@@ -5,8 +5,15 @@ use std::sync::{Arc, Mutex};
 
 use a3_shared::proto::{Assembler, CbtBitmap, DataDown, DataUp, MAX_FRAME_LEN, Manifest, WireId};
 
+use tokio::task::JoinSet;
+
 use super::storage::BackupSession;
 use super::wire;
+
+/// Chunk inserts one data stream keeps in flight. Each insert ends in an fsync of the file
+/// and of its directory (a few milliseconds on a virtual disk); awaiting them one by one
+/// made a CBT incremental of ~300 chunks take 1.6 s, almost all of it waiting.
+const INSERTS_IN_FLIGHT: usize = 16;
 
 /// One running backup job.
 pub struct BackupWork {
@@ -92,6 +99,7 @@ impl BackupWork {
             }
         }
         let session = self.session()?;
+        let mut inserts: JoinSet<Result<WireId, String>> = JoinSet::new();
         let ctx = |e: wire::WireError| e.describe(&self.abd);
         loop {
             match wire::recv::<DataUp>(recv, MAX_FRAME_LEN)
@@ -118,14 +126,25 @@ impl BackupWork {
                             a3_shared::proto::assemble::hex(&id)
                         ));
                     }
-                    session
-                        .insert_chunk(id, data)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    self.with_assembler(|a| a.chunk_received(&id))?
-                        .map_err(|e| e.to_string())?;
+                    while inserts.len() >= INSERTS_IN_FLIGHT {
+                        self.inserted(inserts.join_next().await)?;
+                    }
+                    let s = session.clone();
+                    inserts.spawn(async move {
+                        s.insert_chunk(id, data)
+                            .await
+                            .map(|()| id)
+                            .map_err(|e| e.to_string())
+                    });
+                    while let Some(done) = inserts.try_join_next() {
+                        self.inserted(Some(done))?;
+                    }
                 }
                 Some(DataUp::End) => {
+                    // Everything received on this stream is durable before End goes back.
+                    while let Some(done) = inserts.join_next().await {
+                        self.inserted(Some(done))?;
+                    }
                     // Release the session before saying End: the agent reports Done on
                     // End, and the commit needs the session to itself.
                     drop(session);
@@ -136,6 +155,17 @@ impl BackupWork {
                 None => return Err(format!("ABD '{}' closed a data stream early", self.abd)),
             }
         }
+    }
+
+    /// Accounts for a finished insert.
+    fn inserted(
+        &self,
+        done: Option<Result<Result<WireId, String>, tokio::task::JoinError>>,
+    ) -> Result<(), String> {
+        let Some(done) = done else { return Ok(()) };
+        let id = done.map_err(|e| format!("chunk insert task: {e}"))??;
+        self.with_assembler(|a| a.chunk_received(&id))?
+            .map_err(|e| e.to_string())
     }
 
     /// The agent is done: commit if, and only if, the version is complete. Returns the
