@@ -33,6 +33,8 @@ use crate::{blocks, device, wire};
 pub const STREAMS: u32 = 3;
 /// Block data per batch.
 const BATCH_BYTES: u64 = 4 << 20;
+/// Plain bytes compressed per trip to the blocking pool.
+const COMPRESS_GROUP_BYTES: usize = 1 << 20;
 /// Batches read ahead of the workers.
 const QUEUE: usize = 1;
 
@@ -223,21 +225,35 @@ impl Worker {
             other => bail!("the A3 answered hash batch {seq} with {other:?}"),
         };
         let raw = Arc::new(raw);
-        for (k, entry) in entries.iter().enumerate() {
-            let BlockRef::Hash(id) = *entry else { continue };
-            if !need_bit(&bits, k) {
-                continue;
-            }
+        let needed: Vec<(usize, WireId)> = entries
+            .iter()
+            .enumerate()
+            .filter_map(|(k, e)| match e {
+                BlockRef::Hash(id) if need_bit(&bits, k) => Some((k, *id)),
+                _ => None,
+            })
+            .collect();
+        // Compress a group of blocks per trip to the blocking pool: one trip per block cost
+        // more in thread switches than the compression of a small block (perf).
+        let group = (COMPRESS_GROUP_BYTES / bs as usize).max(1);
+        for part in needed.chunks(group) {
             let raw = raw.clone();
+            let part = part.to_vec();
             let encoded = tokio::task::spawn_blocking(move || {
-                let start = k * bs as usize;
-                let end = (start + bs as usize).min(raw.data.len());
-                blocks::encode(&raw.data[start..end])
+                part.into_iter()
+                    .map(|(k, id)| {
+                        let start = k * bs as usize;
+                        let end = (start + bs as usize).min(raw.data.len());
+                        Ok((id, blocks::encode(&raw.data[start..end])?))
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()
             })
             .await??;
-            Counters::add(&self.c.chunks, 1);
-            Counters::add(&self.c.chunk_bytes, encoded.len() as u64);
-            wire::send(&mut self.send, &DataUp::Chunk { id, data: encoded }).await?;
+            for (id, data) in encoded {
+                Counters::add(&self.c.chunks, 1);
+                Counters::add(&self.c.chunk_bytes, data.len() as u64);
+                wire::send(&mut self.send, &DataUp::Chunk { id, data }).await?;
+            }
         }
         let done: u64 = (0..entries.len() as u64)
             .map(|k| {
