@@ -9,7 +9,9 @@ use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use a3_shared::proto::{DataDown, DataUp, MAX_FRAME_LEN, Manifest, RestoreJob, restore_stream_of};
+use a3_shared::proto::{
+    DataDown, DataUp, MAX_FRAME_LEN, Manifest, RestoreJob, WireId, restore_stream_of,
+};
 use anyhow::{Context, bail};
 
 use crate::jobs::Counters;
@@ -129,11 +131,16 @@ async fn receive(
             Counters::add(&c.done, r.end - r.start);
         }
     }
+    // Chunks are decoded and written a group at a time (about 1 MiB of plaintext per trip
+    // to the blocking pool, as for backup compression).
+    let mut group: Vec<(u64, WireId, Vec<u8>)> = Vec::new();
+    let mut group_bytes = 0usize;
     loop {
         if failed.load(Ordering::Relaxed) {
             bail!("another restore stream failed");
         }
-        match wire::recv::<DataDown>(&mut recv, MAX_FRAME_LEN).await? {
+        let msg = wire::recv::<DataDown>(&mut recv, MAX_FRAME_LEN).await?;
+        let end = match msg {
             Some(DataDown::Chunk { index, id, data }) => {
                 let expected = m.blocks.get(index as usize).copied().flatten();
                 if expected != Some(id) || !pending.remove(&index) {
@@ -142,37 +149,29 @@ async fn receive(
                          name there (or twice); nothing written for it"
                     );
                 }
-                let r = Manifest::block_range(m.size, m.block_size, index);
-                let len = (r.end - r.start) as usize;
                 Counters::add(&c.chunks, 1);
                 Counters::add(&c.chunk_bytes, data.len() as u64);
-                let f = file.clone();
-                let label2 = label.clone();
-                tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-                    let plain = blocks::decode(&data, &id).with_context(|| {
-                        format!(
-                            "{label2}: block at offset {}: chunk rejected, not written",
-                            r.start
-                        )
-                    })?;
-                    if plain.len() != len {
-                        bail!(
-                            "{label2}: block at offset {}: {} bytes, expected {len}; not written",
-                            r.start,
-                            plain.len()
-                        );
-                    }
-                    f.write_all_at(&plain, r.start)
-                        .with_context(|| format!("writing offset {}", r.start))
-                })
-                .await??;
-                Counters::add(&c.bytes_io, len as u64);
-                Counters::add(&c.done, len as u64);
+                group_bytes += m.block_size as usize;
+                group.push((index, id, data));
+                false
             }
-            Some(DataDown::End) => break,
+            Some(DataDown::End) => true,
             Some(DataDown::Error { reason }) => bail!("{reason}"),
             Some(other) => bail!("unexpected message on a restore stream: {other:?}"),
             None => bail!("the A3 closed a restore stream early"),
+        };
+        if !group.is_empty() && (end || group_bytes >= 1 << 20) {
+            let chunks = std::mem::take(&mut group);
+            group_bytes = 0;
+            let (f, m2, label2) = (file.clone(), m.clone(), label.clone());
+            let written =
+                tokio::task::spawn_blocking(move || write_group(&f, &m2, &label2, chunks))
+                    .await??;
+            Counters::add(&c.bytes_io, written);
+            Counters::add(&c.done, written);
+        }
+        if end {
+            break;
         }
     }
     if let Some(&i) = pending.iter().min() {
@@ -182,4 +181,36 @@ async fn receive(
         );
     }
     Ok(())
+}
+
+/// Decodes each chunk, checks it against its id and length, and writes it. Stops at the
+/// first bad chunk, having written nothing of it. Returns the bytes written.
+fn write_group(
+    f: &File,
+    m: &Manifest,
+    label: &str,
+    chunks: Vec<(u64, WireId, Vec<u8>)>,
+) -> anyhow::Result<u64> {
+    let mut written = 0;
+    for (index, id, data) in chunks {
+        let r = Manifest::block_range(m.size, m.block_size, index);
+        let len = (r.end - r.start) as usize;
+        let plain = blocks::decode(&data, &id).with_context(|| {
+            format!(
+                "{label}: block at offset {}: chunk rejected, not written",
+                r.start
+            )
+        })?;
+        if plain.len() != len {
+            bail!(
+                "{label}: block at offset {}: {} bytes, expected {len}; not written",
+                r.start,
+                plain.len()
+            );
+        }
+        f.write_all_at(&plain, r.start)
+            .with_context(|| format!("writing offset {}", r.start))?;
+        written += len as u64;
+    }
+    Ok(written)
 }
