@@ -200,7 +200,9 @@ async fn follow(api: &ApiClient, d: Dispatched, what: &str) -> anyhow::Result<St
             JobState::Finishing => bar.set_message("committing"),
             JobState::Running => {}
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // A status read costs the server microseconds; polling often keeps a short job
+        // (a CBT incremental takes a few tenths of a second) from waiting on the CLI.
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 
