@@ -8,6 +8,9 @@
 //! - [`xapi`]: the XAPI client (TLS pinning, sessions, typed records, events).
 //! - [`inventory`]: host add and pool discovery, the inventory kept current, failover.
 //! - [`store`]: the deduplicating backup store: chunks, manifests, versions, verify, GC.
+//! - [`pki`]: the A3's own CA, ABD enrollment and revocation, the port-2811 certificates.
+//! - [`dataport`]: port 2811, the QUIC endpoint ABD agents stream disks through, and the
+//!   data-path jobs (backup and restore of one disk).
 //! - [`cli`]: the command line; commands other than `serve` are clients of the running
 //!   server's API.
 pub mod api;
