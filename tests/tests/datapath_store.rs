@@ -2,7 +2,9 @@
 
 mod datapath_util;
 
-use datapath_util::{A3, Rng, assert_same, chunk_files, chunk_path, scratch, start_agent};
+use datapath_util::{
+    A3, Rng, assert_same, cbt_bitmap, chunk_files, chunk_path, scratch, start_agent,
+};
 
 const MIB: usize = 1 << 20;
 /// The data path's block size: what one chunk covers.
@@ -99,4 +101,46 @@ fn corrupted_chunk_is_reported_by_restore_and_never_written() {
         assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
         assert_same(v, &std::fs::read(&out).unwrap(), &img);
     }
+}
+
+/// A CBT incremental takes unchanged blocks from its base without asking the store; when a
+/// base chunk has since been found bad (quarantined), the A3 has the agent read that block
+/// again, so the new version is complete and restores bit-exact.
+#[test]
+fn cbt_incremental_rereads_a_base_block_found_bad() {
+    let dir = scratch();
+    let state = dir.path().join("a3");
+    let a3 = A3::start(&state, "127.0.1.209:0");
+    let cfg = a3.enroll("requar-1", dir.path());
+    let _agent = start_agent(&a3, "requar-1", &cfg);
+
+    let mut img = vec![0u8; 4 * MIB];
+    Rng(41).fill(&mut img);
+    let src = dir.path().join("disk.img");
+    std::fs::write(&src, &img).unwrap();
+    a3.backup("requar-1", &src, "disk", None);
+
+    // Damage block 1's chunk, and let verify find and quarantine it.
+    let victim = BS;
+    let path = chunk_path(&state, &img[victim..victim + BS]);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x01;
+    std::fs::write(&path, &bytes).unwrap();
+    let verify = a3.cli(&["store", "verify"]);
+    assert!(!verify.status.success(), "verify missed the damage");
+    assert!(!path.exists(), "the bad chunk was not quarantined");
+
+    // Nothing changed since the base, by CBT.
+    let cbt = dir.path().join("cbt.b64");
+    std::fs::write(&cbt, cbt_bitmap(img.len() as u64, &[])).unwrap();
+    let v2 = a3.backup("requar-1", &src, "disk", Some(&cbt));
+    let out = dir.path().join("v2.out");
+    let r = a3.restore("requar-1", &v2, &out);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_same(&v2, &std::fs::read(&out).unwrap(), &img);
+    assert!(
+        path.exists(),
+        "the incremental did not store the block again"
+    );
 }

@@ -262,6 +262,24 @@ impl DataPort {
             None => None,
         };
         let session = self.inner.store.begin_backup(&req.disk).await?;
+        // Blocks the CBT bitmap leaves unchanged come from the base manifest without a
+        // question to the store. A base chunk quarantined since (found bad) must be read
+        // and sent again. Asking also touches the base's chunks, so GC keeps them while
+        // this job runs.
+        let mut base = base;
+        let cbt = match (cbt, base.as_mut()) {
+            (Some(mut cbt), Some(base)) => {
+                let lost = reread_lost_base_blocks(&session, base, &mut cbt).await?;
+                if lost > 0 {
+                    notes.push(format!(
+                        "{lost} block(s) of the base version are no longer in the store \
+                         (quarantined as bad): they are read again"
+                    ));
+                }
+                Some(cbt)
+            }
+            (cbt, _) => cbt,
+        };
         let id = self
             .inner
             .jobs
@@ -364,4 +382,34 @@ impl DataPort {
         }
         Ok(known)
     }
+}
+
+/// Makes the agent read and send again every block of `base` whose chunk the store no
+/// longer has: marks it changed in `cbt`, and drops it from `base` so that neither side
+/// can call the re-read block "same as base". Returns how many blocks that was.
+async fn reread_lost_base_blocks(
+    session: &storage::BackupSession,
+    base: &mut a3_shared::proto::Manifest,
+    cbt: &mut CbtBitmap,
+) -> Result<usize, DispatchError> {
+    let stored: Vec<(usize, a3_shared::proto::WireId)> = base
+        .blocks
+        .iter()
+        .enumerate()
+        .filter_map(|(i, b)| b.map(|id| (i, id)))
+        .collect();
+    let present = session
+        .has_chunks(stored.iter().map(|(_, id)| *id).collect())
+        .await?;
+    let block = u64::from(base.block_size);
+    let mut lost = 0;
+    for ((index, _), have) in stored.iter().zip(present) {
+        if !have {
+            let start = *index as u64 * block;
+            cbt.mark_changed(start..(start + block).min(base.size));
+            base.blocks[*index] = None;
+            lost += 1;
+        }
+    }
+    Ok(lost)
 }

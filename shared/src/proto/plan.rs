@@ -58,6 +58,23 @@ impl CbtBitmap {
         }
     }
 
+    /// Marks every granule touching the bytes of `range` as changed, growing the bitmap
+    /// when `range` lies past its end.
+    pub fn mark_changed(&mut self, range: Range<u64>) {
+        if range.is_empty() {
+            return;
+        }
+        let (first, last) = (range.start / CBT_GRANULE, (range.end - 1) / CBT_GRANULE);
+        let need = usize::try_from(last / 8 + 1).expect("bitmap fits in memory");
+        if self.bits.len() < need {
+            // Past the old end everything already counted as changed; keep it so.
+            self.bits.resize(need, 0xFF);
+        }
+        for g in first..=last {
+            self.bits[(g / 8) as usize] |= 0x80 >> (g % 8);
+        }
+    }
+
     /// Whether any byte of `range` lies in a changed granule.
     pub fn any_changed(&self, range: Range<u64>) -> bool {
         if range.is_empty() {
@@ -219,5 +236,20 @@ mod tests {
         let short = CbtBitmap::from_bytes(vec![0; 2]); // 1 MiB covered
         let p = plan(4 * MIB, MIB as u32, Some(&base(4 * MIB)), Some(&short));
         assert_eq!(p.reads, vec![1..4]);
+    }
+
+    #[test]
+    fn marking_a_range_sets_its_granules_only() {
+        let mut cbt = CbtBitmap::from_bytes(vec![0; 4]);
+        cbt.mark_changed(3 * CBT_GRANULE + 1..5 * CBT_GRANULE);
+        let changed: Vec<u64> = (0..32).filter(|g| cbt.granule_changed(*g)).collect();
+        assert_eq!(changed, [3, 4]);
+        cbt.mark_changed(40 * CBT_GRANULE..41 * CBT_GRANULE);
+        assert!(cbt.granule_changed(40));
+        assert!(
+            cbt.granule_changed(35),
+            "past the old end still counts as changed"
+        );
+        assert!(!cbt.granule_changed(5));
     }
 }
