@@ -7,8 +7,8 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use super::{ApiError, AppState};
-use crate::dataport::{BackupRequest, DispatchError, Dispatched, JobStatus, RestoreRequest};
 use crate::dataport::storage::VersionInfo;
+use crate::dataport::{BackupRequest, DispatchError, Dispatched, JobStatus, RestoreRequest};
 
 /// The routes.
 pub fn routes() -> Router<AppState> {

@@ -12,8 +12,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use super::client::ApiClient;
 use super::host::{print_json, print_table};
 use crate::api::disks::{BackupBody, RestoreBody};
-use crate::dataport::{Dispatched, JobState, JobStatus};
 use crate::dataport::storage::VersionInfo;
+use crate::dataport::{Dispatched, JobState, JobStatus};
 
 /// Disk commands.
 #[derive(Debug, Subcommand)]
