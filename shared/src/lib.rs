@@ -5,6 +5,7 @@
 //!   by the pool simulator.
 //! - `vhd` and `xva`: the disk and VM formats XAPI imports and exports (the ABD template,
 //!   disk exports), with bounded, verifying readers.
+//! - `xenstore`: the xenstore wire protocol the ABD speaks over `/dev/xen/xenbus`.
 //! - the port-2811 protocol (messages, framing, state machines), block hashing and chunk
 //!   encoding, spoken by the A3 and the ABD agent.
 //!
@@ -17,3 +18,4 @@ pub mod proto;
 pub mod vhd;
 pub mod xapi_wire;
 pub mod xva;
+pub mod xenstore;
