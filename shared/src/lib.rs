@@ -17,5 +17,5 @@ pub mod formats;
 pub mod proto;
 pub mod vhd;
 pub mod xapi_wire;
-pub mod xva;
 pub mod xenstore;
+pub mod xva;
