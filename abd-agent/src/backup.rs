@@ -50,7 +50,7 @@ pub async fn run(conn: quinn::Connection, job: BackupJob, c: Arc<Counters>) -> a
     if !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&bs) || !bs.is_multiple_of(MIN_BLOCK_SIZE) {
         bail!("block size {bs} is not a multiple of 64 KiB within 64 KiB..=8 MiB");
     }
-    let (file, size) = device::open_read(&job.device)?;
+    let (file, size) = device::open_read(&job.device).await?;
     let cbt = job.cbt.clone().map(CbtBitmap::from_bytes);
     let plan = plan(size, bs, job.base.as_ref(), cbt.as_ref());
     let planned_bytes: u64 = plan

@@ -7,13 +7,16 @@
 //! - [`conn`]: enrollment, the control stream, reconnect with backoff;
 //! - [`jobs`]: running jobs and reporting progress;
 //! - [`backup`], [`restore`]: the data pipelines; [`device`]: opening what a job names;
-//! - [`wire`]: frames on QUIC streams.
+//! - [`wire`]: frames on QUIC streams;
+//! - [`bootcfg`], [`xenbus`]: the boot config from xenstore, the kernel command line or a
+//!   file, and the address reported back in `vm-data/abd/assigned-ip`.
 //!
 //! Exit codes: 0 success; 1 the command failed (message on stderr); 2 bad usage (clap).
 //! `run` only returns on a startup error: connection failures are retried forever.
 
 mod backup;
 mod blocks;
+mod bootcfg;
 mod config;
 mod conn;
 mod device;
@@ -22,6 +25,7 @@ mod jobs;
 mod restore;
 mod tls;
 mod wire;
+mod xenbus;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,10 +43,24 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Connect to the A3 (enrolling on first start), take jobs, reconnect when cut off.
+    ///
+    /// The config comes from xenstore `vm-data/abd/*` (through `--xenbus`, or
+    /// /dev/xen/xenbus when it exists), then the kernel command line `abd.*=`, then
+    /// `--config`, the first source winning per key.
     Run {
         /// The agent config file (`a3-server abd enroll --out FILE` writes it).
         #[arg(long)]
-        config: PathBuf,
+        config: Option<PathBuf>,
+        /// The xenstore device or socket (xapi-sim's process backend gives a socket).
+        #[arg(long)]
+        xenbus: Option<PathBuf>,
+        /// Where device ids such as `xvdb` resolve.
+        #[arg(long, default_value = "/dev")]
+        dev_dir: PathBuf,
+        /// Where the key and certificate are kept (default: next to `--config`, else
+        /// /run/abd/state).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
     },
     /// Connect once (enrolling if needed), check the A3 accepts this ABD, and exit.
     Probe {
@@ -89,8 +107,35 @@ fn main_exec(cli: Cli) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     match cli.command {
-        Command::Run { config } => {
-            let cfg = config::AgentConfig::load(&config)?;
+        Command::Run {
+            config,
+            xenbus,
+            dev_dir,
+            state_dir,
+        } => {
+            device::set_dev_dir(dev_dir);
+            let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+            let (boot, xs) = bootcfg::gather(xenbus.as_deref(), &cmdline, config.as_deref())?;
+            let mut cfg = boot.agent;
+            if state_dir.is_some() {
+                cfg.state_dir = state_dir;
+            }
+            // As a process the agent leaves the NICs alone: its address is the one it binds.
+            let lease = std::env::var(bootcfg::SIM_DHCP_ENV).ok();
+            if let Some((addr, prefix)) = boot.net.addressing.process_address(lease.as_deref())? {
+                cfg.bind = Some((addr, 0).into());
+                if let Some(mut xs) = xs {
+                    xs.write(xenbus::ASSIGNED_IP, &format!("{addr}/{prefix}"))?;
+                }
+                let gateway = match boot.net.addressing {
+                    bootcfg::Addressing::Static { gateway, .. } => gateway,
+                    bootcfg::Addressing::Dhcp => None,
+                };
+                tracing::info!(
+                    %addr, prefix, ?gateway, dns = ?boot.net.dns,
+                    "process mode: binding the assigned address; NICs and resolvers untouched"
+                );
+            }
             runtime.block_on(conn::run(cfg))
         }
         Command::Probe { config } => {

@@ -26,7 +26,7 @@ pub async fn run(conn: quinn::Connection, job: RestoreJob, c: Arc<Counters>) -> 
     if !m.is_consistent() {
         bail!("{}: the manifest does not match its size", job.label);
     }
-    let path = device::resolve(&job.target)?;
+    let path = device::resolve(&job.target).await?;
     let file = OpenOptions::new()
         .write(true)
         .create(true)
