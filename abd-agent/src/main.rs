@@ -11,6 +11,10 @@
 //! - [`bootcfg`], [`xenbus`]: the boot config from xenstore, the kernel command line or a
 //!   file, and the address reported back in `vm-data/abd/assigned-ip`.
 //!
+//! As PID 1 (the appliance's `/init`), [`init`] boots the VM, reads the boot config
+//! ([`bootcfg`]), configures the network ([`net`]), prints [`diag`]'s checks and runs the
+//! agent forever.
+//!
 //! Exit codes: 0 success; 1 the command failed (message on stderr); 2 bad usage (clap).
 //! `run` only returns on a startup error: connection failures are retried forever.
 
@@ -20,8 +24,11 @@ mod bootcfg;
 mod config;
 mod conn;
 mod device;
+mod diag;
 mod identity;
+mod init;
 mod jobs;
+mod net;
 mod restore;
 mod tls;
 mod wire;
@@ -62,6 +69,19 @@ enum Command {
         #[arg(long)]
         state_dir: Option<PathBuf>,
     },
+    /// Check the network, DNS, the paths to and from the A3, the disks and memory; each
+    /// line passes, warns or fails with a remedy. Exits 1 when a line fails.
+    Diag {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// A disk whose unbuffered read speed to measure (default: every visible disk).
+        #[arg(long)]
+        disk: Vec<PathBuf>,
+        /// An agent config file, when not in the appliance (whose boot config is used).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Connect once (enrolling if needed), check the A3 accepts this ABD, and exit.
     Probe {
         /// The agent config file.
@@ -71,6 +91,11 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    if init::is_pid1() {
+        // The appliance's /init: the kernel passes no subcommand, and this never returns.
+        init_logging();
+        init::appliance::run();
+    }
     let cli = Cli::parse();
     init_logging();
     match main_exec(cli) {
@@ -138,6 +163,19 @@ fn main_exec(cli: Cli) -> anyhow::Result<()> {
             }
             runtime.block_on(conn::run(cfg))
         }
+        Command::Diag { json, disk, config } => {
+            let (cfg, _) = init::appliance::read_boot_config(config.as_deref())?;
+            let checks = runtime.block_on(diag::run(&cfg, &disk));
+            if json {
+                println!("{}", serde_json::to_string_pretty(&checks)?);
+            } else {
+                print!("{}", diag::table(&checks));
+            }
+            if diag::any_failed(&checks) {
+                anyhow::bail!("some checks failed: see the remedies");
+            }
+            Ok(())
+        }
         Command::Probe { config } => {
             let cfg = config::AgentConfig::load(&config)?;
             runtime.block_on(conn::probe(cfg))?;
@@ -153,5 +191,7 @@ fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // The appliance's console is a serial port read by people and tests: plain text.
+        .with_ansi(!init::is_pid1())
         .init();
 }

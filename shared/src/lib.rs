@@ -13,6 +13,7 @@
 //! randomness passed in, so that it is unit-testable and fuzzable without sockets.
 #![warn(missing_docs)]
 pub mod chunk;
+pub mod dhcp;
 pub mod formats;
 pub mod proto;
 pub mod vhd;

@@ -378,6 +378,13 @@ impl<R: Read + Seek> VhdReader<R> {
         self.size
     }
 
+    /// For a dynamic VHD, its block size and each block's byte offset in the file (of its
+    /// sector bitmap), `None` for an unstored block; `None` for a fixed VHD. An editor of
+    /// the file uses it after `open` has checked every structure.
+    pub fn block_map(&self) -> Option<(u64, &[Option<u64>])> {
+        self.bat.as_deref().map(|bat| (self.block_size, bat))
+    }
+
     /// Fills `buf` with the disk's bytes from `offset`; unstored regions read as zeros.
     pub fn read_at(&mut self, mut offset: u64, mut buf: &mut [u8]) -> Result<(), VhdError> {
         if offset

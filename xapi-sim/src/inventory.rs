@@ -71,7 +71,7 @@ pub fn build(st: &mut State, plan: &Plan) -> ApiResult<()> {
         .set("pool", &pool, "default_SR", local_srs[0].clone())?;
     let iso = api::create_sr(st, &hosts[0].0, "iso", "XCP-ng Tools", "iso", true)?;
     st.db.set("SR", &iso, "is_tools_sr", true)?;
-    let tools = api::create_vdi(st, "guest-tools.iso", &iso, 64 << 20, "user", None);
+    let tools = api::create_vdi(st, "guest-tools.iso", &iso, 64 << 20, "user", None)?;
     st.db.update("VDI", &tools, |rec| {
         rec.insert("is_tools_iso".into(), true.into());
         rec.insert("read_only".into(), true.into());
@@ -165,7 +165,7 @@ pub fn build(st: &mut State, plan: &Plan) -> ApiResult<()> {
                 size as i64,
                 "user",
                 Some(seed),
-            );
+            )?;
             let spec = api::VbdSpec {
                 userdevice: disk.to_string(),
                 ty: "Disk".into(),

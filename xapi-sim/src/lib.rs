@@ -23,13 +23,16 @@ pub mod control;
 pub mod demo;
 pub mod disks;
 pub mod errors;
+pub mod file_store;
 pub mod http_vdi;
 pub mod inventory;
 pub mod model;
+pub mod nfs_client;
 pub mod persist;
 pub mod server;
 pub mod sim;
 pub mod state;
 pub mod tls;
+pub mod vhd_file;
 
 pub use sim::{HostInfo, Sim, SimConfig, SimError};

@@ -145,6 +145,7 @@ pub fn serialize(saved: &Saved) -> Vec<u8> {
         disks: DiskStoreState {
             disks: saved.disks.disks.clone(),
             write_seq: saved.disks.write_seq,
+            nfs_pbds: saved.disks.nfs_pbds.clone(),
         },
     };
     serde_json::to_vec(&d).unwrap_or_default()

@@ -6,7 +6,7 @@ use base64::Engine as _;
 use super::{Table, params, void};
 use crate::clock;
 use crate::demo::DemoSeed;
-use crate::disks::DiskError;
+use crate::disks::{DiskError, Placement};
 use crate::errors::{self, ApiError, ApiResult};
 use crate::model::{Ref, new_ref, new_uuid, storage};
 use crate::state::State;
@@ -36,7 +36,7 @@ pub(super) fn register(t: &mut Table) {
             size,
             ty.as_str().unwrap_or("user"),
             None,
-        );
+        )?;
         let mut fields = vec![];
         for (f, default) in [
             ("name_description", Value::from("")),
@@ -133,6 +133,7 @@ fn data_destroy(st: &mut State, vdi: &str) -> ApiResult<()> {
     if is_attached(st, vdi)? {
         return Err(errors::vdi_in_use(vdi, "data_destroy"));
     }
+    super::sr::placement(st, &st.db.str_field("VDI", vdi, "SR")?)?;
     let uuid = uuid_of(st, vdi)?;
     st.disks
         .data_destroy(&uuid)
@@ -146,7 +147,8 @@ fn data_destroy(st: &mut State, vdi: &str) -> ApiResult<()> {
     })
 }
 
-/// Creates a VDI record and its (zero or demo) content; returns its ref.
+/// Creates a VDI record and its (zero or demo) content; returns its ref. On an NFS SR
+/// the content is an empty VHD of whole 2 MiB blocks (demo content is for local SRs).
 pub(crate) fn create_vdi(
     st: &mut State,
     name: &str,
@@ -154,10 +156,22 @@ pub(crate) fn create_vdi(
     size: i64,
     ty: &str,
     demo: Option<DemoSeed>,
-) -> Ref {
+) -> ApiResult<Ref> {
     let uuid = new_uuid();
     let r = new_ref();
-    st.disks.create(&uuid, size as u64, demo);
+    let size = match super::sr::placement(st, sr)? {
+        Placement::Local => {
+            st.disks.create(&uuid, size as u64, demo);
+            size
+        }
+        Placement::Vhd(sr_uuid) => {
+            let rounded = crate::vhd_file::round_size(size as u64);
+            st.disks
+                .create_vhd(&uuid, rounded, &sr_uuid)
+                .map_err(|e| disk_error(&r, e))?;
+            rounded as i64
+        }
+    };
     let mut rec = storage::vdi(&uuid, name, sr, size, ty);
     rec.insert(
         "physical_utilisation".into(),
@@ -165,7 +179,7 @@ pub(crate) fn create_vdi(
     );
     st.db.insert("VDI", r.clone(), rec);
     let _ = st.db.add_to_set("SR", sr, "VDIs", &r);
-    r
+    Ok(r)
 }
 
 /// How a VDI copy relates to its source.
@@ -187,18 +201,20 @@ pub(crate) fn copy_vdi(st: &mut State, vdi: &str, sr: Option<&str>, kind: Copy) 
     let src_uuid = uuid_of(st, vdi)?;
     let uuid = new_uuid();
     let r = new_ref();
+    let src_sr = src
+        .get("SR")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
+    let sr = sr.map_or_else(|| src_sr.clone(), str::to_owned);
+    super::sr::placement(st, &src_sr)?;
+    let to = super::sr::placement(st, &sr)?;
     st.disks
-        .copy(&src_uuid, &uuid, kind == Copy::Snapshot)
+        .copy(&src_uuid, &uuid, kind == Copy::Snapshot, &to)
         .map_err(|e| disk_error(vdi, e))?;
-    let sr = match sr {
-        Some(sr) => sr.to_owned(),
-        None => src
-            .get("SR")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_owned(),
-    };
+    let size = st.disks.get(&uuid).map_or(0, |d| d.virtual_size);
     let mut rec = src.clone();
+    rec.insert("virtual_size".into(), Value::Int(size as i64));
     rec.insert("uuid".into(), uuid.clone().into());
     rec.insert("location".into(), uuid.into());
     rec.insert("SR".into(), sr.clone().into());
@@ -229,8 +245,15 @@ pub(crate) fn copy_vdi(st: &mut State, vdi: &str, sr: Option<&str>, kind: Copy) 
     Ok(r)
 }
 
-/// Destroys a VDI that no running VM uses, with its unplugged VBDs.
+/// Destroys a VDI that no running VM uses, with its unplugged VBDs. Its SR must be
+/// attached, as the storage backend deletes the content.
 pub(crate) fn destroy_vdi(st: &mut State, vdi: &str) -> ApiResult<()> {
+    super::sr::placement(st, &st.db.str_field("VDI", vdi, "SR")?)?;
+    destroy_vdi_unchecked(st, vdi)
+}
+
+/// [`destroy_vdi`] once the caller has made the SR's store reachable.
+pub(crate) fn destroy_vdi_unchecked(st: &mut State, vdi: &str) -> ApiResult<()> {
     if is_attached(st, vdi)? {
         return Err(errors::vdi_in_use(vdi, "destroy"));
     }

@@ -312,7 +312,7 @@ fn provision(st: &mut State, vm: &str) -> ApiResult<()> {
             st.db.by_uuid("SR", &d.sr)?
         };
         let name = format!("{} {}", st.db.str_field("VM", vm, "name_label")?, d.device);
-        let vdi = vdi::create_vdi(st, &name, &sr, d.size, &d.ty, None);
+        let vdi = vdi::create_vdi(st, &name, &sr, d.size, &d.ty, None)?;
         let spec = VbdSpec {
             userdevice: d.device,
             ty: "Disk".into(),
