@@ -20,6 +20,14 @@ pub struct Config {
     pub data_listen: SocketAddr,
     /// Logs as JSON lines instead of human-readable text.
     pub log_json: bool,
+    /// The ABD template XVA (`cargo xtask image` builds it); default: `abd.xva` in the state
+    /// dir, else next to the `a3-server` binary.
+    pub abd_template: Option<PathBuf>,
+    /// DNS servers given to ABDs (`ip[:port]`); default: the A3's own, from
+    /// `/etc/resolv.conf`.
+    pub dns: Vec<String>,
+    /// How long a new ABD may take to boot and connect on port 2811, in seconds.
+    pub abd_boot_timeout_secs: u64,
 }
 
 impl Default for Config {
@@ -31,6 +39,9 @@ impl Default for Config {
             http_listen: "127.0.0.1:8011".parse().expect("valid literal"),
             data_listen: "0.0.0.0:2811".parse().expect("valid literal"),
             log_json: false,
+            abd_template: None,
+            dns: Vec::new(),
+            abd_boot_timeout_secs: 120,
         }
     }
 }

@@ -11,6 +11,9 @@
 //! - [`pki`]: the A3's own CA, ABD enrollment and revocation, the port-2811 certificates.
 //! - [`dataport`]: port 2811, the QUIC endpoint ABD agents stream disks through, and the
 //!   data-path jobs (backup and restore of one disk).
+//! - [`template`], [`fleet`], [`jobs`], [`poolops`]: the pool workflow: the ABD template
+//!   in each pool, the persistent ABD VMs, whole-VM backup and restore jobs with recovery
+//!   after a crash, and the XAPI calls they make.
 //! - [`cli`]: the command line; commands other than `serve` are clients of the running
 //!   server's API.
 pub mod api;
@@ -18,10 +21,14 @@ pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod dataport;
+pub mod fleet;
 pub mod inventory;
+pub mod jobs;
 pub mod pki;
+pub mod poolops;
 pub mod server;
 pub mod store;
+pub mod template;
 pub mod xapi;
 
 /// Installs rustls's `ring` provider as the process default (every TLS and QUIC endpoint

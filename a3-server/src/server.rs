@@ -65,14 +65,23 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         shutdown.clone(),
     )
     .await?;
+    let config = Arc::new(config);
+    let engine = crate::jobs::Engine::new(
+        catalog.clone(),
+        inventory.clone(),
+        dataport.clone(),
+        config.clone(),
+    );
+    tokio::spawn(startup_upkeep(engine.clone(), config.clone(), shutdown.clone()));
     let state = AppState {
-        config: Arc::new(config),
+        config,
         catalog,
         shutdown: shutdown.clone(),
         api_token: api_token.into(),
         inventory,
         dataport,
         verify_runs: Default::default(),
+        engine,
     };
     let app = api::router(state.clone());
     let stop = shutdown.clone();
@@ -88,6 +97,24 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         http,
         dataport: dataport_task,
     })
+}
+
+/// Recovery of interrupted runs, then the pools' templates kept current.
+async fn startup_upkeep(
+    engine: crate::jobs::Engine,
+    config: Arc<Config>,
+    shutdown: CancellationToken,
+) {
+    if let Err(e) = crate::jobs::recovery::recover(&engine).await {
+        tracing::error!("recovery of interrupted runs failed: {e:#}");
+    }
+    crate::template::upkeep(
+        engine.catalog().clone(),
+        engine.inventory().clone(),
+        config,
+        shutdown,
+    )
+    .await;
 }
 
 /// Runs the server until SIGINT or SIGTERM, then shuts it down.

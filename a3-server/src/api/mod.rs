@@ -6,7 +6,9 @@
 
 pub mod abds;
 pub mod disks;
+pub mod fleet;
 pub mod hosts;
+pub mod jobs;
 pub mod pools;
 pub mod store;
 pub mod vms;
@@ -43,6 +45,8 @@ pub struct AppState {
     pub dataport: crate::dataport::DataPort,
     /// The store's verify runs, for their progress and reports.
     pub verify_runs: store::VerifyRuns,
+    /// Whole-VM backup and restore jobs, and the ABD fleet.
+    pub engine: crate::jobs::Engine,
 }
 
 /// An API failure: an HTTP status and a message that names the thing and the fix.
@@ -113,6 +117,8 @@ pub fn router(state: AppState) -> Router {
         .merge(abds::routes())
         .merge(disks::routes())
         .merge(store::routes())
+        .merge(jobs::routes())
+        .merge(fleet::routes())
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state)
 }

@@ -5,8 +5,11 @@
 //! catalog runs in WAL mode with `synchronous=FULL`, so a committed transaction is durable:
 //! the store relies on that to make a version visible only after its data is on disk.
 
+pub mod abd_fleet;
 pub mod abds;
 pub mod inventory;
+pub mod ip_pool;
+pub mod jobs;
 pub mod versions;
 
 use std::path::{Path, PathBuf};
@@ -15,7 +18,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use rusqlite::Connection;
 
 /// Every area's schema, applied in order at open.
-const SCHEMAS: &[&str] = &[abds::SCHEMA, inventory::SCHEMA, versions::SCHEMA];
+const SCHEMAS: &[&str] = &[
+    abd_fleet::SCHEMA,
+    abds::SCHEMA,
+    inventory::SCHEMA,
+    ip_pool::SCHEMA,
+    jobs::SCHEMA,
+    versions::SCHEMA,
+];
 
 /// Errors of the catalog itself.
 #[derive(Debug, thiserror::Error)]

@@ -15,6 +15,24 @@ use super::wire;
 /// made a CBT incremental of ~300 chunks take 1.6 s, almost all of it waiting.
 const INSERTS_IN_FLIGHT: usize = 16;
 
+/// Manifests of finished disk jobs of VM backups, waiting for their VM's commit.
+#[derive(Clone, Default)]
+pub struct Handoffs(Arc<Mutex<std::collections::HashMap<u64, Manifest>>>);
+
+impl Handoffs {
+    fn put(&self, job: u64, manifest: Manifest) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(job, manifest);
+    }
+
+    /// Takes the manifest of `job`.
+    pub fn take(&self, job: u64) -> Option<Manifest> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(&job)
+    }
+}
+
 /// One running backup job.
 pub struct BackupWork {
     /// The job.
@@ -30,10 +48,13 @@ pub struct BackupWork {
     assembler: Mutex<Option<Assembler>>,
     /// Taken by the commit; dropping it aborts the backup in the store.
     session: Mutex<Option<Arc<BackupSession>>>,
+    /// For a disk of a VM backup: where the manifest goes instead of a commit.
+    handoff: Option<Handoffs>,
 }
 
 impl BackupWork {
     /// A job about to be assigned.
+    #[allow(clippy::too_many_arguments)] // one field each; a builder would only rename them
     pub fn new(
         job: u64,
         abd: String,
@@ -42,6 +63,7 @@ impl BackupWork {
         base: Option<Manifest>,
         cbt: Option<CbtBitmap>,
         session: BackupSession,
+        handoff: Option<Handoffs>,
     ) -> BackupWork {
         BackupWork {
             job,
@@ -52,6 +74,7 @@ impl BackupWork {
             cbt,
             assembler: Mutex::new(None),
             session: Mutex::new(Some(Arc::new(session))),
+            handoff,
         }
     }
 
@@ -182,6 +205,13 @@ impl BackupWork {
             .ok_or_else(|| format!("job {}: already committed or aborted", self.job))?;
         let session = Arc::try_unwrap(session)
             .map_err(|_| format!("job {}: data streams still running at commit", self.job))?;
+        if let Some(handoff) = &self.handoff {
+            // Every chunk is durable (each stream waited for its inserts before End); the
+            // VM's commit checks them all again under its own lease.
+            handoff.put(self.job, manifest);
+            drop(session);
+            return Ok(format!("disk '{}' stored, manifest handed to the VM backup", self.disk));
+        }
         session
             .commit(self.disk.clone(), manifest)
             .await

@@ -86,6 +86,7 @@ struct Inner {
     jobs: Jobs,
     agents: Mutex<HashMap<String, AgentLink>>,
     active: Mutex<HashMap<u64, Active>>,
+    handoffs: backup::Handoffs,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
@@ -107,6 +108,23 @@ pub struct BackupRequest {
     pub disk: String,
     /// The CBT bitmap (base64), for an incremental against the last committed version.
     pub cbt: Option<String>,
+}
+
+/// One disk of a VM backup: the job stores the chunks and hands the manifest back
+/// ([`DataPort::take_manifest`]) instead of committing a version of its own; the caller
+/// commits the VM's version with all of its disks.
+#[derive(Debug, Clone)]
+pub struct DiskBackupRequest {
+    /// The ABD to run it.
+    pub abd: String,
+    /// The device on the ABD (`xvdb`).
+    pub device: String,
+    /// The disk, for messages and the store's lease.
+    pub label: String,
+    /// The last committed version's manifest of this disk, for an incremental.
+    pub base: Option<a3_shared::proto::Manifest>,
+    /// The CBT bitmap against that version (only with `base`).
+    pub cbt: Option<CbtBitmap>,
 }
 
 /// A restore to dispatch.
@@ -153,6 +171,7 @@ impl DataPort {
                 jobs: Jobs::default(),
                 agents: Mutex::new(HashMap::new()),
                 active: Mutex::new(HashMap::new()),
+                handoffs: backup::Handoffs::default(),
                 shutdown: shutdown.clone(),
                 tasks: TaskTracker::new(),
             }),
@@ -292,6 +311,7 @@ impl DataPort {
             base.clone(),
             cbt.clone(),
             session,
+            None,
         ));
         self.lock_active().insert(id, Active::Backup(work));
         let msg = A3Msg::Backup(BackupJob {
@@ -309,6 +329,58 @@ impl DataPort {
             );
         }
         Ok(Dispatched { job: id, notes })
+    }
+
+    /// Starts one disk of a VM backup on the ABD's agent; see [`DiskBackupRequest`].
+    /// Returns the job id; once it succeeded, [`DataPort::take_manifest`] gives the disk's
+    /// manifest.
+    pub async fn start_disk_backup(&self, req: DiskBackupRequest) -> Result<u64, DispatchError> {
+        let link = self.link(&req.abd)?;
+        let block_size = DEFAULT_BLOCK_SIZE;
+        let session = self.inner.store.begin_backup(&req.label).await?;
+        let mut base = req.base.filter(|b| b.block_size == block_size);
+        let cbt = match (req.cbt, base.as_mut()) {
+            (Some(mut cbt), Some(base)) => {
+                reread_lost_base_blocks(&session, base, &mut cbt).await?;
+                Some(cbt)
+            }
+            _ => None,
+        };
+        let id = self
+            .inner
+            .jobs
+            .create("backup", &req.abd, &req.label, &req.device);
+        let work = Arc::new(backup::BackupWork::new(
+            id,
+            req.abd.clone(),
+            req.label.clone(),
+            block_size,
+            base.clone(),
+            cbt.clone(),
+            session,
+            Some(self.inner.handoffs.clone()),
+        ));
+        self.lock_active().insert(id, Active::Backup(work));
+        let msg = A3Msg::Backup(BackupJob {
+            job: id,
+            device: req.device,
+            disk: req.label,
+            block_size,
+            base: if cbt.is_some() { base } else { None },
+            cbt: cbt.map(|c| c.as_bytes().to_vec()),
+        });
+        if link.ctl.send(msg).is_err() {
+            self.fail(
+                id,
+                &format!("ABD '{}' disconnected as the job started", req.abd),
+            );
+        }
+        Ok(id)
+    }
+
+    /// The manifest of a succeeded [`DataPort::start_disk_backup`] job (once).
+    pub fn take_manifest(&self, job: u64) -> Option<a3_shared::proto::Manifest> {
+        self.inner.handoffs.take(job)
     }
 
     /// Starts a restore on the ABD's agent.

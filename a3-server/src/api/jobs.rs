@@ -1,0 +1,164 @@
+//! `/api/backups`, `/api/restores`, `/api/jobs`, `/api/versions`: whole-VM backup and
+//! restore jobs, their runs, progress and logs, and the versions of a VM.
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use super::{ApiError, AppState};
+use crate::catalog::jobs::{JobRow, LogLine, RunItemRow, RunRow};
+use crate::jobs::restore::RestoreSpec;
+use crate::jobs::{BackupSpec, Progress, StartError, Started};
+
+/// The routes.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/backups", post(backup))
+        .route("/api/restores", post(restore))
+        .route("/api/jobs", get(list))
+        .route("/api/jobs/{id}", get(show))
+        .route("/api/jobs/{id}/log", get(log))
+        .route("/api/versions", get(versions))
+}
+
+impl From<StartError> for ApiError {
+    fn from(e: StartError) -> ApiError {
+        match e {
+            StartError::BadRequest(m) => ApiError::bad_request(m),
+            StartError::Catalog(c) => c.into(),
+        }
+    }
+}
+
+/// A job with its latest run, as `job list` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobSummary {
+    /// The job.
+    pub job: JobRow,
+    /// Its latest run.
+    pub run: Option<RunRow>,
+}
+
+/// A job in full, as `job show` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobDetail {
+    /// The job.
+    pub job: JobRow,
+    /// Its latest run.
+    pub run: Option<RunRow>,
+    /// The VMs of that run.
+    pub items: Vec<RunItemRow>,
+    /// Live progress of the VMs being worked on, by subject.
+    pub progress: HashMap<String, Progress>,
+}
+
+/// A version of a VM.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VersionView {
+    /// The id.
+    pub id: i64,
+    /// The VM's uuid.
+    pub vm_uuid: String,
+    /// The VM's name then.
+    pub vm_name: String,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Disks: name and size.
+    pub disks: Vec<(String, u64)>,
+}
+
+async fn backup(
+    State(state): State<AppState>,
+    Json(spec): Json<BackupSpec>,
+) -> Result<Json<Started>, ApiError> {
+    Ok(Json(state.engine.start_backup(spec)?))
+}
+
+async fn restore(
+    State(state): State<AppState>,
+    Json(spec): Json<RestoreSpec>,
+) -> Result<Json<Started>, ApiError> {
+    Ok(Json(state.engine.start_restore(spec)?))
+}
+
+async fn list(State(state): State<AppState>) -> Result<Json<Vec<JobSummary>>, ApiError> {
+    let mut out = Vec::new();
+    for job in state.catalog.job_list()? {
+        let run = state.catalog.run_list(job.id)?.into_iter().next();
+        out.push(JobSummary { job, run });
+    }
+    Ok(Json(out))
+}
+
+async fn show(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<Json<JobDetail>, ApiError> {
+    let job = state
+        .catalog
+        .job_get(id)?
+        .ok_or_else(|| ApiError::not_found(format!("no job {id}; see `a3-server job list`")))?;
+    let run = state.catalog.run_list(id)?.into_iter().next();
+    let (items, progress) = match &run {
+        Some(r) => (state.catalog.run_items(r.id)?, state.engine.progress(r.id)),
+        None => (Vec::new(), HashMap::new()),
+    };
+    Ok(Json(JobDetail {
+        job,
+        run,
+        items,
+        progress,
+    }))
+}
+
+async fn log(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<Json<Vec<LogLine>>, ApiError> {
+    let run = state
+        .catalog
+        .run_list(id)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| ApiError::not_found(format!("no job {id}; see `a3-server job list`")))?;
+    Ok(Json(state.catalog.run_log_lines(run.id)?))
+}
+
+#[derive(Deserialize)]
+struct VersionFilter {
+    vm: String,
+}
+
+async fn versions(
+    State(state): State<AppState>,
+    Query(f): Query<VersionFilter>,
+) -> Result<Json<Vec<VersionView>>, ApiError> {
+    let vm = state.engine.find_vm(&f.vm).map(|v| v.uuid).or_else(|e| {
+        // A VM deleted since its backup is still found by uuid through its versions.
+        if state.catalog.version_latest(&f.vm)?.is_some() {
+            Ok(f.vm.clone())
+        } else {
+            Err(ApiError::from(e))
+        }
+    })?;
+    let rows = state.catalog.version_list(Some(&vm))?;
+    Ok(Json(
+        rows.into_iter()
+            .map(|v| {
+                let name = serde_json::from_str::<crate::jobs::metadata::VmMetadata>(&v.metadata)
+                    .map(|m| m.name_label)
+                    .unwrap_or_default();
+                VersionView {
+                    id: v.id,
+                    vm_uuid: v.subject,
+                    vm_name: name,
+                    created_at: v.created_at,
+                    disks: v.disks.into_iter().map(|d| (d.disk, d.size)).collect(),
+                }
+            })
+            .collect(),
+    ))
+}

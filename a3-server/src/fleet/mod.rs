@@ -1,0 +1,390 @@
+//! ABD lifecycle (DESIGN.md §1.4): one ABD VM per VM being backed up at once, cloned from
+//! the pool's template onto `Alike_SR`, 128 MiB, a VIF on the IP list's network (else the
+//! management network), its boot config in `xenstore_data`; persistent: idle ABDs stay
+//! running and are reused, and are destroyed only on request or when the template they
+//! came from is no longer the one the A3 carries.
+//!
+//! - [`bootcfg`]: the `vm-data/abd/*` keys and the A3's DNS servers.
+//!
+//! An ABD whose agent is not connected when claimed (it crashed, or its VM stopped) is
+//! restarted with a fresh enrollment token; if it still does not connect it is destroyed
+//! and a new one provisioned.
+
+pub mod bootcfg;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use a3_shared::xapi_wire::Value;
+
+use crate::catalog::Catalog;
+use crate::catalog::abd_fleet::AbdVmRow;
+use crate::config::Config;
+use crate::dataport::DataPort;
+use crate::inventory::Inventory;
+use crate::jobs::log::RunLog;
+use crate::poolops::{self, ABD_KEY, HIDE_KEY, TEMPLATE_VERSION_KEY};
+use crate::template;
+use crate::xapi::Session;
+
+/// The memory of an ABD VM.
+pub const ABD_MEMORY: i64 = 128 << 20;
+
+/// The ABD fleet of every pool.
+#[derive(Clone)]
+pub struct Fleet {
+    catalog: Catalog,
+    inventory: Inventory,
+    dataport: DataPort,
+    config: Arc<Config>,
+}
+
+/// An ABD held by a run.
+#[derive(Debug, Clone)]
+pub struct Held {
+    /// Its row.
+    pub row: AbdVmRow,
+    /// Its VM's ref.
+    pub vm_ref: String,
+}
+
+impl Fleet {
+    /// The fleet over these components.
+    pub fn new(
+        catalog: Catalog,
+        inventory: Inventory,
+        dataport: DataPort,
+        config: Arc<Config>,
+    ) -> Fleet {
+        Fleet {
+            catalog,
+            inventory,
+            dataport,
+            config,
+        }
+    }
+
+    /// An ABD of the pool for `run`: an idle one of the current template whose agent is
+    /// connected (restarted if needed), else a new one.
+    pub async fn acquire(
+        &self,
+        s: &Session,
+        pool_uuid: &str,
+        run: i64,
+        log: &RunLog,
+    ) -> anyhow::Result<Held> {
+        let carried = template::carried(&self.config)?;
+        let template_ref = template::ensure(s, &self.catalog, pool_uuid, &carried).await?;
+        self.retire_outdated(s, pool_uuid, &carried.version, log)
+            .await;
+        while let Some(row) = self
+            .catalog
+            .abd_vm_claim_idle(pool_uuid, &carried.version, run)?
+        {
+            match self.revive(s, &row, log).await {
+                Ok(vm_ref) => {
+                    log.info(&format!("reusing ABD '{}'", row.id));
+                    return Ok(Held { row, vm_ref });
+                }
+                Err(e) => {
+                    log.warn(&format!(
+                        "ABD '{}' does not answer ({e:#}); replacing it",
+                        row.id
+                    ));
+                    if let Err(e) = self.destroy_row(s, &row).await {
+                        log.warn(&format!("destroying ABD '{}': {e:#}", row.id));
+                    }
+                }
+            }
+        }
+        self.provision(s, pool_uuid, &template_ref, &carried.version, run, log)
+            .await
+    }
+
+    /// Gives an ABD back: idle, running, ready for the next job.
+    pub fn release(&self, id: &str) -> anyhow::Result<()> {
+        self.catalog.abd_vm_set_state(id, "idle", None)?;
+        Ok(())
+    }
+
+    /// Destroys an ABD on request: its VM and disks, its credential, its address.
+    pub async fn destroy(&self, id: &str) -> anyhow::Result<AbdVmRow> {
+        let row = self
+            .catalog
+            .abd_vm_get(id)?
+            .ok_or_else(|| anyhow::anyhow!("no ABD '{id}'; see `a3-server abd list`"))?;
+        if row.state == "busy" {
+            anyhow::bail!(
+                "ABD '{id}' is busy with run {}; wait for it to end (`a3-server job list`)",
+                row.busy_run.unwrap_or_default()
+            );
+        }
+        let (s, _) = self.inventory.connect(&row.pool_uuid).await?;
+        let result = self.destroy_row(&s, &row).await;
+        s.logout().await;
+        result.map(|()| row)
+    }
+
+    /// Makes sure a claimed ABD's agent is connected: restarts its VM with a fresh token
+    /// when it is not. Returns the VM's ref.
+    async fn revive(&self, s: &Session, row: &AbdVmRow, log: &RunLog) -> anyhow::Result<String> {
+        let vm_uuid = row
+            .vm_uuid
+            .as_deref()
+            .ok_or_else(|| anyhow::anyhow!("it has no VM"))?;
+        let vm_ref = poolops::by_uuid(s, "VM", vm_uuid).await?;
+        if self.dataport.connected().contains_key(&row.id) {
+            return Ok(vm_ref);
+        }
+        log.info(&format!(
+            "ABD '{}' is not connected: restarting its VM with a new enrollment token",
+            row.id
+        ));
+        let rec = poolops::record(s, "VM", &vm_ref).await?;
+        if poolops::text(&rec, "power_state") != "Halted" {
+            poolops::call(s, "VM.hard_shutdown", &[&vm_ref]).await?;
+        }
+        let token = self.dataport.pki().begin_enrollment(&row.id)?;
+        poolops::call(
+            s,
+            "VM.remove_from_xenstore_data",
+            &[&vm_ref, &format!("{}/token", bootcfg::XS_DIR)],
+        )
+        .await?;
+        poolops::call(
+            s,
+            "VM.add_to_xenstore_data",
+            &[&vm_ref, &format!("{}/token", bootcfg::XS_DIR), &token],
+        )
+        .await?;
+        s.call(
+            "VM.start",
+            &[Value::from(&vm_ref), Value::Bool(false), Value::Bool(false)],
+        )
+        .await?;
+        self.wait_connected(&row.id).await?;
+        Ok(vm_ref)
+    }
+
+    async fn provision(
+        &self,
+        s: &Session,
+        pool_uuid: &str,
+        template_ref: &str,
+        version: &str,
+        run: i64,
+        log: &RunLog,
+    ) -> anyhow::Result<Held> {
+        let id = format!("abd-{}", hex::encode(rand::random::<[u8; 4]>()));
+        let ip = self.catalog.abd_ip_take(pool_uuid, &id)?;
+        let (network_ref, network_uuid) = match &ip {
+            Some(ip) => (
+                poolops::by_uuid(s, "network", &ip.network_uuid).await?,
+                ip.network_uuid.clone(),
+            ),
+            None => {
+                let (r, n) = poolops::management_network(s).await?;
+                (r, poolops::text(&n, "uuid").to_owned())
+            }
+        };
+        let addressing = match &ip {
+            Some(ip) => bootcfg::Addressing::Static {
+                cidr: format!("{}/{}", ip.address, ip.prefix),
+                gateway: ip.gateway.clone(),
+            },
+            None => bootcfg::Addressing::Dhcp,
+        };
+        let row = AbdVmRow {
+            id: id.clone(),
+            pool_uuid: pool_uuid.to_owned(),
+            vm_uuid: None,
+            network_uuid,
+            ip: match &addressing {
+                bootcfg::Addressing::Dhcp => "dhcp".into(),
+                bootcfg::Addressing::Static { cidr, .. } => cidr.clone(),
+            },
+            template_version: version.to_owned(),
+            state: "provisioning".into(),
+            busy_run: Some(run),
+            created_at: crate::jobs::unix_now(),
+        };
+        if let Err(e) = self.catalog.abd_vm_insert(&row) {
+            self.catalog.abd_vm_remove(&id)?;
+            return Err(e.into());
+        }
+        log.info(&format!(
+            "provisioning ABD '{id}' ({}) from the template",
+            row.ip
+        ));
+        match self
+            .build(s, &row, template_ref, &network_ref, addressing)
+            .await
+        {
+            Ok(vm_ref) => {
+                self.catalog.abd_vm_set_state(&id, "busy", Some(run))?;
+                let mut row = row;
+                row.state = "busy".into();
+                row.vm_uuid = self.catalog.abd_vm_get(&id)?.and_then(|r| r.vm_uuid);
+                log.info(&format!("ABD '{id}' is up and connected"));
+                Ok(Held { row, vm_ref })
+            }
+            Err(e) => {
+                let row = self.catalog.abd_vm_get(&id)?.unwrap_or(row);
+                if let Err(c) = self.destroy_row(s, &row).await {
+                    log.warn(&format!("cleaning up ABD '{id}': {c:#}"));
+                }
+                Err(e.context(format!("provisioning ABD '{id}'")))
+            }
+        }
+    }
+
+    /// Clone, configure, start, wait for the agent.
+    async fn build(
+        &self,
+        s: &Session,
+        row: &AbdVmRow,
+        template_ref: &str,
+        network_ref: &str,
+        addressing: bootcfg::Addressing,
+    ) -> anyhow::Result<String> {
+        let id = &row.id;
+        let vm = poolops::call(s, "VM.clone", &[template_ref, &format!("ABD {id}")])
+            .await?
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let rec = poolops::record(s, "VM", &vm).await?;
+        self.catalog
+            .abd_vm_set_vm(id, poolops::text(&rec, "uuid"))?;
+        s.call(
+            "VM.set_is_a_template",
+            &[Value::from(&vm), Value::Bool(false)],
+        )
+        .await?;
+        poolops::tag(s, "VM", &vm, ABD_KEY, id).await?;
+        poolops::tag(s, "VM", &vm, HIDE_KEY, "true").await?;
+        // Only the template carries the version tag: template lookups must not find ABDs.
+        let _ = poolops::call(
+            s,
+            "VM.remove_from_other_config",
+            &[&vm, TEMPLATE_VERSION_KEY],
+        )
+        .await;
+        if poolops::int(&rec, "memory_static_max") != ABD_MEMORY {
+            let m = Value::from(ABD_MEMORY.to_string());
+            s.call(
+                "VM.set_memory_limits",
+                &[Value::from(&vm), m.clone(), m.clone(), m.clone(), m],
+            )
+            .await?;
+        }
+        for vif in poolops::refs(&rec, "VIFs") {
+            poolops::call(s, "VIF.destroy", &[&vif]).await?;
+        }
+        let vif = [
+            ("VM", Value::from(&vm)),
+            ("network", Value::from(network_ref)),
+            ("device", Value::from("0")),
+            ("MAC", Value::from("")),
+            ("MTU", Value::from("1500")),
+            ("other_config", Value::empty_struct()),
+            ("qos_algorithm_type", Value::from("")),
+            ("qos_algorithm_params", Value::empty_struct()),
+        ];
+        s.call(
+            "VIF.create",
+            &[Value::Struct(
+                vif.into_iter().map(|(k, v)| (k.into(), v)).collect(),
+            )],
+        )
+        .await?;
+        let boot = self.boot_config(id, addressing)?;
+        s.call(
+            "VM.set_xenstore_data",
+            &[Value::from(&vm), poolops::map_value(&boot.xenstore_data())],
+        )
+        .await?;
+        s.call(
+            "VM.start",
+            &[Value::from(&vm), Value::Bool(false), Value::Bool(false)],
+        )
+        .await?;
+        self.wait_connected(id).await?;
+        Ok(vm)
+    }
+
+    fn boot_config(
+        &self,
+        id: &str,
+        addressing: bootcfg::Addressing,
+    ) -> anyhow::Result<bootcfg::BootConfig> {
+        let a3 = self.dataport.addr();
+        if a3.ip().is_unspecified() {
+            anyhow::bail!(
+                "port 2811 listens on {a3}: ABDs need the address to reach the A3 at; set \
+                 `data_listen` to the A3's address on the pool's network"
+            );
+        }
+        let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        let dns = bootcfg::dns_servers(&self.config.dns, &resolv).map_err(anyhow::Error::msg)?;
+        Ok(bootcfg::BootConfig {
+            a3,
+            name: a3.ip().to_string(),
+            id: id.to_owned(),
+            token: self.dataport.pki().begin_enrollment(id)?,
+            ca: self.dataport.pki().ca_pin(),
+            addressing,
+            dns,
+        })
+    }
+
+    async fn wait_connected(&self, id: &str) -> anyhow::Result<()> {
+        let limit = Duration::from_secs(self.config.abd_boot_timeout_secs);
+        let deadline = tokio::time::Instant::now() + limit;
+        while !self.dataport.connected().contains_key(id) {
+            if tokio::time::Instant::now() >= deadline {
+                anyhow::bail!(
+                    "ABD '{id}' did not connect to port 2811 within {limit:?}; check that the \
+                     pool's network reaches the A3 (`a3-server abd diag`)"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+
+    /// Destroys idle ABDs of older templates (they are replaced as needed).
+    async fn retire_outdated(&self, s: &Session, pool_uuid: &str, version: &str, log: &RunLog) {
+        let Ok(rows) = self.catalog.abd_vm_list(Some(pool_uuid)) else {
+            return;
+        };
+        for row in rows
+            .into_iter()
+            .filter(|r| r.state == "idle" && r.template_version != version)
+        {
+            log.info(&format!(
+                "ABD '{}' runs template {} (the A3 carries {version}): destroying it",
+                row.id, row.template_version
+            ));
+            if let Err(e) = self.destroy_row(s, &row).await {
+                log.warn(&format!("destroying ABD '{}': {e:#}", row.id));
+            }
+        }
+    }
+
+    /// Destroys the VM (and disks) of an ABD row, revokes its credential, forgets it.
+    pub async fn destroy_row(&self, s: &Session, row: &AbdVmRow) -> anyhow::Result<()> {
+        if let Some(uuid) = &row.vm_uuid {
+            match poolops::by_uuid(s, "VM", uuid).await {
+                Ok(vm) => poolops::destroy_vm(s, &vm, false).await?,
+                Err(crate::xapi::XapiError::HandleInvalid { .. }) => {}
+                Err(crate::xapi::XapiError::Api { code, .. }) if code == "UUID_INVALID" => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let _ = self.dataport.revoke(&row.id);
+        self.catalog.abd_vm_remove(&row.id)?;
+        tracing::info!(abd = %row.id, "ABD destroyed");
+        Ok(())
+    }
+}

@@ -1,0 +1,374 @@
+//! The backup of one VM through one ABD (DESIGN.md §1.7):
+//! 1. CBT on for each disk;
+//! 2. a snapshot, tagged with the run;
+//! 3. each snapshot disk plugged read-only into the ABD and streamed: only CBT-changed
+//!    blocks when the last *committed* version left CBT metadata, else the whole disk, the
+//!    log saying why;
+//! 4. the version committed with the VM's metadata;
+//! 5. the snapshot's data destroyed (its CBT metadata is kept: the next incremental's base)
+//!    and the snapshot VM destroyed.
+//!
+//! On failure everything the run created is removed (VBDs, the snapshot VM and its disks)
+//! and nothing is committed; the last committed version's CBT base stays as it was.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use a3_shared::proto::{CbtBitmap, Manifest};
+use a3_shared::xapi_wire::Value;
+use anyhow::{Context, bail};
+
+use super::Engine;
+use super::log::RunLog;
+use super::metadata::{self, VmMetadata};
+use crate::dataport::{DiskBackupRequest, JobState};
+use crate::fleet::Held;
+use crate::poolops::{self, NULL_REF, RUN_KEY};
+use crate::store::VersionId;
+use crate::xapi::Session;
+
+/// A VM to back up.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Its uuid.
+    pub uuid: String,
+    /// Its name.
+    pub name: String,
+    /// Its pool.
+    pub pool_uuid: String,
+}
+
+/// What the run created in the pool, for the clean-up.
+#[derive(Default)]
+struct Created {
+    snapshot: Option<String>,
+    vbds: Vec<String>,
+}
+
+/// Backs up `t` through `held`; returns the committed version.
+pub async fn backup_vm(
+    e: &Engine,
+    s: &Session,
+    run: i64,
+    t: &Target,
+    held: &Held,
+    log: &RunLog,
+) -> anyhow::Result<i64> {
+    let mut created = Created::default();
+    let result = snapshot_and_stream(e, s, run, t, held, log, &mut created).await;
+    for vbd in created.vbds.drain(..) {
+        if let Err(err) = poolops::remove_vbd(s, &vbd).await {
+            log.warn(&format!(
+                "{}: removing VBD {vbd} from the ABD: {err}",
+                t.name
+            ));
+        }
+    }
+    let Some(snap) = created.snapshot else {
+        return result;
+    };
+    match &result {
+        Ok(_) => {
+            // After the commit: keep only the CBT metadata of each snapshot disk.
+            let rec = poolops::record(s, "VM", &snap).await?;
+            for vdi in snapshot_vdis(s, &rec).await?.into_values() {
+                poolops::call(s, "VDI.data_destroy", &[&vdi])
+                    .await
+                    .with_context(|| format!("VDI.data_destroy of snapshot disk {vdi}"))?;
+            }
+            poolops::destroy_vm(s, &snap, true).await?;
+            log.info(&format!(
+                "{}: snapshot removed, CBT metadata kept for the next incremental",
+                t.name
+            ));
+        }
+        Err(_) => {
+            if let Err(err) = poolops::destroy_vm(s, &snap, false).await {
+                log.warn(&format!("{}: removing the snapshot: {err}", t.name));
+            } else {
+                log.info(&format!("{}: snapshot and its disks removed", t.name));
+            }
+        }
+    }
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn snapshot_and_stream(
+    e: &Engine,
+    s: &Session,
+    run: i64,
+    t: &Target,
+    held: &Held,
+    log: &RunLog,
+    created: &mut Created,
+) -> anyhow::Result<i64> {
+    let vm = poolops::by_uuid(s, "VM", &t.uuid).await?;
+    let rec = poolops::record(s, "VM", &vm).await?;
+    let mut meta = metadata::capture(s, &t.pool_uuid, &rec).await?;
+    if meta.disks.is_empty() {
+        bail!("VM '{}' has no disk to back up", t.name);
+    }
+    // CBT on every disk; a disk where it was off has no chain to an earlier version.
+    let mut fresh_cbt = Vec::new();
+    for d in &meta.disks {
+        let vdi = poolops::by_uuid(s, "VDI", &d.vdi_uuid).await?;
+        let r = poolops::record(s, "VDI", &vdi).await?;
+        if !poolops::flag(&r, "cbt_enabled") {
+            poolops::call(s, "VDI.enable_cbt", &[&vdi]).await?;
+            log.info(&format!("{}: CBT enabled on disk {}", t.name, d.name));
+            fresh_cbt.push(d.name.clone());
+        }
+    }
+    log.info(&format!("{}: taking a snapshot", t.name));
+    let snap = poolops::call(
+        s,
+        "VM.snapshot",
+        &[&vm, &format!("{} a3-run-{run}", t.name)],
+    )
+    .await?
+    .as_str()
+    .unwrap_or_default()
+    .to_owned();
+    created.snapshot = Some(snap.clone());
+    poolops::tag(s, "VM", &snap, RUN_KEY, &run.to_string()).await?;
+    let snap_rec = poolops::record(s, "VM", &snap).await?;
+    let snap_vdis = snapshot_vdis(s, &snap_rec).await?;
+
+    let subject = t.uuid.clone();
+    let last = e.catalog().version_latest(&subject)?;
+    let last_meta: Option<(i64, VmMetadata)> = last.and_then(|v| {
+        serde_json::from_str::<VmMetadata>(&v.metadata)
+            .ok()
+            .map(|m| (v.id, m))
+    });
+    let store = e.dataport().store().store().clone();
+    let session = {
+        let store = store.clone();
+        let subject = subject.clone();
+        tokio::task::spawn_blocking(move || store.begin_backup(&subject)).await??
+    };
+
+    let mut manifests = Vec::new();
+    for d in meta.disks.iter_mut() {
+        let snap_vdi = snap_vdis
+            .get(&d.userdevice)
+            .with_context(|| format!("the snapshot has no disk at device {}", d.name))?
+            .clone();
+        let (base, cbt) = incremental_base(
+            e,
+            s,
+            t,
+            d,
+            &snap_vdi,
+            last_meta.as_ref(),
+            fresh_cbt.contains(&d.name),
+            log,
+        )
+        .await?;
+        let userdevice = poolops::call(s, "VM.get_allowed_VBD_devices", &[&held.vm_ref])
+            .await?
+            .as_array()
+            .and_then(|a| a.iter().filter_map(Value::as_str).find(|u| *u != "0"))
+            .map(str::to_owned)
+            .with_context(|| format!("ABD '{}' has no free disk slot", held.row.id))?;
+        let device = poolops::device_name(&userdevice)
+            .with_context(|| format!("userdevice {userdevice} has no xvd name"))?;
+        let vbd_rec: Vec<(&str, Value)> = vec![
+            ("VM", Value::from(&held.vm_ref)),
+            ("VDI", Value::from(&snap_vdi)),
+            ("userdevice", Value::from(&userdevice)),
+            ("bootable", Value::Bool(false)),
+            ("mode", Value::from("RO")),
+            ("type", Value::from("Disk")),
+            ("empty", Value::Bool(false)),
+            ("unpluggable", Value::Bool(true)),
+            (
+                "other_config",
+                poolops::map_value(&[(RUN_KEY, run.to_string())]),
+            ),
+            ("qos_algorithm_type", Value::from("")),
+            ("qos_algorithm_params", Value::empty_struct()),
+        ];
+        let vbd = s
+            .call(
+                "VBD.create",
+                &[Value::Struct(
+                    vbd_rec
+                        .into_iter()
+                        .map(|(k, v)| (k.to_owned(), v))
+                        .collect(),
+                )],
+            )
+            .await?
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        created.vbds.push(vbd.clone());
+        poolops::call(s, "VBD.plug", &[&vbd]).await?;
+        log.info(&format!(
+            "{}: disk {} ({} bytes) attached read-only to ABD '{}' as {device}; streaming{}",
+            t.name,
+            d.name,
+            d.virtual_size,
+            held.row.id,
+            if cbt.is_some() {
+                " the CBT-changed blocks"
+            } else {
+                " the whole disk"
+            }
+        ));
+        let job = e
+            .dataport()
+            .start_disk_backup(DiskBackupRequest {
+                abd: held.row.id.clone(),
+                device,
+                label: format!("{} {}", t.name, d.name),
+                base,
+                cbt,
+            })
+            .await?;
+        let manifest = wait_disk(e, run, &t.uuid, job).await?;
+        poolops::remove_vbd(s, &vbd).await?;
+        created.vbds.retain(|v| v != &vbd);
+        d.cbt_base_uuid =
+            Some(poolops::text(&poolops::record(s, "VDI", &snap_vdi).await?, "uuid").to_owned());
+        manifests.push((d.name.clone(), manifest));
+    }
+
+    let json = serde_json::to_value(&meta)?;
+    let id = tokio::task::spawn_blocking(move || {
+        for (name, m) in manifests {
+            session.add_disk(&name, m.into())?;
+        }
+        session.commit(json)
+    })
+    .await??;
+    log.info(&format!("{}: version {id} committed", t.name));
+    Ok(id.0)
+}
+
+/// The base of a disk's incremental: the last committed version's manifest and the CBT
+/// bitmap from its kept CBT metadata to this snapshot. `(None, None)` means a full read;
+/// the log says why.
+#[allow(clippy::too_many_arguments)]
+async fn incremental_base(
+    e: &Engine,
+    s: &Session,
+    t: &Target,
+    d: &metadata::DiskMeta,
+    snap_vdi: &str,
+    last: Option<&(i64, VmMetadata)>,
+    cbt_just_enabled: bool,
+    log: &RunLog,
+) -> anyhow::Result<(Option<Manifest>, Option<CbtBitmap>)> {
+    let full = |why: String| {
+        log.info(&format!("{}: disk {}: full read: {why}", t.name, d.name));
+        Ok((None, None))
+    };
+    let Some((version, meta)) = last else {
+        return full("no earlier version".into());
+    };
+    let Some(prev) = meta
+        .disks
+        .iter()
+        .find(|p| p.name == d.name && p.vdi_uuid == d.vdi_uuid)
+    else {
+        return full(format!("version {version} has no backup of this VDI"));
+    };
+    if cbt_just_enabled {
+        log.warn(&format!(
+            "{}: disk {}: CBT chain broken (CBT was off on the disk; it is on again): full read",
+            t.name, d.name
+        ));
+        return Ok((None, None));
+    }
+    let Some(base_uuid) = &prev.cbt_base_uuid else {
+        return full(format!("version {version} kept no CBT metadata"));
+    };
+    let base_ref = match poolops::by_uuid(s, "VDI", base_uuid).await {
+        Ok(r) if !r.is_empty() && r != NULL_REF => r,
+        _ => {
+            log.warn(&format!(
+                "{}: disk {}: CBT chain broken (the CBT metadata VDI {base_uuid} of version \
+                 {version} is gone): full read",
+                t.name, d.name
+            ));
+            return Ok((None, None));
+        }
+    };
+    let bitmap = match poolops::call(s, "VDI.list_changed_blocks", &[&base_ref, snap_vdi]).await {
+        Ok(v) => v.as_str().unwrap_or_default().to_owned(),
+        Err(err) => {
+            log.warn(&format!(
+                "{}: disk {}: CBT chain broken (VDI.list_changed_blocks from version {version}: \
+                 {err}): full read",
+                t.name, d.name
+            ));
+            return Ok((None, None));
+        }
+    };
+    let cbt = match CbtBitmap::from_base64(&bitmap) {
+        Ok(c) => c,
+        Err(err) => {
+            log.warn(&format!(
+                "{}: disk {}: the CBT bitmap does not decode ({err}): full read",
+                t.name, d.name
+            ));
+            return Ok((None, None));
+        }
+    };
+    let store = e.dataport().store().store().clone();
+    let name = d.name.clone();
+    let version = *version;
+    let base =
+        tokio::task::spawn_blocking(move || store.manifest(VersionId(version), &name)).await??;
+    if base.size != d.virtual_size {
+        return full(format!(
+            "the disk's size changed since version {version} ({} → {} bytes)",
+            base.size, d.virtual_size
+        ));
+    }
+    log.info(&format!(
+        "{}: disk {}: incremental against version {version}",
+        t.name, d.name
+    ));
+    Ok((Some(base.into()), Some(cbt)))
+}
+
+/// The snapshot's disk VDIs by userdevice.
+async fn snapshot_vdis(
+    s: &Session,
+    snap: &poolops::Record,
+) -> anyhow::Result<HashMap<String, String>> {
+    let mut out = HashMap::new();
+    for vbd in poolops::refs(snap, "VBDs") {
+        let b = poolops::record(s, "VBD", &vbd).await?;
+        let vdi = poolops::text(&b, "VDI");
+        if poolops::text(&b, "type") == "Disk" && vdi != NULL_REF && !vdi.is_empty() {
+            out.insert(poolops::text(&b, "userdevice").to_owned(), vdi.to_owned());
+        }
+    }
+    Ok(out)
+}
+
+/// Waits for a disk job, publishing its progress; returns its manifest.
+async fn wait_disk(e: &Engine, run: i64, subject: &str, job: u64) -> anyhow::Result<Manifest> {
+    loop {
+        let Some(status) = e.dataport().jobs().get(job) else {
+            bail!("data-path job {job} vanished");
+        };
+        e.set_progress(run, subject, status.done, status.total);
+        match status.state {
+            JobState::Succeeded { .. } => {
+                return e
+                    .dataport()
+                    .take_manifest(job)
+                    .with_context(|| format!("data-path job {job} succeeded without a manifest"));
+            }
+            JobState::Failed { reason } => bail!("{reason}"),
+            JobState::Running | JobState::Finishing => {}
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,416 @@
+//! Restore of a VM version (DESIGN.md §1.8) to any SR of any added pool: as a new VM
+//! `<name> (restored <date>)` with its networks mapped by uuid, then by name, else onto the
+//! management network; or over the original VM's disks when it is halted. The A3 writes
+//! each disk through XAPI's `PUT /import_raw_vdi`, reading the store (which checks every
+//! block against its id).
+//!
+//! Everything a restore creates carries `other_config:a3_run`, so recovery removes a VM a
+//! crash left half-restored.
+
+use a3_shared::chunk::BlockId;
+use a3_shared::xapi_wire::Value;
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+
+use super::Engine;
+use super::log::RunLog;
+use super::metadata::{DiskMeta, VmMetadata};
+use crate::poolops::{self, RUN_KEY};
+use crate::store::{Store, VersionId};
+use crate::xapi::Session;
+
+/// What to restore, where.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RestoreSpec {
+    /// The version.
+    pub version: i64,
+    /// The target pool (uuid or name); default: the VM's own pool.
+    pub pool: Option<String>,
+    /// The target SR (uuid or name); default: the pool's default SR.
+    pub sr: Option<String>,
+    /// Start the VM afterwards.
+    #[serde(default)]
+    pub start: bool,
+    /// Write over the original VM's disks (it must be halted) instead of a new VM.
+    #[serde(default)]
+    pub in_place: bool,
+}
+
+/// Restores; returns the restored VM's uuid.
+pub async fn restore(
+    e: &Engine,
+    run: i64,
+    spec: &RestoreSpec,
+    pool_uuid: &str,
+    log: &RunLog,
+) -> anyhow::Result<String> {
+    let v = e.catalog().version_get(spec.version)?.with_context(|| {
+        format!(
+            "no version {}; see `a3-server version list VM`",
+            spec.version
+        )
+    })?;
+    let meta: VmMetadata = serde_json::from_str(&v.metadata).with_context(|| {
+        format!(
+            "version {} is not a VM backup (a disk backup?); restore it with `a3-server disk restore`",
+            spec.version
+        )
+    })?;
+    let (s, _) = e.inventory().connect(pool_uuid).await?;
+    let result = if spec.in_place {
+        over_original(e, &s, spec, &meta, log).await
+    } else {
+        as_new_vm(e, &s, run, spec, &meta, log).await
+    };
+    s.logout().await;
+    result
+}
+
+async fn over_original(
+    e: &Engine,
+    s: &Session,
+    spec: &RestoreSpec,
+    meta: &VmMetadata,
+    log: &RunLog,
+) -> anyhow::Result<String> {
+    let vm = poolops::by_uuid(s, "VM", &meta.vm_uuid)
+        .await
+        .with_context(|| format!("the original VM {} is not in this pool", meta.vm_uuid))?;
+    let rec = poolops::record(s, "VM", &vm).await?;
+    let state = poolops::text(&rec, "power_state");
+    if state != "Halted" {
+        bail!(
+            "VM '{}' is {state}: shut it down before restoring over its disks, or restore as a new VM",
+            meta.name_label
+        );
+    }
+    for d in &meta.disks {
+        let vdi = poolops::by_uuid(s, "VDI", &d.vdi_uuid)
+            .await
+            .with_context(|| format!("disk {} (VDI {}) no longer exists", d.name, d.vdi_uuid))?;
+        let size = poolops::int(&poolops::record(s, "VDI", &vdi).await?, "virtual_size") as u64;
+        if size != d.virtual_size {
+            bail!(
+                "disk {} is now {size} bytes, the version's is {}; restore as a new VM",
+                d.name,
+                d.virtual_size
+            );
+        }
+        write_disk(e, s, spec.version, d, &vdi, log).await?;
+    }
+    if spec.start {
+        start(s, &vm).await?;
+    }
+    Ok(meta.vm_uuid.clone())
+}
+
+async fn as_new_vm(
+    e: &Engine,
+    s: &Session,
+    run: i64,
+    spec: &RestoreSpec,
+    meta: &VmMetadata,
+    log: &RunLog,
+) -> anyhow::Result<String> {
+    let sr = target_sr(s, spec.sr.as_deref()).await?;
+    let tag = poolops::map_value(&[(RUN_KEY, run.to_string())]);
+    let date = chrono_like_date(crate::jobs::unix_now());
+    let name = format!("{} (restored {date})", meta.name_label);
+    let m = |x: i64| Value::from(x.to_string());
+    let rec: Vec<(&str, Value)> = vec![
+        ("name_label", Value::from(&name)),
+        ("name_description", Value::from(&meta.name_description)),
+        ("user_version", Value::from("1")),
+        ("is_a_template", Value::Bool(false)),
+        ("affinity", Value::from(poolops::NULL_REF)),
+        ("memory_static_min", m(meta.memory[0])),
+        ("memory_static_max", m(meta.memory[1])),
+        ("memory_dynamic_min", m(meta.memory[2])),
+        ("memory_dynamic_max", m(meta.memory[3])),
+        ("memory_target", m(meta.memory[3])),
+        ("VCPUs_max", m(meta.vcpus_max)),
+        ("VCPUs_at_startup", m(meta.vcpus_at_startup)),
+        ("VCPUs_params", Value::empty_struct()),
+        ("actions_after_shutdown", Value::from("destroy")),
+        ("actions_after_reboot", Value::from("restart")),
+        ("actions_after_crash", Value::from("restart")),
+        ("PV_bootloader", Value::from(&meta.pv[0])),
+        ("PV_kernel", Value::from(&meta.pv[1])),
+        ("PV_ramdisk", Value::from(&meta.pv[2])),
+        ("PV_args", Value::from(&meta.pv[3])),
+        ("PV_bootloader_args", Value::from("")),
+        ("PV_legacy_args", Value::from("")),
+        ("HVM_boot_policy", Value::from(&meta.hvm_boot_policy)),
+        ("HVM_boot_params", poolops::map_value(&meta.hvm_boot_params)),
+        ("platform", poolops::map_value(&meta.platform)),
+        ("PCI_bus", Value::from("")),
+        ("other_config", tag.clone()),
+        ("recommendations", Value::from("")),
+    ];
+    let vm = s
+        .call(
+            "VM.create",
+            &[Value::Struct(
+                rec.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+            )],
+        )
+        .await?
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    log.info(&format!("created VM '{name}'"));
+    for d in &meta.disks {
+        let vdi_rec: Vec<(&str, Value)> = vec![
+            ("name_label", Value::from(&d.vdi_name)),
+            ("name_description", Value::from(&d.vdi_description)),
+            ("SR", Value::from(&sr)),
+            ("virtual_size", Value::from(d.virtual_size.to_string())),
+            ("type", Value::from("user")),
+            ("sharable", Value::Bool(false)),
+            ("read_only", Value::Bool(false)),
+            ("other_config", tag.clone()),
+            ("xenstore_data", Value::empty_struct()),
+            ("sm_config", Value::empty_struct()),
+            ("tags", Value::Array(vec![])),
+        ];
+        let vdi = s
+            .call(
+                "VDI.create",
+                &[Value::Struct(
+                    vdi_rec
+                        .into_iter()
+                        .map(|(k, v)| (k.to_owned(), v))
+                        .collect(),
+                )],
+            )
+            .await?
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        write_disk(e, s, spec.version, d, &vdi, log).await?;
+        let vbd_rec: Vec<(&str, Value)> = vec![
+            ("VM", Value::from(&vm)),
+            ("VDI", Value::from(&vdi)),
+            ("userdevice", Value::from(&d.userdevice)),
+            ("bootable", Value::Bool(d.bootable)),
+            ("mode", Value::from(&d.mode)),
+            ("type", Value::from("Disk")),
+            ("empty", Value::Bool(false)),
+            ("other_config", Value::empty_struct()),
+            ("qos_algorithm_type", Value::from("")),
+            ("qos_algorithm_params", Value::empty_struct()),
+        ];
+        s.call(
+            "VBD.create",
+            &[Value::Struct(
+                vbd_rec
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), v))
+                    .collect(),
+            )],
+        )
+        .await?;
+    }
+    let networks = poolops::all_records(s, "network").await?;
+    for vif in &meta.vifs {
+        let by_uuid = networks
+            .iter()
+            .find(|(_, n)| poolops::text(n, "uuid") == vif.network_uuid);
+        let by_name = networks
+            .iter()
+            .find(|(_, n)| poolops::text(n, "name_label") == vif.network_name);
+        let (net, how) = match (by_uuid, by_name) {
+            (Some((r, _)), _) => (r.clone(), "the same network"),
+            (None, Some((r, _))) => (r.clone(), "the network of the same name"),
+            (None, None) => (
+                poolops::management_network(s).await?.0,
+                "the management network (no network of that uuid or name here)",
+            ),
+        };
+        log.info(&format!("network interface {} → {how}", vif.device));
+        let vif_rec: Vec<(&str, Value)> = vec![
+            ("VM", Value::from(&vm)),
+            ("network", Value::from(&net)),
+            ("device", Value::from(&vif.device)),
+            // A new MAC: the original VM may still be running with its own.
+            ("MAC", Value::from("")),
+            ("MTU", Value::from(vif.mtu.max(576).to_string())),
+            ("other_config", Value::empty_struct()),
+            ("qos_algorithm_type", Value::from("")),
+            ("qos_algorithm_params", Value::empty_struct()),
+        ];
+        s.call(
+            "VIF.create",
+            &[Value::Struct(
+                vif_rec
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), v))
+                    .collect(),
+            )],
+        )
+        .await?;
+    }
+    if spec.start {
+        start(s, &vm).await?;
+        log.info(&format!("VM '{name}' started"));
+    }
+    Ok(poolops::text(&poolops::record(s, "VM", &vm).await?, "uuid").to_owned())
+}
+
+async fn start(s: &Session, vm: &str) -> anyhow::Result<()> {
+    s.call(
+        "VM.start",
+        &[Value::from(vm), Value::Bool(false), Value::Bool(false)],
+    )
+    .await?;
+    Ok(())
+}
+
+/// The SR by uuid or name; the pool's default SR when none is given.
+async fn target_sr(s: &Session, sr: Option<&str>) -> anyhow::Result<String> {
+    let all = poolops::all_records(s, "SR").await?;
+    match sr {
+        Some(want) => all
+            .iter()
+            .find(|(_, r)| poolops::text(r, "uuid") == want)
+            .or_else(|| {
+                all.iter()
+                    .find(|(_, r)| poolops::text(r, "name_label") == want)
+            })
+            .map(|(r, _)| r.clone())
+            .with_context(|| {
+                format!("no SR '{want}' in the target pool; see `a3-server pool list`")
+            }),
+        None => {
+            let pools = poolops::all_records(s, "pool").await?;
+            let default = pools
+                .first()
+                .map(|(_, p)| poolops::text(p, "default_SR").to_owned())
+                .unwrap_or_default();
+            if default.is_empty() || default == poolops::NULL_REF {
+                bail!("the target pool has no default SR: name one with --sr");
+            }
+            Ok(default)
+        }
+    }
+}
+
+/// Writes disk `d` of the version onto `vdi` through `PUT /import_raw_vdi`.
+async fn write_disk(
+    e: &Engine,
+    s: &Session,
+    version: i64,
+    d: &DiskMeta,
+    vdi: &str,
+    log: &RunLog,
+) -> anyhow::Result<()> {
+    let store = e.dataport().store().store().clone();
+    let name = d.name.clone();
+    let manifest = {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || store.manifest(VersionId(version), &name)).await??
+    };
+    let size = manifest.size;
+    log.info(&format!(
+        "writing disk {} ({size} bytes) from version {version}",
+        d.name
+    ));
+    let body = reqwest::Body::wrap_stream(disk_stream(store, manifest));
+    let url = s.transport().url(&format!(
+        "/import_raw_vdi?session_id={}&vdi={vdi}&format=raw",
+        s.session_ref().await
+    ));
+    let resp = s
+        .transport()
+        .http()
+        .put(url)
+        .header(reqwest::header::CONTENT_LENGTH, size)
+        .body(body)
+        .timeout(std::time::Duration::from_secs(24 * 3600))
+        .send()
+        .await
+        .with_context(|| format!("writing disk {} to {}", d.name, s.endpoint()))?;
+    if !resp.status().is_success() {
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        bail!(
+            "writing disk {} to {}: HTTP {status}: {}",
+            d.name,
+            s.endpoint(),
+            text.trim()
+        );
+    }
+    Ok(())
+}
+
+/// The disk's bytes in order: stored blocks read (and checked) from the store, zeros for
+/// the zero blocks.
+fn disk_stream(
+    store: Store,
+    manifest: crate::store::manifest::DiskManifest,
+) -> impl futures::Stream<Item = Result<Vec<u8>, std::io::Error>> + Send + 'static {
+    let manifest = std::sync::Arc::new(manifest);
+    futures::stream::unfold(0usize, move |i| {
+        let store = store.clone();
+        let manifest = manifest.clone();
+        async move {
+            if i >= manifest.blocks.len() {
+                return None;
+            }
+            let offset = manifest.offset_of(i);
+            let len = (manifest.size - offset).min(u64::from(manifest.block_size)) as usize;
+            let block: Option<BlockId> = manifest.blocks[i];
+            let bytes = match block {
+                None => Ok(vec![0u8; len]),
+                Some(id) => tokio::task::spawn_blocking(move || store.read_block(&id))
+                    .await
+                    .map_err(std::io::Error::other)
+                    .and_then(|r| r.map_err(std::io::Error::other))
+                    .and_then(|b| {
+                        if b.len() == len {
+                            Ok(b)
+                        } else {
+                            Err(std::io::Error::other(format!(
+                                "block {i} is {} bytes, the disk needs {len}",
+                                b.len()
+                            )))
+                        }
+                    }),
+            };
+            Some((bytes, i + 1))
+        }
+    })
+}
+
+/// `YYYY-MM-DD HH:MM` (UTC) of Unix seconds, for the restored VM's name.
+pub fn chrono_like_date(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}",
+        rem / 3600,
+        (rem % 3600) / 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_are_civil_utc() {
+        assert_eq!(chrono_like_date(0), "1970-01-01 00:00");
+        assert_eq!(chrono_like_date(1_795_564_800 + 3_660), "2026-11-25 01:01");
+        assert_eq!(chrono_like_date(951_782_400), "2000-02-29 00:00");
+    }
+}
