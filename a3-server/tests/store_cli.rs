@@ -69,6 +69,7 @@ async fn store_cli_verify_gc_stats() {
         http_listen: "127.0.5.1:0".parse().unwrap(),
         data_listen: "127.0.5.1:0".parse().unwrap(),
         log_json: false,
+        ..Config::default()
     };
     let running = a3_server::server::start(config).await.unwrap();
     let store: Store = running.state.dataport.store().store().clone();

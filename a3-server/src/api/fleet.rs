@@ -14,7 +14,7 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/fleet/abds", get(list))
         .route("/api/fleet/abds/{id}/destroy", post(destroy))
-        .route("/api/fleet/ips", get(ips).put(set_ips))
+        .route("/api/fleet/ips", get(ips).post(set_ips))
 }
 
 /// An ABD VM with its connection state.

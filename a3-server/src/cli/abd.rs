@@ -1,4 +1,5 @@
-//! `a3-server abd enroll|revoke|list`: ABD credentials for port 2811.
+//! `a3-server abd enroll|revoke|list|destroy|ips`: ABD credentials for port 2811, the ABD
+//! VMs of the pools, and each pool's static IP list.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,6 +10,9 @@ use clap::Subcommand;
 use super::client::ApiClient;
 use super::host::{print_json, print_table};
 use crate::api::abds::{AbdView, EnrollAnswer, Revoked};
+use crate::api::fleet::{AbdVmView, IpList};
+use crate::catalog::abd_fleet::AbdVmRow;
+use crate::catalog::ip_pool::AbdIp;
 
 /// ABD commands.
 #[derive(Debug, Subcommand)]
@@ -31,8 +35,48 @@ pub enum AbdCommand {
         /// The ABD id.
         id: String,
     },
-    /// List the ABDs, their credential state and whether they are connected.
+    /// List the ABDs, their credential state and whether they are connected, with the ABD
+    /// VMs of the pools (pool, VM, address, state).
     List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// With --json: the ABD VMs instead of the credentials.
+        #[arg(long)]
+        vms: bool,
+    },
+    /// Destroy an idle ABD VM (its disks, credential and static address go with it).
+    Destroy {
+        /// The ABD id.
+        id: String,
+    },
+    /// A pool's static IP list for ABDs.
+    #[command(subcommand)]
+    Ips(IpsCommand),
+}
+
+/// `abd ips` commands.
+#[derive(Debug, Subcommand)]
+pub enum IpsCommand {
+    /// Replace the pool's list (addresses held by ABDs must stay).
+    Set {
+        /// The pool (uuid or name).
+        #[arg(long)]
+        pool: String,
+        /// The network (uuid or name); default: the pool's management network.
+        #[arg(long)]
+        network: Option<String>,
+        /// The gateway.
+        #[arg(long)]
+        gateway: Option<String>,
+        /// Addresses as addr/prefix; none clears the list.
+        addresses: Vec<String>,
+    },
+    /// Show the pool's list and who holds each address.
+    Show {
+        /// The pool (uuid or name).
+        #[arg(long)]
+        pool: String,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -89,10 +133,34 @@ pub async fn run(cmd: AbdCommand, api: &ApiClient) -> anyhow::Result<()> {
             println!("ABD '{}' revoked", r.id);
             Ok(())
         }
-        AbdCommand::List { json } => {
+        AbdCommand::List { json, vms } => {
+            let fleet: Vec<AbdVmView> = api.get("/api/fleet/abds").await?;
+            if json && vms {
+                return print_json(&fleet);
+            }
             let abds: Vec<AbdView> = api.get("/api/abds").await?;
             if json {
                 return print_json(&abds);
+            }
+            let fleet_rows: Vec<Vec<String>> = fleet
+                .into_iter()
+                .map(|f| {
+                    vec![
+                        f.row.id,
+                        f.row.pool_uuid,
+                        f.row.vm_uuid.unwrap_or_else(|| "-".into()),
+                        f.row.ip,
+                        f.row.state,
+                        f.connected_from.unwrap_or_else(|| "-".into()),
+                    ]
+                })
+                .collect();
+            if !fleet_rows.is_empty() {
+                print_table(
+                    &["ABD VM", "POOL", "VM", "ADDRESS", "STATE", "CONNECTED FROM"],
+                    fleet_rows,
+                );
+                println!();
             }
             let rows = abds
                 .into_iter()
@@ -107,5 +175,58 @@ pub async fn run(cmd: AbdCommand, api: &ApiClient) -> anyhow::Result<()> {
             print_table(&["ID", "STATE", "CONNECTED FROM"], rows);
             Ok(())
         }
+        AbdCommand::Destroy { id } => {
+            let row: AbdVmRow = api
+                .post(&format!("/api/fleet/abds/{id}/destroy"), &())
+                .await?;
+            println!(
+                "ABD '{}' destroyed (its VM, disks, credential and address)",
+                row.id
+            );
+            Ok(())
+        }
+        AbdCommand::Ips(IpsCommand::Set {
+            pool,
+            network,
+            gateway,
+            addresses,
+        }) => {
+            let list: Vec<AbdIp> = api
+                .post(
+                    "/api/fleet/ips",
+                    &IpList {
+                        pool,
+                        network,
+                        addresses,
+                        gateway,
+                    },
+                )
+                .await?;
+            print_ips(list);
+            Ok(())
+        }
+        AbdCommand::Ips(IpsCommand::Show { pool, json }) => {
+            let list: Vec<AbdIp> = api.get(&format!("/api/fleet/ips?pool={pool}")).await?;
+            if json {
+                return print_json(&list);
+            }
+            print_ips(list);
+            Ok(())
+        }
     }
+}
+
+fn print_ips(list: Vec<AbdIp>) {
+    let rows = list
+        .into_iter()
+        .map(|ip| {
+            vec![
+                format!("{}/{}", ip.address, ip.prefix),
+                ip.gateway.unwrap_or_else(|| "-".into()),
+                ip.network_uuid,
+                ip.assigned_to.unwrap_or_else(|| "free".into()),
+            ]
+        })
+        .collect();
+    print_table(&["ADDRESS", "GATEWAY", "NETWORK", "HELD BY"], rows);
 }

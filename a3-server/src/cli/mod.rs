@@ -5,6 +5,7 @@ pub mod abd;
 pub mod client;
 pub mod disk;
 pub mod host;
+pub mod jobs;
 pub mod pool;
 pub mod store;
 pub mod vm;
@@ -63,6 +64,17 @@ pub enum Command {
     /// Verify the backup store, collect its garbage, show its figures.
     #[command(subcommand)]
     Store(store::StoreCommand),
+    /// Back up whole VMs through ABDs.
+    #[command(subcommand)]
+    Backup(jobs::BackupCommand),
+    /// Restore a VM version as a new VM (or over the original).
+    Restore(jobs::RestoreArgs),
+    /// Backup and restore jobs: list, show, log.
+    #[command(subcommand)]
+    Job(jobs::JobCommand),
+    /// The versions of a VM.
+    #[command(subcommand)]
+    Version(jobs::VersionCommand),
 }
 
 impl Cli {
@@ -118,6 +130,22 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Store(cmd) => {
             let api = client::ApiClient::connect(&config, cli.api.as_deref())?;
             runtime.block_on(store::run(cmd, &api))
+        }
+        Command::Backup(cmd) => {
+            let api = client::ApiClient::connect(&config, cli.api.as_deref())?;
+            runtime.block_on(jobs::backup(cmd, &api))
+        }
+        Command::Restore(args) => {
+            let api = client::ApiClient::connect(&config, cli.api.as_deref())?;
+            runtime.block_on(jobs::restore(args, &api))
+        }
+        Command::Job(cmd) => {
+            let api = client::ApiClient::connect(&config, cli.api.as_deref())?;
+            runtime.block_on(jobs::job(cmd, &api))
+        }
+        Command::Version(cmd) => {
+            let api = client::ApiClient::connect(&config, cli.api.as_deref())?;
+            runtime.block_on(jobs::version(cmd, &api))
         }
     }
 }
