@@ -852,7 +852,7 @@ mod tests {
         assert!(listed.is_empty(), "non-uuid names are not VDIs: {listed:?}");
         let u = uuid::Uuid::new_v4().to_string();
         crate::vhd_file::VhdFile::create(&*fs, &vhd_path("sr1", &u), BLOCK_SIZE, [0; 16]).unwrap();
-        assert_eq!(store.list_vhds("sr1").unwrap(), [u.clone()]);
+        assert_eq!(store.list_vhds("sr1").unwrap(), std::slice::from_ref(&u));
         assert_eq!(store.adopt_vhd(&u, "sr1").unwrap(), BLOCK_SIZE);
 
         store.data_destroy("snap").unwrap();

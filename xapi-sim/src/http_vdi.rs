@@ -1,6 +1,8 @@
 //! `GET /export_raw_vdi` and `PUT /import_raw_vdi`: a VDI's raw bytes over HTTP, as
 //! xapi serves them (`?session_id=&vdi=&format=raw`; `vdi` is a ref or a uuid).
-//! Content streams in 1 MiB pieces, each read or written under the state lock.
+//! Content streams in 1 MiB pieces, each read or written under the state lock on a
+//! blocking thread (a VDI on an NFS SR is a VHD read and written over NFS: the raw bytes
+//! are translated to and from it).
 
 use std::sync::Arc;
 
@@ -11,6 +13,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode, header};
 
 use crate::api::vdi;
+use crate::disks::DiskError;
 use crate::server::{query, text};
 use crate::sim::Shared;
 
@@ -22,7 +25,7 @@ fn target(
     req: &Request<Incoming>,
 ) -> Result<(String, String, u64), (StatusCode, String)> {
     let q = query(req);
-    let st = shared.lock();
+    let mut st = shared.lock();
     let session = q.get("session_id").map(String::as_str).unwrap_or("");
     if !st.sessions.contains_key(session) {
         return Err((
@@ -41,6 +44,10 @@ fn target(
     let vdi = st
         .find_vdi(id)
         .map_err(|_| (StatusCode::NOT_FOUND, format!("no VDI {id:?}")))?;
+    // The VDI's SR must be attached (an NFS SR's mount live) for its content to be reached.
+    let sr = st.db.str_field("VDI", &vdi, "SR").unwrap_or_default();
+    crate::api::placement(&mut st, &sr)
+        .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
     let uuid = vdi::uuid_of(&st, &vdi).map_err(|e| (StatusCode::NOT_FOUND, e.to_string()))?;
     let disk = st
         .disks
@@ -68,7 +75,11 @@ pub async fn export(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Bod
                 return None;
             }
             let n = CHUNK.min(size - offset);
-            let chunk = shared.lock().disks.read(&uuid, offset, n);
+            let chunk =
+                tokio::task::spawn_blocking(move || shared.lock().disks.read(&uuid, offset, n))
+                    .await
+                    .map_err(|e| std::io::Error::other(e.to_string()))
+                    .and_then(|r| r.map_err(std::io::Error::other));
             Some((chunk.map(Bytes::from), offset + n))
         }
     });
@@ -98,12 +109,20 @@ pub async fn import(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Bod
         let Ok(data) = frame.into_data() else {
             continue;
         };
-        let written = shared.lock().disks.write(&uuid, offset, &data);
+        let len = data.len() as u64;
+        let (s, u) = (shared.clone(), uuid.clone());
+        let written = tokio::task::spawn_blocking(move || s.lock().disks.write(&u, offset, &data))
+            .await
+            .unwrap_or_else(|e| {
+                Err(DiskError::Unknown(format!(
+                    "{uuid}: the write panicked: {e}"
+                )))
+            });
         if let Err(e) = written {
             shared.changed();
             return text(StatusCode::BAD_REQUEST, e.to_string());
         }
-        offset += data.len() as u64;
+        offset += len;
     }
     let _ = vdi::refresh_utilisation(&mut shared.lock(), &vdi_ref);
     shared.changed();

@@ -11,7 +11,8 @@
 //! - [`model`]: the object database, event log and record shapes;
 //! - [`errors`]: XAPI error codes and parameters;
 //! - [`disks`] and [`demo`]: VDI content, snapshots, CBT, demo data;
-//! - [`http_vdi`]: `/export_raw_vdi` and `/import_raw_vdi`;
+//! - [`http_vdi`]: `/export_raw_vdi` and `/import_raw_vdi`; [`import_xva`]: `/import`;
+//! - [`file_store`], [`nfs_client`], [`vhd_file`]: NFS SRs' files, over NFSv3, as VHDs;
 //! - [`control`]: the `/sim/` control API for tests;
 //! - [`inventory`]: the pool a fresh state directory starts with;
 //! - [`persist`] and [`tls`]: the state directory.
@@ -25,6 +26,7 @@ pub mod disks;
 pub mod errors;
 pub mod file_store;
 pub mod http_vdi;
+pub mod import_xva;
 pub mod inventory;
 pub mod model;
 pub mod nfs_client;

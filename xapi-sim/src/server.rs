@@ -3,6 +3,7 @@
 //! Routes, as on a real host:
 //! - `POST /jsonrpc`: JSON-RPC; any other `POST`: XML-RPC (`/`, `/RPC2`, …);
 //! - `GET /export_raw_vdi`, `PUT /import_raw_vdi`: disk transfer ([`crate::http_vdi`]);
+//! - `PUT /import`: a VM from an XVA ([`crate::import_xva`]);
 //! - `/sim/…`: the simulator's control API ([`crate::control`]), which is not XAPI.
 //!
 //! An error in one connection ends that connection only.
@@ -25,7 +26,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::api::Outcome;
 use crate::model::Ref;
 use crate::sim::Shared;
-use crate::{control, http_vdi};
+use crate::{control, http_vdi, import_xva};
 
 /// Largest RPC body accepted.
 const MAX_RPC_BODY: usize = 64 << 20;
@@ -74,6 +75,7 @@ async fn route(shared: Arc<Shared>, host: Ref, req: Request<Incoming>) -> Respon
     match (req.method().clone(), path.as_str()) {
         (Method::GET, "/export_raw_vdi") => http_vdi::export(shared, req).await,
         (Method::PUT, "/import_raw_vdi") => http_vdi::import(shared, req).await,
+        (Method::PUT, "/import") => import_xva::import(shared, req).await,
         (Method::POST, "/jsonrpc") => match read_body(req).await {
             Ok(body) => jsonrpc(&shared, &host, &body).await,
             Err(resp) => resp,

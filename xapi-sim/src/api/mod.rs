@@ -34,7 +34,7 @@ use crate::state::State;
 
 pub use event::EventQuery;
 pub(crate) use network::create_vif;
-pub(crate) use sr::create_sr;
+pub(crate) use sr::{create_sr, placement};
 pub(crate) use vbd::{VbdSpec, create_vbd};
 pub(crate) use vdi::create_vdi;
 pub(crate) use vm::start_on;

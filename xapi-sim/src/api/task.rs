@@ -12,6 +12,16 @@ use crate::errors::{self, ApiResult};
 use crate::model::{Ref, new_ref, new_uuid, task};
 
 pub(super) fn register(t: &mut Table) {
+    // A client creates a task to follow an HTTP import or export (`?task_id=`).
+    t.add("task.create", 2, 0, |ctx, p| {
+        let label = params::string(p, 1, "label")?.to_owned();
+        let description = params::string(p, 2, "description")?.to_owned();
+        let r = new_ref();
+        let mut rec = task::task(&new_uuid(), &label, ctx.host, clock::unix_now());
+        rec.insert("name_description".into(), description.into());
+        ctx.st.db.insert("task", r.clone(), rec);
+        Ok(Value::from(r))
+    });
     t.add("task.cancel", 1, 0, |ctx, p| {
         let task = params::object(ctx.st, p, 1, "task")?;
         let status = ctx.st.db.str_field("task", &task, "status")?;
