@@ -68,6 +68,11 @@ impl Config {
         self.state_dir.join("api.token")
     }
 
+    /// The A3 SR's directory, served over NFS.
+    pub fn sr_dir(&self) -> PathBuf {
+        self.state_dir.join("sr")
+    }
+
     /// The SQLite catalog.
     pub fn catalog_file(&self) -> PathBuf {
         self.state_dir.join("catalog.sqlite")

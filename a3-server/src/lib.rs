@@ -14,6 +14,8 @@
 //! - [`template`], [`fleet`], [`jobs`], [`poolops`]: the pool workflow: the ABD template
 //!   in each pool, the persistent ABD VMs, whole-VM backup and restore jobs with recovery
 //!   after a crash, and the XAPI calls they make.
+//! - [`sr`]: the A3 SR: `<state-dir>/sr/` served over NFS v3 with a portmapper on 111, and
+//!   each pool's `Alike_SR` (created once, plugged at start, unplugged at a clean shutdown).
 //! - [`cli`]: the command line; commands other than `serve` are clients of the running
 //!   server's API.
 pub mod api;
@@ -27,6 +29,7 @@ pub mod jobs;
 pub mod pki;
 pub mod poolops;
 pub mod server;
+pub mod sr;
 pub mod store;
 pub mod template;
 pub mod xapi;

@@ -15,6 +15,7 @@
 pub mod chunk;
 pub mod dhcp;
 pub mod formats;
+pub mod portmap;
 pub mod proto;
 pub mod vhd;
 pub mod xapi_wire;

@@ -88,6 +88,7 @@ fn main() -> ExitCode {
 
 fn test(args: &[String]) -> anyhow::Result<()> {
     setup::ensure_python_module("XenAPI", "XenAPI")?;
+    setup::ensure_debian_tools(setup::TEST_TOOLS)?;
     setup::cargo(&["fmt", "--all", "--", "--check"])?;
     setup::cargo(&[
         "clippy",

@@ -53,6 +53,10 @@ pub fn ensure_python_module(module: &str, package: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The Debian packages the tests use, each with a command it provides (`cargo xtask test`
+/// installs them): `libnfs-utils`'s `nfs-ls`/`nfs-cp` check the A3 SR's NFS server.
+pub const TEST_TOOLS: &[(&str, &str)] = &[("nfs-ls", "libnfs-utils")];
+
 /// Makes sure each command exists, installing the Debian package that provides it.
 /// `tools` pairs a command name with its Debian package.
 pub fn ensure_debian_tools(tools: &[(&str, &str)]) -> anyhow::Result<()> {

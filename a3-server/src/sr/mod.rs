@@ -1,0 +1,66 @@
+//! The A3 SR: the A3 serves `<state-dir>/sr/` over NFS v3 (NFS and MOUNT on 2049) with a
+//! portmapper on 111 that points XCP-ng's `mount` (and libnfs) at it.
+//!
+//! - [`dirfs`]: the SR directory as an NFS file system.
+//! - [`portmap`]: the portmapper, with its bounded RPC decoder.
+
+pub mod dirfs;
+pub mod portmap;
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use anyhow::Context;
+use nfs3_server::tcp::{NFSTcp, NFSTcpListener};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// The NFS port (NFS and MOUNT share it).
+pub const NFS_PORT: u16 = 2049;
+/// The MOUNT path of the SR directory (the PBDs' `serverpath`).
+pub const EXPORT: &str = "/alike";
+
+/// Starts the NFS server and the portmapper on `ip`, serving `sr_dir` (created if missing),
+/// until `shutdown`. Binding errors are reported here, before anything runs.
+pub async fn start(
+    ip: IpAddr,
+    sr_dir: &Path,
+    shutdown: CancellationToken,
+) -> anyhow::Result<JoinHandle<()>> {
+    std::fs::create_dir_all(sr_dir)
+        .with_context(|| format!("SR directory {}: cannot create", sr_dir.display()))?;
+    let fs = dirfs::DirFs::new(sr_dir)
+        .with_context(|| format!("SR directory {}: cannot read", sr_dir.display()))?;
+    let generation = fs.generation();
+    let mut nfs = NFSTcpListener::bind_with_generation(&format!("{ip}:{NFS_PORT}"), fs, generation)
+        .await
+        .with_context(|| {
+            format!("NFS server: cannot listen on {ip}:{NFS_PORT}; stop the other NFS server or set sr_address")
+        })?;
+    nfs.with_export_name(EXPORT);
+    // Bind the portmapper's sockets now, so that a clash fails the start, not a task.
+    let pmap = portmap::Portmapper::bind(ip).await.with_context(|| {
+        format!(
+            "portmapper: cannot listen on {ip}:{}; is rpcbind running? stop it or set sr_address",
+            portmap::PORT
+        )
+    })?;
+    tracing::info!(%ip, port = NFS_PORT, dir = %sr_dir.display(), "A3 SR served over NFS v3");
+    Ok(tokio::spawn(async move {
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            () = serve_nfs(&nfs) => {}
+            () = pmap.serve(NFS_PORT, shutdown.clone()) => {}
+        }
+    }))
+}
+
+/// Accepts NFS connections for ever; an accept error (out of file descriptors) backs off.
+async fn serve_nfs(nfs: &NFSTcpListener<dirfs::DirFs>) {
+    loop {
+        if let Err(e) = nfs.handle_forever().await {
+            tracing::warn!("NFS server: accept failed: {e}; retrying");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+}
