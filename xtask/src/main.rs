@@ -89,6 +89,7 @@ fn main() -> ExitCode {
 fn test(args: &[String]) -> anyhow::Result<()> {
     setup::ensure_python_module("XenAPI", "XenAPI")?;
     setup::ensure_debian_tools(setup::TEST_TOOLS)?;
+    setup::ensure_qemu()?;
     setup::cargo(&["fmt", "--all", "--", "--check"])?;
     setup::cargo(&[
         "clippy",
@@ -98,8 +99,10 @@ fn test(args: &[String]) -> anyhow::Result<()> {
         "-D",
         "warnings",
     ])?;
-    // End-to-end tests start the workspace's binaries as processes.
+    // End-to-end tests start the workspace's binaries as processes, and the qemu ones boot
+    // the ABD image.
     setup::cargo(&["build", "--workspace", "--bins"])?;
+    image::build()?;
     let mut test_args = vec!["test", "--workspace"];
     test_args.extend(args.iter().map(String::as_str));
     setup::cargo(&test_args)

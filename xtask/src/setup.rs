@@ -85,6 +85,11 @@ pub fn ensure_debian_tools(tools: &[(&str, &str)]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Makes sure qemu is there for the ABD image's end-to-end tests (`tests/tests/abd_qemu.rs`).
+pub fn ensure_qemu() -> anyhow::Result<()> {
+    ensure_debian_tools(&[("qemu-system-x86_64", "qemu-system-x86")])
+}
+
 /// Installs Debian packages (running `apt-get update` once per process first).
 pub fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
     static UPDATE: Once = Once::new();
