@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use crate::setup::{self, workspace_root};
 
 /// Every fuzz target in `fuzz/Cargo.toml`.
-const TARGETS: &[&str] = &["xmlrpc", "frames", "xva", "vhd", "xenstore"];
+const TARGETS: &[&str] = &["xmlrpc", "frames", "xva", "vhd", "xenstore", "portmap"];
 
 /// Fuzzes `target` (or every target in turn) for `seconds` each.
 pub fn run(target: Option<&str>, seconds: u32) -> anyhow::Result<()> {
