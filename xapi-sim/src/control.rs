@@ -13,8 +13,9 @@
 //! | `POST /sim/hosts/{host}/up` | opens it again |
 //! | `POST /sim/hosts/{host}/new-certificate` | replaces the host's TLS certificate |
 //! | `POST /sim/master?host={host}` | makes `host` the master, as an emergency transition does |
+//! | `POST /sim/vms/{vm}/kill` | SIGKILLs a running ABD's agent process (XAPI is not told; the VM restarts it) |
 //!
-//! `{vdi}` is a ref or uuid; `{host}` a ref, uuid or address. A host cannot take its own
+//! `{vdi}` and `{vm}` are a ref or uuid; `{host}` a ref, uuid or address. A host cannot take its own
 //! listener down (the reply would be cut off): send `down` through another host.
 
 use std::sync::Arc;
@@ -28,6 +29,7 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode, header};
 use serde_json::json;
 
+use crate::abd;
 use crate::api::vdi;
 use crate::server::{query, with_type};
 use crate::sim::Shared;
@@ -56,6 +58,7 @@ pub async fn handle(shared: Arc<Shared>, host: String, req: Request<Incoming>) -
         }
         (Method::POST, ["hosts", id, action]) => host_action(&shared, &host, id, action).await,
         (Method::POST, ["master"]) => make_master(&shared, &req),
+        (Method::POST, ["vms", id, "kill"]) => kill_abd(&shared, id).await,
         _ => Err((
             StatusCode::NOT_FOUND,
             format!("no control endpoint {path}; see the xapi-sim README"),
@@ -225,4 +228,36 @@ fn make_master(shared: &Shared, req: &Request<Incoming>) -> Reply {
     }
     shared.changed();
     Ok(json_reply(StatusCode::OK, json!({ "master": id })))
+}
+
+async fn kill_abd(shared: &Shared, id: &str) -> Reply {
+    let (vm, hook) = {
+        let st = shared.lock();
+        let vm = if st.db.exists("VM", id) {
+            id.to_owned()
+        } else {
+            st.db
+                .by_uuid("VM", id)
+                .map_err(|_| (StatusCode::NOT_FOUND, format!("no VM {id:?}")))?
+        };
+        (vm, st.abd.clone())
+    };
+    let hook = hook.ok_or_else(|| {
+        (
+            StatusCode::CONFLICT,
+            "the simulator runs no ABD processes; start it with --abd-agent".to_owned(),
+        )
+    })?;
+    let (reply, pid) = tokio::sync::oneshot::channel();
+    hook.send(abd::Action::Kill {
+        vm: vm.clone(),
+        reply,
+    });
+    match pid.await.ok().flatten() {
+        Some(pid) => Ok(json_reply(StatusCode::OK, json!({ "vm": vm, "pid": pid }))),
+        None => Err((
+            StatusCode::CONFLICT,
+            format!("VM {id} has no running ABD process"),
+        )),
+    }
 }

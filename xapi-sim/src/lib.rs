@@ -14,10 +14,12 @@
 //! - [`http_vdi`]: `/export_raw_vdi` and `/import_raw_vdi`; [`import_xva`]: `/import`;
 //! - [`file_store`], [`nfs_client`], [`vhd_file`]: NFS SRs' files, over NFSv3, as VHDs;
 //! - [`control`]: the `/sim/` control API for tests;
+//! - [`abd`]: the process backend that runs ABD VMs as `abd-agent` processes;
 //! - [`inventory`]: the pool a fresh state directory starts with;
 //! - [`persist`] and [`tls`]: the state directory.
 #![warn(missing_docs)]
 
+pub mod abd;
 pub mod api;
 pub mod clock;
 pub mod control;

@@ -43,6 +43,10 @@ enum Command {
         /// Size of each demo VM's first disk, e.g. 64MiB, 1GiB or bytes.
         #[arg(long, default_value = "64MiB", value_parser = parse_size)]
         disk_size: u64,
+        /// The abd-agent binary: ABD VMs (xenstore_data vm-data/abd/a3) then run it as a
+        /// process; without it they start with no backend.
+        #[arg(long)]
+        abd_agent: Option<PathBuf>,
     },
 }
 
@@ -81,6 +85,7 @@ async fn main() -> anyhow::Result<()> {
         address,
         password,
         disk_size,
+        abd_agent,
     } = Cli::parse().command;
     let config = SimConfig {
         state_dir,
@@ -90,6 +95,7 @@ async fn main() -> anyhow::Result<()> {
         port,
         password,
         disk_size,
+        abd_agent,
     };
     let sim = Sim::start(config)
         .await

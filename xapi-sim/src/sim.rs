@@ -16,6 +16,7 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
+use crate::abd;
 use crate::api::Api;
 use crate::disks::{DiskStore, DiskStoreState};
 use crate::errors::ApiError;
@@ -46,6 +47,8 @@ pub struct SimConfig {
     pub password: Option<String>,
     /// Size of each demo VM's first disk in bytes.
     pub disk_size: u64,
+    /// The `abd-agent` binary: when set, ABD VMs run it as a process ([`crate::abd`]).
+    pub abd_agent: Option<PathBuf>,
 }
 
 impl Default for SimConfig {
@@ -58,6 +61,7 @@ impl Default for SimConfig {
             port: 443,
             password: None,
             disk_size: 64 << 20,
+            abd_agent: None,
         }
     }
 }
@@ -310,6 +314,7 @@ impl Shared {
 pub struct Sim {
     shared: Arc<Shared>,
     saver: JoinHandle<()>,
+    abd: Option<abd::Backend>,
     /// The hosts, in address order.
     pub hosts: Vec<HostInfo>,
     /// The login user.
@@ -331,6 +336,14 @@ impl Sim {
             path: dir.clone(),
             source,
         })?;
+        if let Some(agent) = &config.abd_agent
+            && !agent.is_file()
+        {
+            return Err(SimError::Config(format!(
+                "--abd-agent {}: no such file; build it with `cargo build -p abd-agent`",
+                agent.display()
+            )));
+        }
         let state = load_or_build(&config)?;
         let username = state.username.clone();
         let password = state.password.clone();
@@ -355,7 +368,12 @@ impl Sim {
             shared.serve(h, listener)?;
         }
         let saver = tokio::spawn(save_loop(shared.clone()));
+        let abd = config
+            .abd_agent
+            .clone()
+            .map(|agent| abd::Backend::start(shared.clone(), agent, dir.join("abd")));
         Ok(Sim {
+            abd,
             hosts: shared.host_infos(),
             shared,
             saver,
@@ -395,9 +413,12 @@ impl Sim {
         })
     }
 
-    /// Stops every listener and saves the state.
-    pub async fn shutdown(self) -> Result<(), SimError> {
+    /// Stops every listener and ABD process, and saves the state.
+    pub async fn shutdown(mut self) -> Result<(), SimError> {
         self.saver.abort();
+        if let Some(abd) = self.abd.take() {
+            abd.shutdown().await;
+        }
         let hosts: Vec<Ref> = self
             .shared
             .listeners
@@ -461,6 +482,7 @@ fn load_or_build(config: &SimConfig) -> Result<State, SimError> {
             username: saved.username,
             password: saved.password,
             next_domid: saved.next_domid,
+            abd: None,
         };
         if let Some(pw) = &config.password {
             st.password = pw.clone();
@@ -478,6 +500,7 @@ fn load_or_build(config: &SimConfig) -> Result<State, SimError> {
             .clone()
             .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()),
         next_domid: 1,
+        abd: None,
     };
     let plan = Plan {
         hosts: config.hosts,

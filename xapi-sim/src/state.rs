@@ -32,6 +32,8 @@ pub struct State {
     pub password: String,
     /// The next domain id handed to a starting VM.
     pub next_domid: i64,
+    /// The process backend for ABD VMs, when the simulator runs them (`--abd-agent`).
+    pub abd: Option<crate::abd::Hook>,
 }
 
 impl State {

@@ -3,6 +3,7 @@
 use a3_shared::xapi_wire::{NULL_REF, Value};
 
 use super::{Table, params, void};
+use crate::abd;
 use crate::errors::{self, ApiResult};
 use crate::model::{Ref, new_ref, new_uuid, storage};
 use crate::state::State;
@@ -56,6 +57,7 @@ pub(super) fn register(t: &mut Table) {
                 return Err(errors::device_already_detached(&vbd));
             }
             set_attached(ctx.st, &vbd, false)?;
+            abd::notify(ctx.st, abd::Action::Unplug { vm, vbd });
             Ok(void())
         });
     }
@@ -159,7 +161,10 @@ pub(crate) fn plug(st: &mut State, vbd: &str) -> ApiResult<()> {
         return Err(errors::device_already_attached(vbd));
     }
     check_attachable(st, vbd)?;
-    set_attached(st, vbd, true)
+    set_attached(st, vbd, true)?;
+    let (vm, vbd) = (vm.clone(), vbd.to_owned());
+    abd::notify(st, abd::Action::Plug { vm, vbd });
+    Ok(())
 }
 
 /// Checks that a VBD's disk may be attached: not CBT metadata, and not written by

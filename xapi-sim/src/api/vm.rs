@@ -1,18 +1,18 @@
 //! `VM.*`: create, snapshot, clone, copy, provision, power operations, destroy.
 //!
-//! Power operations only change records: the simulator's guests have no process. The
-//! single place a guest would be run is [`start_on`] (and its counterpart [`stop_vm`]),
-//! where a process backend for special VMs (the ABD) can hook in.
+//! Power operations change records. Guests have no process, except ABD VMs when the
+//! simulator runs them ([`crate::abd`]): the power operations then also tell the process
+//! backend, which acts off the request path.
 
 use a3_shared::xapi_wire::{NULL_REF, Struct, Value};
 
 use super::vbd::{self, VbdSpec};
 use super::vdi::{self, Copy};
 use super::{Ctx, Table, params, void};
-use crate::clock;
 use crate::errors::{self, ApiResult};
 use crate::model::{Ref, new_ref, new_uuid, null, vm as vm_model};
 use crate::state::State;
+use crate::{abd, clock};
 
 pub(super) fn register(t: &mut Table) {
     t.add("VM.create", 1, 0, |ctx, p| {
@@ -93,15 +93,27 @@ pub(super) fn register(t: &mut Table) {
                 return Err(errors::vm_bad_power_state(&vm, "Running", &state));
             }
             stop_vm(ctx.st, &vm)?;
+            abd::notify(ctx.st, abd::Action::Stop { vm, hard });
             Ok(void())
         });
     }
     for name in ["VM.clean_reboot", "VM.hard_reboot"] {
-        t.add(name, 1, 0, |ctx, p| {
+        let hard = name == "VM.hard_reboot";
+        t.add(name, 1, 0, move |ctx, p| {
             let vm = params::object(ctx.st, p, 1, "VM")?;
             require_state(ctx.st, &vm, "Running")?;
             let domid = next_domid(ctx.st);
             ctx.st.db.set("VM", &vm, "domid", Value::Int(domid))?;
+            if abd::is_abd(ctx.st.db.get("VM", &vm)?) {
+                abd::notify(
+                    ctx.st,
+                    abd::Action::Stop {
+                        vm: vm.clone(),
+                        hard,
+                    },
+                );
+                abd::notify(ctx.st, abd::Action::Start { vm, respawn: false });
+            }
             Ok(void())
         });
     }
@@ -425,7 +437,17 @@ pub(crate) fn start_on(st: &mut State, vm: &str, host: &str, paused: bool) -> Ap
         rec.insert("domid".into(), Value::Int(domid));
         rec.insert("guest_metrics".into(), gm.into());
     })?;
-    st.db.add_to_set("host", host, "resident_VMs", vm)
+    st.db.add_to_set("host", host, "resident_VMs", vm)?;
+    if abd::is_abd(&rec) {
+        abd::notify(
+            st,
+            abd::Action::Start {
+                vm: vm.to_owned(),
+                respawn: false,
+            },
+        );
+    }
+    Ok(())
 }
 
 /// Stops a VM: detaches its devices and drops its guest metrics.

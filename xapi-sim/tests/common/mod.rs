@@ -35,6 +35,7 @@ pub fn config(dir: &std::path::Path, hosts: usize, vms: usize) -> SimConfig {
         port: 0,
         password: Some(PASSWORD.into()),
         disk_size: 4 << 20,
+        abd_agent: None,
     }
 }
 
