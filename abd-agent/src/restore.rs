@@ -119,17 +119,29 @@ async fn receive(
         .copied()
         .filter(|&i| m.blocks[i as usize].is_some())
         .collect();
-    // Zero blocks first: nothing to wait for.
-    for &i in &mine {
-        if m.blocks[i as usize].is_none() {
-            let r = Manifest::block_range(m.size, m.block_size, i);
-            if block_dev {
-                let zeros = vec![0u8; (r.end - r.start) as usize];
-                file.write_all_at(&zeros, r.start)?;
+    // Zero blocks first: nothing to wait for. A block device needs them written: blocking
+    // I/O, done on the blocking pool so that the runtime keeps serving the connection (in
+    // the 2-core appliance, three streams writing zeros on the async workers starved QUIC
+    // until the A3 timed the connection out).
+    let zero_ranges: Vec<std::ops::Range<u64>> = mine
+        .iter()
+        .filter(|&&i| m.blocks[i as usize].is_none())
+        .map(|&i| Manifest::block_range(m.size, m.block_size, i))
+        .collect();
+    if block_dev && !zero_ranges.is_empty() {
+        let (f, ranges) = (file.clone(), zero_ranges.clone());
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            let zeros = vec![0u8; largest_len(&ranges)];
+            for r in ranges {
+                f.write_all_at(&zeros[..(r.end - r.start) as usize], r.start)?;
             }
-            Counters::add(&c.zero_blocks, 1);
-            Counters::add(&c.done, r.end - r.start);
-        }
+            Ok(())
+        })
+        .await??;
+    }
+    for r in zero_ranges {
+        Counters::add(&c.zero_blocks, 1);
+        Counters::add(&c.done, r.end - r.start);
     }
     // Chunks are decoded and written a group at a time (about 1 MiB of plaintext per trip
     // to the blocking pool, as for backup compression).
@@ -213,4 +225,13 @@ fn write_group(
         written += len as u64;
     }
     Ok(written)
+}
+
+/// The largest range's length: one zero buffer serves every write.
+fn largest_len(ranges: &[std::ops::Range<u64>]) -> usize {
+    ranges
+        .iter()
+        .map(|r| (r.end - r.start) as usize)
+        .max()
+        .unwrap_or(0)
 }
