@@ -1,0 +1,207 @@
+//! The pool workflow end to end (issue 4): the A3 imports its ABD template into the pool,
+//! backs VMs up through persistent ABDs (one per VM at once, reused, static address then
+//! DHCP, the A3's DNS), incrementally through CBT, restores full and incremental versions
+//! bit-exact as new VMs, and leaves nothing behind but the ABDs and the CBT metadata.
+
+mod pool_support;
+
+use std::time::Duration;
+
+use pool_support::{A3, Sim, alike_sr, assert_nothing_left, objects, user_vms};
+use serde_json::Value as Json;
+
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// The disks of a VM in the inventory: `(userdevice, vdi uuid, size)` by userdevice.
+fn disks_of(inv: &Json, vm_uuid: &str) -> Vec<(String, String, u64)> {
+    let vm = objects(inv, "VM")
+        .into_iter()
+        .find(|v| v["uuid"] == vm_uuid)
+        .unwrap();
+    let vbds = objects(inv, "VBD");
+    let vdis = inv["objects"]["VDI"].clone();
+    let mut out: Vec<_> = vm["VBDs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| {
+            let vbd = vbds
+                .iter()
+                .find(|b| b["uuid"].is_string() && vbd_ref_is(inv, b, r))?;
+            if vbd["type"] != "Disk" {
+                return None;
+            }
+            let vdi = &vdis[vbd["VDI"].as_str()?];
+            Some((
+                vbd["userdevice"].as_str()?.to_owned(),
+                vdi["uuid"].as_str()?.to_owned(),
+                vdi["virtual_size"]
+                    .as_u64()
+                    .or_else(|| vdi["virtual_size"].as_str()?.parse().ok())?,
+            ))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn vbd_ref_is(inv: &Json, vbd: &Json, r: &Json) -> bool {
+    inv["objects"]["VBD"][r.as_str().unwrap_or("")]["uuid"] == vbd["uuid"]
+}
+
+fn vm_by_uuid(inv: &Json, uuid: &str) -> Json {
+    objects(inv, "VM")
+        .into_iter()
+        .find(|v| v["uuid"] == uuid)
+        .unwrap()
+}
+
+fn num(v: &Json) -> u64 {
+    v.as_u64()
+        .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abds_are_persistent_and_restores_are_bit_exact() {
+    let scratch = tempfile::Builder::new()
+        .prefix("a3-pool-")
+        .tempdir()
+        .unwrap();
+    let (base, a3_ip) = pool_support::addresses();
+    let sim = Sim::start(&scratch.path().join("sim"), &base, 1, 3, "4MiB");
+    let a3 = A3::start(&scratch.path().join("a3"), &a3_ip);
+    let pool = a3.add_pool(&sim);
+    alike_sr(&sim).await;
+
+    // The template lands in the pool, hidden and tagged.
+    let template = pool_support::wait_until_async(Duration::from_secs(60), || async {
+        let inv = sim.inventory().await;
+        objects(&inv, "VM").into_iter().find(|v| {
+            v["is_a_template"] == true && v["other_config"]["abd_template_version"].is_string()
+        })
+    })
+    .await
+    .unwrap_or_else(|| panic!("no ABD template imported; see {}", a3.log_path().display()));
+    assert_eq!(template["other_config"]["HideFromXenCenter"], "true");
+
+    // One static address: the first ABD takes it, the second uses DHCP.
+    let static_ip = format!("127.0.3.{}", a3_ip.rsplit('.').next().unwrap());
+    a3.ok(&[
+        "abd",
+        "ips",
+        "set",
+        "--pool",
+        &pool,
+        &format!("{static_ip}/8"),
+    ]);
+
+    let inv = sim.inventory().await;
+    let vms = user_vms(&inv);
+    assert_eq!(vms.len(), 3, "{vms:?}");
+    for (i, (uuid, _)) in vms.iter().enumerate() {
+        let (_, vdi, _) = disks_of(&inv, uuid)[0].clone();
+        sim.write_vdi(&vdi, 0, noise(i as u64 + 1, 3 << 20)).await;
+    }
+    let names: Vec<&str> = vms.iter().map(|(_, n)| n.as_str()).collect();
+    a3.backup(&names, 2)
+        .unwrap_or_else(|e| panic!("backup failed: {e}\nA3 log: {}", a3.log_path().display()));
+
+    let abds = a3.abd_vms();
+    assert_eq!(
+        abds.len(),
+        2,
+        "3 VMs at concurrency 2 make exactly 2 ABDs: {abds:?}"
+    );
+    for abd in &abds {
+        assert_eq!(abd["state"], "idle", "{abd}");
+    }
+    let ips: Vec<&str> = abds.iter().map(|a| a["ip"].as_str().unwrap()).collect();
+    assert!(ips.contains(&format!("{static_ip}/8").as_str()), "{ips:?}");
+    assert!(ips.contains(&"dhcp"), "{ips:?}");
+    let inv = sim.inventory().await;
+    for abd in &abds {
+        let vm = vm_by_uuid(&inv, abd["vm_uuid"].as_str().unwrap());
+        assert_eq!(vm["power_state"], "Running", "ABDs stay up");
+        let dns = vm["xenstore_data"]["vm-data/abd/dns"].as_str().unwrap();
+        assert!(dns.contains(&format!("{a3_ip}:53")), "the A3's DNS: {dns}");
+        assert_eq!(num(&vm["memory_static_max"]), 128 << 20);
+    }
+    assert_nothing_left(&inv);
+
+    // A guest writes; the next run is incremental, reuses both ABDs, creates no VM.
+    let (uuid0, name0) = vms[0].clone();
+    let (_, vdi0, size0) = disks_of(&inv, &uuid0)[0].clone();
+    let full_bytes = sim.vdi_data(&vdi0).await;
+    sim.write_vdi(&vdi0, 1 << 20, noise(99, 100_000)).await;
+    let vm_count = objects(&inv, "VM").len();
+    a3.backup(&names, 2).unwrap();
+    let inv = sim.inventory().await;
+    assert_eq!(a3.abd_vms().len(), 2, "reused, none added");
+    assert_eq!(objects(&inv, "VM").len(), vm_count, "no new VM");
+    assert_nothing_left(&inv);
+    let job_log = a3.ok(&[
+        "job",
+        "log",
+        &a3.json(&["job", "list"])[0]["job"]["id"].to_string(),
+    ]);
+    assert!(job_log.contains("incremental against version"), "{job_log}");
+    let incr_bytes = sim.vdi_data(&vdi0).await;
+
+    let versions = a3.versions(&name0);
+    assert_eq!(versions.len(), 2, "{versions:?}");
+    for (version, want) in [(&versions[0], &full_bytes), (&versions[1], &incr_bytes)] {
+        let id = version["id"].to_string();
+        a3.ok(&["restore", &id])
+            .contains("succeeded")
+            .then_some(())
+            .expect("restore reports success");
+        let inv = sim.inventory().await;
+        let restored = objects(&inv, "VM")
+            .into_iter()
+            .filter(|v| {
+                v["name_label"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with(&format!("{name0} (restored "))
+            })
+            .max_by_key(|v| num(&v["snapshot_time"]).max(0))
+            .unwrap();
+        let orig = vm_by_uuid(&inv, &uuid0);
+        assert_eq!(num(&restored["VCPUs_max"]), num(&orig["VCPUs_max"]));
+        assert_eq!(
+            num(&restored["memory_static_max"]),
+            num(&orig["memory_static_max"])
+        );
+        assert_eq!(
+            restored["VIFs"].as_array().unwrap().len(),
+            orig["VIFs"].as_array().unwrap().len()
+        );
+        let rdisks = disks_of(&inv, restored["uuid"].as_str().unwrap());
+        let odisks = disks_of(&inv, &uuid0);
+        assert_eq!(rdisks.len(), odisks.len(), "same disks");
+        for (r, o) in rdisks.iter().zip(&odisks) {
+            assert_eq!((&r.0, r.2), (&o.0, o.2), "same device and size");
+        }
+        assert_eq!(rdisks[0].2, size0);
+        let got = sim.vdi_data(&rdisks[0].1).await;
+        assert!(got == *want, "version {id} restores bit-exact");
+        // Remove the restored VM so the next restore is found by name.
+        let s = sim.session().await;
+        let r = a3_server::poolops::by_uuid(&s, "VM", restored["uuid"].as_str().unwrap())
+            .await
+            .unwrap();
+        a3_server::poolops::destroy_vm(&s, &r, false).await.unwrap();
+    }
+    assert_nothing_left(&sim.inventory().await);
+}

@@ -1,0 +1,425 @@
+//! Set-up of the pool-workflow tests: `xapi-sim serve --abd-agent` (ABD VMs run as agent
+//! processes), an A3 on its own loopback address with a small ABD template XVA, the CLI,
+//! XAPI sessions, the simulator's `/sim/` control and inventory.
+
+#![allow(dead_code)] // each test file uses a different part
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{ChildStdout, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use a3_e2e::{ChildGuard, bin, wait_until};
+use a3_server::xapi::{Credentials, Endpoint, Session, Timeouts, Transport};
+use a3_shared::xapi_wire::Value;
+use serde_json::Value as Json;
+
+/// The simulator's password.
+pub const PASSWORD: &str = "pool-e2e-secret";
+
+/// `(sim base address, A3 address)` no other test of this binary or another uses.
+pub fn addresses() -> (String, String) {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let pid = std::process::id();
+    let a = 100 + pid % 100;
+    let b = ((pid / 100) % 25) * 10 + n % 10;
+    (
+        format!("127.{}.{b}.11", a + 50),
+        format!("127.1.{}.{}", a, b + 1),
+    )
+}
+
+/// A running `xapi-sim serve --abd-agent`.
+pub struct Sim {
+    child: ChildGuard,
+    _stdout: BufReader<ChildStdout>,
+    /// Its state dir.
+    pub dir: PathBuf,
+    /// The master's address.
+    pub address: String,
+    /// The XAPI port.
+    pub port: u16,
+}
+
+impl Sim {
+    /// Starts a pool of `hosts` hosts and `vms` VMs of `disk` bytes each.
+    pub fn start(dir: &Path, base: &str, hosts: usize, vms: usize, disk: &str) -> Sim {
+        std::fs::create_dir_all(dir).unwrap();
+        let mut child = ChildGuard::spawn(
+            Command::new(bin("xapi-sim"))
+                .args(["serve", "--hosts", &hosts.to_string()])
+                .args(["--vms", &vms.to_string(), "--port", "0"])
+                .args(["--address", base, "--password", PASSWORD])
+                .args(["--disk-size", disk, "--state-dir"])
+                .arg(dir)
+                .arg("--abd-agent")
+                .arg(bin("abd-agent"))
+                .stdout(Stdio::piped())
+                .stderr(log_file(&dir.with_extension("sim.log"))),
+        );
+        let mut stdout = BufReader::new(child.child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        let ready: Json = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("xapi-sim did not print its ready line ({e}): {line:?}"));
+        Sim {
+            child,
+            _stdout: stdout,
+            dir: dir.to_owned(),
+            address: ready["master"].as_str().unwrap().to_owned(),
+            port: ready["port"].as_u64().unwrap() as u16,
+        }
+    }
+
+    /// `address:port` of the master.
+    pub fn endpoint(&self) -> String {
+        format!("{}:{}", self.address, self.port)
+    }
+
+    /// A session on the master.
+    pub async fn session(&self) -> Session {
+        let transport = Transport::new(
+            Endpoint::new(&self.address, self.port),
+            None,
+            Timeouts::default(),
+        )
+        .unwrap();
+        let creds = Credentials {
+            username: "root".into(),
+            password: PASSWORD.into(),
+        };
+        Session::login(transport, creds).await.unwrap()
+    }
+
+    /// `METHOD /sim/{path}` with an optional body; the JSON answer.
+    pub async fn control(&self, method: &str, path: &str, body: Vec<u8>) -> (u16, Vec<u8>) {
+        let (tls, _) = a3_server::xapi::tls::pinned_client_config(None);
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .no_proxy()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        let url = format!("https://{}:{}/sim/{path}", self.address, self.port);
+        let req = match method {
+            "GET" => http.get(url),
+            "PUT" => http.put(url).body(body),
+            _ => http.post(url).body(body),
+        }
+        .basic_auth("root", Some(PASSWORD));
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.bytes().await.unwrap().to_vec())
+    }
+
+    /// Every object of every class.
+    pub async fn inventory(&self) -> Json {
+        let (status, body) = self.control("GET", "inventory", vec![]).await;
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        serde_json::from_slice(&body).unwrap()
+    }
+
+    /// A VDI's bytes.
+    pub async fn vdi_data(&self, vdi: &str) -> Vec<u8> {
+        let (status, body) = self
+            .control("GET", &format!("vdis/{vdi}/data"), vec![])
+            .await;
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        body
+    }
+
+    /// Writes into a VDI as a running guest would (CBT records it).
+    pub async fn write_vdi(&self, vdi: &str, offset: u64, data: Vec<u8>) {
+        let (status, body) = self
+            .control("PUT", &format!("vdis/{vdi}/data?offset={offset}"), data)
+            .await;
+        assert!(status < 300, "{}", String::from_utf8_lossy(&body));
+    }
+
+    /// SIGKILLs an ABD VM's agent process behind XAPI's back.
+    pub async fn kill_agent(&self, vm_uuid: &str) {
+        let (status, body) = self
+            .control("POST", &format!("vms/{vm_uuid}/kill"), vec![])
+            .await;
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    }
+}
+
+fn log_file(path: &Path) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap()
+}
+
+/// Writes a small ABD template XVA (the real `ova.xml`, a 1 MiB disk) to `path`.
+pub fn template_xva(path: &Path) {
+    let file = std::fs::File::create(path).unwrap();
+    let size = 1 << 20;
+    let mut xva =
+        a3_shared::xva::XvaWriter::new(file, &abd_image::template::template_ova(size)).unwrap();
+    xva.write_disk(abd_image::template::DISK_REF, size, |off, buf| {
+        buf.fill((off >> 20) as u8 + 1);
+        Ok(())
+    })
+    .unwrap();
+    xva.finish().unwrap();
+}
+
+/// A running A3 on its own loopback address.
+pub struct A3 {
+    /// Its state dir.
+    pub state: PathBuf,
+    /// Its address.
+    pub ip: String,
+    /// The server.
+    pub child: ChildGuard,
+}
+
+impl A3 {
+    /// Writes the config (template, DNS) and starts `a3-server serve`.
+    pub fn start(state: &Path, ip: &str) -> A3 {
+        std::fs::create_dir_all(state).unwrap();
+        let xva = state.join("abd.xva");
+        if !xva.exists() {
+            template_xva(&xva);
+        }
+        let config = state.with_extension("toml");
+        std::fs::write(
+            &config,
+            format!(
+                "abd_template = {:?}\ndns = [\"{ip}:53\", \"127.0.0.53\"]\nabd_boot_timeout_secs = 60\n",
+                xva.display().to_string()
+            ),
+        )
+        .unwrap();
+        let _ = std::fs::remove_file(state.join("api.url"));
+        let child = ChildGuard::spawn(
+            Command::new(bin("a3-server"))
+                .args(["serve", "--state-dir"])
+                .arg(state)
+                .arg("--config")
+                .arg(&config)
+                .args(["--http-listen", "127.0.0.1:0"])
+                .args(["--data-listen", &format!("{ip}:0")])
+                .env_remove("A3_API")
+                .env("RUST_LOG", "info")
+                .stdout(Stdio::null())
+                .stderr(log_file(&state.with_extension("a3.log"))),
+        );
+        let a3 = A3 {
+            state: state.to_owned(),
+            ip: ip.to_owned(),
+            child,
+        };
+        wait_until(Duration::from_secs(30), || {
+            (a3.state.join("api.url").exists() && a3.cli(&["abd", "list"]).status.success())
+                .then_some(())
+        })
+        .unwrap_or_else(|| panic!("A3 did not start; see {}", a3.log_path().display()));
+        a3
+    }
+
+    /// Its log file.
+    pub fn log_path(&self) -> PathBuf {
+        self.state.with_extension("a3.log")
+    }
+
+    /// Runs the CLI.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(bin("a3-server"))
+            .args(args)
+            .arg("--state-dir")
+            .arg(&self.state)
+            .env_remove("A3_CONFIG")
+            .env_remove("A3_API")
+            .output()
+            .unwrap()
+    }
+
+    /// Runs the CLI, asserting success; its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "a3-server {args:?} failed: {}\n{}\n(A3 log: {})",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout),
+            self.log_path().display()
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs the CLI with `--json`, asserting success.
+    pub fn json(&self, args: &[&str]) -> Json {
+        let mut args = args.to_vec();
+        args.push("--json");
+        serde_json::from_str(&self.ok(&args)).unwrap()
+    }
+
+    /// Adds the simulated pool; its uuid.
+    pub fn add_pool(&self, sim: &Sim) -> String {
+        let pw = self.state.with_extension("pw");
+        std::fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
+        let added = self.json(&[
+            "host",
+            "add",
+            &sim.endpoint(),
+            "--user",
+            "root",
+            "--password-file",
+            pw.to_str().unwrap(),
+        ]);
+        added["pool"]["uuid"].as_str().unwrap().to_owned()
+    }
+
+    /// The ABD VMs.
+    pub fn abd_vms(&self) -> Vec<Json> {
+        self.json(&["abd", "list", "--vms"])
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    /// Runs `backup run` to its end; Ok(stdout) or Err(stderr).
+    pub fn backup(&self, vms: &[&str], concurrency: usize) -> Result<String, String> {
+        let mut args = vec!["backup", "run"];
+        args.extend_from_slice(vms);
+        let c = concurrency.to_string();
+        args.extend_from_slice(&["--concurrency", &c]);
+        let out = self.cli(&args);
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    /// The versions of a VM, oldest first.
+    pub fn versions(&self, vm: &str) -> Vec<Json> {
+        self.json(&["version", "list", vm])
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+}
+
+/// Makes sure the pool has an `Alike_SR`. The A3 creates its own NFS SR; until that part
+/// runs in this build, a local SR of that name stands in (so that the template, ABD and
+/// job flow can be tested on their own), and the test says so on stderr.
+pub async fn alike_sr(sim: &Sim) -> String {
+    let s = sim.session().await;
+    let found = wait_until_async(Duration::from_secs(15), || async {
+        let v = s
+            .call("SR.get_by_name_label", &[Value::from("Alike_SR")])
+            .await
+            .ok()?;
+        v.as_array()?.first()?.as_str().map(str::to_owned)
+    })
+    .await;
+    if let Some(sr) = found {
+        return sr;
+    }
+    eprintln!("note: the A3 made no Alike_SR; a local SR of that name stands in");
+    let hosts = s.call("host.get_all", &[]).await.unwrap();
+    let host = hosts.as_array().unwrap()[0].as_str().unwrap().to_owned();
+    let sr = s
+        .call(
+            "SR.create",
+            &[
+                Value::from(host),
+                Value::empty_struct(),
+                Value::from("0"),
+                Value::from("Alike_SR"),
+                Value::from("stand-in"),
+                Value::from("ext"),
+                Value::from("user"),
+                Value::Bool(true),
+                Value::empty_struct(),
+            ],
+        )
+        .await
+        .unwrap();
+    sr.as_str().unwrap().to_owned()
+}
+
+/// Polls an async condition every 50 ms until it gives `Some`, or `None` after `timeout`.
+pub async fn wait_until_async<T, F, Fut>(timeout: Duration, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The user VMs of the simulated pool (not templates, snapshots, dom0s or ABDs):
+/// `(uuid, name)`, by name.
+pub fn user_vms(inv: &Json) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = objects(inv, "VM")
+        .into_iter()
+        .filter(|vm| {
+            vm["is_a_template"] == false
+                && vm["is_a_snapshot"] == false
+                && vm["is_control_domain"] == false
+                && vm["other_config"]["a3_abd"].is_null()
+        })
+        .map(|vm| {
+            (
+                vm["uuid"].as_str().unwrap().to_owned(),
+                vm["name_label"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    out.sort_by(|a, b| a.1.cmp(&b.1));
+    out
+}
+
+/// The records of a class in the `/sim/inventory` answer.
+pub fn objects(inv: &Json, class: &str) -> Vec<Json> {
+    match &inv["objects"][class] {
+        Json::Object(m) => m.values().cloned().collect(),
+        Json::Array(a) => a.clone(),
+        _ => Vec::new(),
+    }
+}
+
+/// Asserts the pool holds nothing the A3 left behind: no snapshot, no VBD tagged by a run,
+/// no VBD of an ABD other than its boot disk, no VDI of a run; only persistent ABDs and
+/// kept CBT metadata.
+pub fn assert_nothing_left(inv: &Json) {
+    for vm in objects(inv, "VM") {
+        assert!(
+            vm["is_a_snapshot"] == false,
+            "a snapshot was left behind: {}",
+            vm["name_label"]
+        );
+    }
+    for vbd in objects(inv, "VBD") {
+        assert!(
+            vbd["other_config"]["a3_run"].is_null(),
+            "a VBD of run {} was left behind",
+            vbd["other_config"]["a3_run"]
+        );
+    }
+    for vdi in objects(inv, "VDI") {
+        if vdi["is_a_snapshot"] == true {
+            assert_eq!(
+                vdi["type"], "cbt_metadata",
+                "a snapshot disk with data was left behind: {}",
+                vdi["name_label"]
+            );
+        }
+    }
+}
