@@ -318,6 +318,58 @@ async fn abd_vms_run_as_agent_processes() {
         "the restored disk differs from the snapshot VDI"
     );
 
+    // Restore onto a blank VDI plugged read-write as xvdc: unplug writes it back.
+    let sr = str_call(&s, "VDI.get_SR", &[snap.as_str().into()]).await;
+    let mut vdi_rec = BTreeMap::new();
+    vdi_rec.insert("name_label".to_owned(), Value::from("restore target"));
+    vdi_rec.insert("SR".to_owned(), Value::from(sr.as_str()));
+    vdi_rec.insert("virtual_size".to_owned(), Value::Int(want.len() as i64));
+    let blank = str_call(&s, "VDI.create", &[Value::Struct(vdi_rec)]).await;
+    let blank_uuid = str_call(&s, "VDI.get_uuid", &[blank.as_str().into()]).await;
+    let mut rw_rec = BTreeMap::new();
+    for (k, v) in [
+        ("VM", Value::from(vm_fixed.as_str())),
+        ("VDI", Value::from(blank.as_str())),
+        ("userdevice", Value::from("2")),
+        ("mode", Value::from("RW")),
+        ("type", Value::from("Disk")),
+    ] {
+        rw_rec.insert(k.to_owned(), v);
+    }
+    let rw_vbd = str_call(&s, "VBD.create", &[Value::Struct(rw_rec)]).await;
+    s.call("VBD.plug", &[rw_vbd.as_str().into()]).await.unwrap();
+    let xvdc = sim.vm_dir(&fixed_uuid).join("dev/xvdc");
+    until(30, "dev/xvdc appears", || async {
+        xvdc.exists().then_some(())
+    })
+    .await;
+    let out = a3.restore("abd-fixed", &version, Path::new("xvdc"));
+    assert!(
+        out.status.success(),
+        "restore to xvdc: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    s.call("VBD.unplug", &[rw_vbd.as_str().into()])
+        .await
+        .unwrap();
+    until(30, "dev/xvdc disappears", || async {
+        (!xvdc.exists()).then_some(())
+    })
+    .await;
+    let written = sim
+        .control(reqwest::Method::GET, &format!("vdis/{blank_uuid}/data"))
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    assert!(
+        written == want,
+        "the VDI restored through xvdc differs from the snapshot"
+    );
+    s.call("VBD.destroy", &[rw_vbd.as_str().into()])
+        .await
+        .unwrap();
+
     s.call("VBD.unplug", &[vbd.as_str().into()]).await.unwrap();
     until(30, "dev/xvdb disappears", || async {
         (!xvdb.exists()).then_some(())
