@@ -20,6 +20,10 @@ pub struct Config {
     pub data_listen: SocketAddr,
     /// Logs as JSON lines instead of human-readable text.
     pub log_json: bool,
+    /// The address the pools' hosts use to reach the A3's NFS (`Alike_SR`); the NFS server
+    /// and portmapper listen on it. Default: `data_listen`'s address, and when that is
+    /// 0.0.0.0, the A3's address on the route to each pool's master.
+    pub sr_address: Option<std::net::IpAddr>,
     /// The ABD template XVA (`cargo xtask image` builds it); default: `abd.xva` in the state
     /// dir, else next to the `a3-server` binary.
     pub abd_template: Option<PathBuf>,
@@ -39,6 +43,7 @@ impl Default for Config {
             http_listen: "127.0.0.1:8011".parse().expect("valid literal"),
             data_listen: "0.0.0.0:2811".parse().expect("valid literal"),
             log_json: false,
+            sr_address: None,
             abd_template: None,
             dns: Vec::new(),
             abd_boot_timeout_secs: 120,

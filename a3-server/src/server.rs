@@ -21,14 +21,21 @@ pub struct Running {
     pub state: AppState,
     http: JoinHandle<std::io::Result<()>>,
     dataport: JoinHandle<()>,
+    /// The A3 SR's NFS server, when it started.
+    sr_server: Option<JoinHandle<()>>,
 }
 
 impl Running {
     /// Asks every component to stop and waits until they have.
     pub async fn shutdown(self) -> anyhow::Result<()> {
+        // While NFS still serves: the pools show Alike_SR unplugged while the A3 is away.
+        self.state.sr.unplug_everywhere().await;
         self.state.shutdown.cancel();
         self.http.await.context("HTTP server task")??;
         self.dataport.await.context("port 2811 task")?;
+        if let Some(task) = self.sr_server {
+            task.await.context("NFS server task")?;
+        }
         Ok(())
     }
 }
@@ -65,6 +72,22 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         shutdown.clone(),
     )
     .await?;
+    // The A3 SR. A clash on 111 or 2049 (rpcbind, another A3 on this address) leaves the
+    // other services running; `sr status` and the log say why the SR is not served.
+    let sr_ip = config.sr_address.unwrap_or(config.data_listen.ip());
+    let (sr_server, serving) =
+        match crate::sr::start(sr_ip, &config.sr_dir(), shutdown.clone()).await {
+            Ok(task) => (Some(task), Ok(())),
+            Err(e) => {
+                tracing::error!("the A3 SR is not served: {e:#}");
+                (None, Err(format!("{e:#}")))
+            }
+        };
+    let advertised = config
+        .sr_address
+        .or((!sr_ip.is_unspecified()).then_some(sr_ip));
+    let sr = crate::sr::SrService::new(catalog.clone(), inventory.clone(), advertised, serving);
+    tokio::spawn(sr.clone().upkeep(shutdown.clone()));
     let config = Arc::new(config);
     let engine = crate::jobs::Engine::new(
         catalog.clone(),
@@ -82,6 +105,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         dataport,
         verify_runs: Default::default(),
         engine,
+        sr,
     };
     let app = api::router(state.clone());
     let stop = shutdown.clone();
@@ -96,6 +120,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         state,
         http,
         dataport: dataport_task,
+        sr_server,
     })
 }
 

@@ -35,14 +35,20 @@ async fn add(
     Json(req): Json<AddHost>,
 ) -> Result<(StatusCode, Json<AddedPool>), ApiError> {
     let inventory = state.inventory.clone();
+    let sr = state.sr.clone();
     let credentials = Credentials {
         username: req.username,
         password: req.password,
     };
     // Run to completion even if the client goes away, so a pool is never half-added.
-    let added = tokio::spawn(async move { inventory.add_host(&req.address, credentials).await })
-        .await
-        .map_err(|e| ApiError::internal(format!("host add task failed: {e}")))??;
+    // Then its Alike_SR (a failure there is logged and shown by `sr status`).
+    let added = tokio::spawn(async move {
+        let added = inventory.add_host(&req.address, credentials).await?;
+        sr.pool_added(&added.pool.uuid).await;
+        Ok::<_, InventoryError>(added)
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("host add task failed: {e}")))??;
     Ok((StatusCode::CREATED, Json(added)))
 }
 

@@ -10,6 +10,7 @@ pub mod fleet;
 pub mod hosts;
 pub mod jobs;
 pub mod pools;
+pub mod sr;
 pub mod store;
 pub mod vms;
 
@@ -47,6 +48,8 @@ pub struct AppState {
     pub verify_runs: store::VerifyRuns,
     /// Whole-VM backup and restore jobs, and the ABD fleet.
     pub engine: crate::jobs::Engine,
+    /// Each pool's `Alike_SR`.
+    pub sr: crate::sr::SrService,
 }
 
 /// An API failure: an HTTP status and a message that names the thing and the fix.
@@ -113,6 +116,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/health", get(health))
         .merge(hosts::routes())
         .merge(pools::routes())
+        .merge(sr::routes())
         .merge(vms::routes())
         .merge(abds::routes())
         .merge(disks::routes())

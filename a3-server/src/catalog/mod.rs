@@ -10,6 +10,7 @@ pub mod abds;
 pub mod inventory;
 pub mod ip_pool;
 pub mod jobs;
+pub mod sr;
 pub mod versions;
 
 use std::path::{Path, PathBuf};
@@ -24,6 +25,7 @@ const SCHEMAS: &[&str] = &[
     inventory::SCHEMA,
     ip_pool::SCHEMA,
     jobs::SCHEMA,
+    sr::SCHEMA,
     versions::SCHEMA,
 ];
 

@@ -7,6 +7,7 @@ pub mod disk;
 pub mod host;
 pub mod jobs;
 pub mod pool;
+pub mod sr;
 pub mod store;
 pub mod vm;
 
@@ -52,6 +53,9 @@ pub enum Command {
     /// List the pools the A3 manages.
     #[command(subcommand)]
     Pool(pool::PoolCommand),
+    /// Each pool's Alike_SR (the A3's own NFS SR) and its PBDs.
+    #[command(subcommand)]
+    Sr(sr::SrCommand),
     /// List the VMs of the managed pools.
     #[command(subcommand)]
     Vm(vm::VmCommand),
@@ -114,6 +118,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Pool(cmd) => {
             let api = client::ApiClient::connect(&config, cli.api.as_deref())?;
             runtime.block_on(pool::run(cmd, &api))
+        }
+        Command::Sr(cmd) => {
+            let api = client::ApiClient::connect(&config, cli.api.as_deref())?;
+            runtime.block_on(sr::run(cmd, &api))
         }
         Command::Vm(cmd) => {
             let api = client::ApiClient::connect(&config, cli.api.as_deref())?;

@@ -2,10 +2,15 @@
 //! portmapper on 111 that points XCP-ng's `mount` (and libnfs) at it.
 //!
 //! - [`dirfs`]: the SR directory as an NFS file system.
-//! - [`portmap`]: the portmapper, with its bounded RPC decoder.
+//! - [`portmap`]: the portmapper's sockets (its protocol is `a3_shared::portmap`).
+//! - [`lifecycle`]: each pool's `Alike_SR` in XAPI: created once, found again by uuid,
+//!   plugged at start, unplugged at a clean shutdown.
 
 pub mod dirfs;
+pub mod lifecycle;
 pub mod portmap;
+
+pub use lifecycle::{HostPbd, PoolSr, SR_NAME, SrError, SrService};
 
 use std::net::IpAddr;
 use std::path::Path;
