@@ -139,8 +139,18 @@ pub fn read_version(path: &Path) -> Result<String, TemplateError> {
     })
 }
 
-/// The ref of the pool's `Alike_SR`.
-pub async fn alike_sr(s: &Session, pool_uuid: &str) -> Result<String, TemplateError> {
+/// The ref of the pool's `Alike_SR`: the one the catalog records ([`crate::sr`]), else the
+/// pool's SR of that name.
+pub async fn alike_sr(
+    s: &Session,
+    catalog: &Catalog,
+    pool_uuid: &str,
+) -> Result<String, TemplateError> {
+    if let Some(uuid) = catalog.alike_sr(pool_uuid)?
+        && let Ok(r) = poolops::by_uuid(s, "SR", &uuid).await
+    {
+        return Ok(r);
+    }
     let found = poolops::call(s, "SR.get_by_name_label", &[SR_NAME]).await?;
     found
         .as_array()
@@ -174,7 +184,7 @@ pub async fn ensure(
     let (template, uuid) = match current {
         Some((r, vm)) => (r, poolops::text(&vm, "uuid").to_owned()),
         None => {
-            let sr = alike_sr(s, pool_uuid).await?;
+            let sr = alike_sr(s, catalog, pool_uuid).await?;
             tracing::info!(pool = pool_uuid, version = %carried.version, "importing the ABD template");
             let r = import(s, &sr, &carried.path).await?;
             // Hidden and tagged, whatever the XVA said.
