@@ -95,7 +95,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         dataport.clone(),
         config.clone(),
     );
-    tokio::spawn(startup_upkeep(engine.clone(), config.clone(), shutdown.clone()));
+    tokio::spawn(startup_upkeep(
+        engine.clone(),
+        config.clone(),
+        shutdown.clone(),
+    ));
     let state = AppState {
         config,
         catalog,

@@ -29,7 +29,10 @@ impl Handoffs {
 
     /// Takes the manifest of `job`.
     pub fn take(&self, job: u64) -> Option<Manifest> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(&job)
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&job)
     }
 }
 
@@ -210,7 +213,10 @@ impl BackupWork {
             // VM's commit checks them all again under its own lease.
             handoff.put(self.job, manifest);
             drop(session);
-            return Ok(format!("disk '{}' stored, manifest handed to the VM backup", self.disk));
+            return Ok(format!(
+                "disk '{}' stored, manifest handed to the VM backup",
+                self.disk
+            ));
         }
         session
             .commit(self.disk.clone(), manifest)
