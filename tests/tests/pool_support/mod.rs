@@ -307,12 +307,11 @@ impl A3 {
     }
 }
 
-/// Makes sure the pool has an `Alike_SR`. The A3 creates its own NFS SR; until that part
-/// runs in this build, a local SR of that name stands in (so that the template, ABD and
-/// job flow can be tested on their own), and the test says so on stderr.
+/// The pool's `Alike_SR`, which the A3 creates on host add: an `nfs` SR on the A3's own
+/// export. Panics (failing the test) when it does not appear within the deadline.
 pub async fn alike_sr(sim: &Sim) -> String {
     let s = sim.session().await;
-    let found = wait_until_async(Duration::from_secs(15), || async {
+    let found = wait_until_async(Duration::from_secs(30), || async {
         let v = s
             .call("SR.get_by_name_label", &[Value::from("Alike_SR")])
             .await
@@ -320,30 +319,13 @@ pub async fn alike_sr(sim: &Sim) -> String {
         v.as_array()?.first()?.as_str().map(str::to_owned)
     })
     .await;
-    if let Some(sr) = found {
-        return sr;
-    }
-    eprintln!("note: the A3 made no Alike_SR; a local SR of that name stands in");
-    let hosts = s.call("host.get_all", &[]).await.unwrap();
-    let host = hosts.as_array().unwrap()[0].as_str().unwrap().to_owned();
-    let sr = s
-        .call(
-            "SR.create",
-            &[
-                Value::from(host),
-                Value::empty_struct(),
-                Value::from("0"),
-                Value::from("Alike_SR"),
-                Value::from("stand-in"),
-                Value::from("ext"),
-                Value::from("user"),
-                Value::Bool(true),
-                Value::empty_struct(),
-            ],
-        )
+    let sr = found.expect("the A3 made no Alike_SR in the pool within 30 s");
+    let ty = s
+        .call("SR.get_type", &[Value::from(sr.as_str())])
         .await
         .unwrap();
-    sr.as_str().unwrap().to_owned()
+    assert_eq!(ty.as_str(), Some("nfs"), "Alike_SR must be the A3's NFS SR");
+    sr
 }
 
 /// Polls an async condition every 50 ms until it gives `Some`, or `None` after `timeout`.
