@@ -167,9 +167,7 @@ pub fn run(size: u64) -> anyhow::Result<()> {
         "abd-agent",
         "--bins",
     ])?;
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| setup::workspace_root().join("target"));
+    let target = setup::target_dir();
     let bins = target.join("release");
     let root = target.join("bench-backup");
     fs::create_dir_all(&root)?;

@@ -40,12 +40,6 @@ impl Drop for Scratch {
     }
 }
 
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| setup::workspace_root().join("target"))
-}
-
 /// Runs the bench and prints the result.
 pub fn run() -> anyhow::Result<()> {
     setup::cargo(&[
@@ -58,9 +52,9 @@ pub fn run() -> anyhow::Result<()> {
         "a3-server",
         "--bins",
     ])?;
-    let bins = target_dir().join("release");
+    let bins = setup::target_dir().join("release");
     let scratch = Scratch(
-        target_dir()
+        setup::target_dir()
             .join("bench-xapi")
             .join(std::process::id().to_string()),
     );

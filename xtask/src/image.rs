@@ -21,7 +21,7 @@ use abd_image::initramfs::{self, Entry};
 use abd_image::{modules, recipe, template};
 use anyhow::{Context, bail};
 
-use crate::setup::{self, workspace_root};
+use crate::setup::{self, target_dir, workspace_root};
 
 /// The static agent must stay small: it lives in a 128 MiB VM.
 const MAX_AGENT_SIZE: u64 = 8 * 1024 * 1024;
@@ -133,7 +133,7 @@ fn build_agent() -> anyhow::Result<PathBuf> {
         "--target",
         MUSL_TARGET,
     ])?;
-    let agent = workspace_root().join(format!("target/{MUSL_TARGET}/agent/abd-agent"));
+    let agent = target_dir().join(format!("{MUSL_TARGET}/agent/abd-agent"));
     let size = fs::metadata(&agent)?.len();
     if size > MAX_AGENT_SIZE {
         bail!(
