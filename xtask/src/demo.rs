@@ -1,15 +1,13 @@
 //! `cargo xtask demo`: the product on its embedded default, a simulated pool.
 //!
-//! It starts `xapi-sim` (3 hosts), the A3, adds the pool through a *supporter* host (the A3
-//! follows `HOST_IS_SLAVE` to the master), lists what it discovered, then runs the data
-//! path: an enrolled ABD agent backs up a VM disk into the deduplicating store over QUIC,
-//! the guest writes some blocks, a second backup sends only what changed, and both versions
-//! restore bit-for-bit. Everything listens on loopback only. The state stays in
-//! `target/demo/` for a look; `--keep-running` leaves the servers up.
-//!
-//! Until the pool integration lands, the ABD is an `abd-agent` process on this machine and
-//! reads the VM's disk as exported through the pool's HTTP handler, rather than through a
-//! VBD hot-plugged into an ABD VM.
+//! It starts `xapi-sim` (3 hosts, 4 VMs) with its process backend, so that ABD VMs run as
+//! `abd-agent` processes, and the A3 on 127.0.1.1. It adds the pool through a *supporter*
+//! host (the A3 follows `HOST_IS_SLAVE` to the master); the A3 creates `Alike_SR` (its own
+//! NFS export) and imports the ABD template built by `cargo xtask image`. Then two VMs are
+//! backed up at once through two ABDs, a guest writes, an incremental sends only what CBT
+//! says changed, and a VM is restored as a new VM whose disks are checked bit-for-bit.
+//! Everything listens on loopback only. The state stays in `target/demo/` for a look;
+//! `--keep-running` leaves the servers up.
 
 use std::fs;
 use std::io::{BufRead, BufReader};
@@ -28,8 +26,6 @@ const SIM_ADDRESS: &str = "127.0.0.11";
 const A3_DATA: &str = "127.0.1.1:0";
 /// The simulated pool's root password.
 const SIM_PASSWORD: &str = "demo-password";
-/// The demo's ABD.
-const ABD_ID: &str = "demo-abd";
 
 /// A child process stopped when the demo ends, unless the user keeps it running.
 struct Server {
@@ -62,19 +58,26 @@ impl Drop for Server {
 /// Runs the demo.
 pub fn run(keep_running: bool) -> anyhow::Result<()> {
     setup::cargo(&["build", "--workspace", "--bins"])?;
-    let bin = |name: &str| workspace_root().join("target/debug").join(name);
+    let bin = |name: &str| setup::target_dir().join("debug").join(name);
+    let xva = workspace_root().join("target/abd-image/abd.xva");
+    if !xva.exists() {
+        step("Building the ABD template (cargo xtask image), once");
+        crate::image::build()?;
+    }
     let root = workspace_root().join("target/demo");
     if root.exists() {
         fs::remove_dir_all(&root).with_context(|| format!("cannot clear {}", root.display()))?;
     }
     fs::create_dir_all(&root)?;
 
-    step("Starting a simulated XCP-ng pool: 3 hosts on 127.0.0.11-13");
+    step("Starting a simulated XCP-ng pool: 3 hosts on 127.0.0.11-13, ABD VMs run as processes");
     let mut sim_child = Command::new(bin("xapi-sim"))
         .args(["serve", "--hosts", "3", "--vms", "4", "--port", "0"])
         .args(["--address", SIM_ADDRESS, "--password", SIM_PASSWORD])
         .arg("--state-dir")
         .arg(root.join("sim"))
+        .arg("--abd-agent")
+        .arg(bin("abd-agent"))
         .stdout(Stdio::piped())
         .stderr(fs::File::create(root.join("sim.log"))?)
         .spawn()
@@ -103,13 +106,20 @@ pub fn run(keep_running: bool) -> anyhow::Result<()> {
     }
     println!("  master: {}", ready["master"].as_str().unwrap_or("?"));
 
-    step("Starting the A3");
+    step("Starting the A3 on 127.0.1.1 (QUIC data port, NFS for Alike_SR)");
     let a3_state = root.join("a3");
+    let config = root.join("a3.toml");
+    fs::write(
+        &config,
+        format!("abd_template = {:?}\n", xva.display().to_string()),
+    )?;
     let a3 = Server {
         name: "a3-server",
         child: Command::new(bin("a3-server"))
             .arg("--state-dir")
             .arg(&a3_state)
+            .arg("--config")
+            .arg(&config)
             .args([
                 "serve",
                 "--http-listen",
@@ -136,14 +146,19 @@ pub fn run(keep_running: bool) -> anyhow::Result<()> {
             .with_context(|| format!("cannot run a3-server {}", args.join(" ")))?;
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         if !out.status.success() {
-            bail!("a3-server {} failed:\n{text}", args.join(" "));
+            bail!(
+                "a3-server {} failed:\n{text}\n(A3 log: {})",
+                args.join(" "),
+                root.join("a3.log").display()
+            );
         }
         Ok(text)
     };
-    let show = |args: &[&str]| -> anyhow::Result<()> {
+    let show = |args: &[&str]| -> anyhow::Result<String> {
         println!("$ a3-server {}", args.join(" "));
-        print!("{}", a3_cli(args)?);
-        Ok(())
+        let out = a3_cli(args)?;
+        print!("{out}");
+        Ok(out)
     };
 
     let supporter = format!(
@@ -159,6 +174,7 @@ pub fn run(keep_running: bool) -> anyhow::Result<()> {
     ));
     let pw = root.join("pool-password");
     fs::write(&pw, SIM_PASSWORD)?;
+    let pw = pw.to_str().context("path")?;
     show(&[
         "host",
         "add",
@@ -166,109 +182,192 @@ pub fn run(keep_running: bool) -> anyhow::Result<()> {
         "--user",
         "root",
         "--password-file",
-        pw.to_str().context("path")?,
+        pw,
     ])?;
     show(&["pool", "list"])?;
     show(&["host", "list"])?;
     show(&["vm", "list"])?;
+    let pools: Value = serde_json::from_str(&a3_cli(&["pool", "list", "--json"])?)?;
+    let pool = pools[0]["uuid"]
+        .as_str()
+        .context("pool list: no pool")?
+        .to_owned();
 
-    step("Enrolling an ABD and starting its agent (one-time token, client certificate)");
-    let agent_cfg = root.join("abd.toml");
-    show(&[
-        "abd",
-        "enroll",
-        "--id",
-        ABD_ID,
-        "--out",
-        agent_cfg.to_str().context("path")?,
-    ])?;
-    let agent = Server {
-        name: "abd-agent",
-        child: Command::new(bin("abd-agent"))
-            .arg("run")
-            .arg("--config")
-            .arg(&agent_cfg)
-            .stderr(fs::File::create(root.join("agent.log"))?)
-            .spawn()
-            .context("cannot start abd-agent")?,
-        keep: keep_running,
-    };
-    wait_until(Duration::from_secs(30), "the agent to connect", || {
-        let list: Value = serde_json::from_str(&a3_cli(&["abd", "list", "--json"]).ok()?).ok()?;
-        let connected = list
-            .as_array()?
-            .iter()
-            .any(|a| a["id"] == ABD_ID && a["connected"] == true);
-        connected.then_some(())
-    })?;
-    show(&["abd", "list"])?;
-
-    // The first demo VM's first disk, as the pool exports it.
+    step("Alike_SR (served by the A3 over NFS) and the hidden ABD template");
     let sim_api = SimApi::new(&ready)?;
-    let (vm_name, vdi) = sim_api.first_vm_disk()?;
-    let disk_name = format!("{vm_name}-disk0");
-    let before = root.join(format!("{disk_name}-v1.raw"));
-    step(&format!(
-        "Backing up {vm_name}'s first disk (VDI {vdi}) through the ABD"
-    ));
-    sim_api.export_vdi(&vdi, &before)?;
-    let backup = |image: &Path| -> anyhow::Result<String> {
-        let path = image.to_str().context("path")?;
-        let version = a3_cli(&[
-            "disk", "backup", "--abd", ABD_ID, "--path", path, "--disk", &disk_name,
-        ])?;
-        let version = version.trim().to_owned();
-        println!("  version {version}");
-        Ok(version)
-    };
-    let v1 = backup(&before)?;
+    let template = wait_until(Duration::from_secs(120), "the ABD template", || {
+        let inv = sim_api.inventory().ok()?;
+        vms(&inv)
+            .into_iter()
+            .find(|vm| {
+                vm["is_a_template"] == true
+                    && vm["other_config"]["abd_template_version"].is_string()
+            })
+            .cloned()
+    })
+    .with_context(|| format!("see {}", root.join("a3.log").display()))?;
+    show(&["sr", "status"])?;
+    println!(
+        "  template: {} (version {}, HideFromXenCenter={})",
+        template["name_label"].as_str().unwrap_or("?"),
+        template["other_config"]["abd_template_version"]
+            .as_str()
+            .unwrap_or("?"),
+        template["other_config"]["HideFromXenCenter"]
+            .as_str()
+            .unwrap_or("?")
+    );
 
-    step("The guest writes 1 MiB; the next backup sends only the changed blocks");
-    let size = fs::metadata(&before)?.len();
+    step("One static ABD address for the pool; a second ABD falls back to DHCP");
+    show(&["abd", "ips", "set", "--pool", &pool, "127.0.3.1/8"])?;
+
+    let inv = sim_api.inventory()?;
+    let mut guests: Vec<(String, String)> = vms(&inv)
+        .into_iter()
+        .filter(|vm| {
+            vm["is_a_template"] == false
+                && vm["is_a_snapshot"] == false
+                && vm["is_control_domain"] == false
+        })
+        .filter_map(|vm| {
+            Some((
+                vm["name_label"].as_str()?.to_owned(),
+                vm["uuid"].as_str()?.to_owned(),
+            ))
+        })
+        .collect();
+    guests.sort();
+    let [(name_a, uuid_a), (name_b, _), ..] = guests.as_slice() else {
+        bail!("the simulated pool has fewer than two VMs");
+    };
+    step(&format!(
+        "Backing up {name_a} and {name_b} at once: two ABDs from the template"
+    ));
+    show(&["backup", "run", name_a, name_b, "--concurrency", "2"])?;
+    show(&["abd", "list", "--vms"])?;
+
+    step(&format!(
+        "{name_a}'s guest writes 1 MiB; the incremental reads only what CBT marks changed"
+    ));
+    let disks = disks_of(&inv, uuid_a)?;
+    let (_, first_vdi) = disks.first().context("the VM has no disk")?;
     let patch: Vec<u8> = (0..1u32 << 20)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
-    sim_api.write_vdi(&vdi, size / 3, &patch)?;
-    let after = root.join(format!("{disk_name}-v2.raw"));
-    sim_api.export_vdi(&vdi, &after)?;
-    let v2 = backup(&after)?;
-    show(&["disk", "versions", "--disk", &disk_name])?;
+    sim_api.write_vdi(first_vdi, 5 << 20, &patch)?;
+    let mut originals = Vec::new();
+    for (device, vdi) in &disks {
+        let path = root.join(format!("{name_a}-{device}.raw"));
+        sim_api.export_vdi(vdi, &path)?;
+        originals.push((device.clone(), path));
+    }
+    show(&["backup", "run", name_a, "--concurrency", "1"])?;
+    let jobs: Value = serde_json::from_str(&a3_cli(&["job", "list", "--json"])?)?;
+    let last_job = jobs
+        .as_array()
+        .and_then(|j| j.iter().filter_map(|j| j["job"]["id"].as_u64()).max())
+        .context("job list: no job")?;
+    show(&["job", "log", &last_job.to_string()])?;
+    show(&["version", "list", name_a])?;
+    let latest = versions_latest(&a3_cli(&["version", "list", name_a, "--json"])?)?;
 
-    step("Restoring both versions and checking them bit-for-bit");
-    for (version, original) in [(&v1, &before), (&v2, &after)] {
-        let out = root.join(format!("restored-{version}.raw"));
-        let out_str = out.to_str().context("path")?;
-        a3_cli(&[
-            "disk", "restore", version, "--abd", ABD_ID, "--path", out_str,
-        ])?;
-        if fs::read(&out)? != fs::read(original)? {
+    step(&format!(
+        "Restoring {name_a}'s latest version as a new VM and checking its disks bit-for-bit"
+    ));
+    show(&["restore", &latest])?;
+    let inv = sim_api.inventory()?;
+    let prefix = format!("{name_a} (restored ");
+    let restored = vms(&inv)
+        .into_iter()
+        .find(|vm| {
+            vm["name_label"]
+                .as_str()
+                .is_some_and(|n| n.starts_with(&prefix))
+        })
+        .context("no restored VM in the pool")?;
+    let restored_uuid = restored["uuid"].as_str().context("restored VM uuid")?;
+    let restored_disks = disks_of(&inv, restored_uuid)?;
+    if restored_disks.len() != originals.len() {
+        bail!(
+            "the restored VM has {} disks, the original {}",
+            restored_disks.len(),
+            originals.len()
+        );
+    }
+    for ((device, vdi), (_, original)) in restored_disks.iter().zip(&originals) {
+        let path = root.join(format!("restored-{device}.raw"));
+        sim_api.export_vdi(vdi, &path)?;
+        if fs::read(&path)? != fs::read(original)? {
             bail!(
-                "version {version} did not restore bit-for-bit: compare {} with {}",
-                out.display(),
+                "disk {device} did not restore bit-for-bit: compare {} with {}",
+                path.display(),
                 original.display()
             );
         }
         println!(
-            "  version {version}: {} bytes, identical to the disk it was taken from",
-            size
+            "  disk {device}: {} bytes, identical to the backed-up disk",
+            fs::metadata(&path)?.len()
         );
     }
     show(&["store", "stats"])?;
 
     step("Done");
     println!("  state dir: {}", root.display());
-    println!("  logs: {}/{{sim,a3,agent}}.log", root.display());
+    println!("  logs: {}/{{sim,a3}}.log", root.display());
     if keep_running {
         println!("  the servers keep running; A3 API at {}", api.trim());
         println!(
-            "  try: target/debug/a3-server --state-dir {} vm list",
+            "  try: target/debug/a3-server --state-dir {} abd list --vms",
             a3_state.display()
         );
     }
-    drop(agent);
+    // The A3 first: a clean shutdown unplugs Alike_SR through the pool.
     drop(a3);
     drop(sim);
     Ok(())
+}
+
+/// The id of the newest version in `version list --json` output.
+fn versions_latest(json: &str) -> anyhow::Result<String> {
+    let versions: Value = serde_json::from_str(json).context("version list --json")?;
+    let latest = versions
+        .as_array()
+        .and_then(|v| v.last())
+        .context("the VM has no version")?;
+    Ok(latest["id"].to_string())
+}
+
+/// Every VM record of a `/sim/inventory`.
+fn vms(inv: &Value) -> Vec<&Value> {
+    inv["objects"]["VM"]
+        .as_object()
+        .map(|m| m.values().collect())
+        .unwrap_or_default()
+}
+
+/// A VM's disks as `(userdevice, VDI uuid)`, by userdevice.
+fn disks_of(inv: &Value, vm_uuid: &str) -> anyhow::Result<Vec<(String, String)>> {
+    let objects = &inv["objects"];
+    let vm = vms(inv)
+        .into_iter()
+        .find(|vm| vm["uuid"] == vm_uuid)
+        .with_context(|| format!("VM {vm_uuid} is not in the pool"))?;
+    let mut disks: Vec<(String, String)> = vm["VBDs"]
+        .as_array()
+        .context("VM.VBDs")?
+        .iter()
+        .filter_map(|r| objects["VBD"].get(r.as_str()?))
+        .filter(|vbd| vbd["type"] == "Disk")
+        .filter_map(|vbd| {
+            let vdi = objects["VDI"].get(vbd["VDI"].as_str()?)?;
+            Some((
+                vbd["userdevice"].as_str()?.to_owned(),
+                vdi["uuid"].as_str()?.to_owned(),
+            ))
+        })
+        .collect();
+    disks.sort();
+    Ok(disks)
 }
 
 fn step(what: &str) {
@@ -332,8 +431,8 @@ impl SimApi {
         Ok(SimApi { base, auth, agent })
     }
 
-    /// The first demo VM (by name) and the uuid of its first disk (by `userdevice`).
-    fn first_vm_disk(&self) -> anyhow::Result<(String, String)> {
+    /// Every object of the pool (`GET /sim/inventory`).
+    fn inventory(&self) -> anyhow::Result<Value> {
         let inv = self
             .agent
             .get(format!("{}/sim/inventory", self.base))
@@ -344,35 +443,7 @@ impl SimApi {
             .with_config()
             .limit(256 << 20)
             .read_to_string()?;
-        let inv: Value = serde_json::from_str(&inv).context("the simulator's inventory")?;
-        let objects = &inv["objects"];
-        let mut vms: Vec<(&str, &Value)> = objects["VM"]
-            .as_object()
-            .context("inventory: VM")?
-            .values()
-            .filter(|vm| {
-                vm["is_a_template"] == false
-                    && vm["is_a_snapshot"] == false
-                    && vm["is_control_domain"] == false
-            })
-            .filter_map(|vm| Some((vm["name_label"].as_str()?, vm)))
-            .collect();
-        vms.sort_by_key(|(name, _)| *name);
-        let (name, vm) = vms.first().context("the simulated pool has no VM")?;
-        let mut disks: Vec<(&str, &str)> = vm["VBDs"]
-            .as_array()
-            .context("VM.VBDs")?
-            .iter()
-            .filter_map(|r| objects["VBD"].get(r.as_str()?))
-            .filter(|vbd| vbd["type"] == "Disk")
-            .filter_map(|vbd| {
-                let vdi = objects["VDI"].get(vbd["VDI"].as_str()?)?;
-                Some((vbd["userdevice"].as_str()?, vdi["uuid"].as_str()?))
-            })
-            .collect();
-        disks.sort();
-        let (_, vdi) = disks.first().context("the first VM has no disk")?;
-        Ok(((*name).to_owned(), (*vdi).to_owned()))
+        serde_json::from_str(&inv).context("the simulator's inventory")
     }
 
     fn export_vdi(&self, vdi: &str, to: &Path) -> anyhow::Result<()> {
