@@ -95,6 +95,27 @@ async fn abds_are_persistent_and_restores_are_bit_exact() {
     .unwrap_or_else(|| panic!("no ABD template imported; see {}", a3.log_path().display()));
     assert_eq!(template["other_config"]["HideFromXenCenter"], "true");
 
+    // The template's disk is a VHD on the A3's own export, as a client nobody here wrote
+    // (libnfs's nfs-ls, through the portmapper on 111) sees it.
+    let inv = sim.inventory().await;
+    let sr_uuid = objects(&inv, "SR")
+        .into_iter()
+        .find(|sr| sr["name_label"] == "Alike_SR")
+        .and_then(|sr| sr["uuid"].as_str().map(str::to_owned))
+        .expect("Alike_SR in the inventory");
+    let (_, template_vdi, _) = disks_of(&inv, template["uuid"].as_str().unwrap())[0].clone();
+    let url = format!("nfs://{a3_ip}/alike/{sr_uuid}/");
+    let out = std::process::Command::new("nfs-ls")
+        .arg(&url)
+        .output()
+        .expect("nfs-ls (Debian libnfs-utils; cargo xtask test installs it)");
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && listing.contains(&format!("{template_vdi}.vhd")),
+        "nfs-ls {url} should list {template_vdi}.vhd: {listing}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // One static address: the first ABD takes it, the second uses DHCP.
     let static_ip = format!("127.0.3.{}", a3_ip.rsplit('.').next().unwrap());
     a3.ok(&[
