@@ -299,35 +299,9 @@ impl DataPort {
             }
             (cbt, _) => cbt,
         };
-        let id = self
-            .inner
-            .jobs
-            .create("backup", &req.abd, &req.disk, &req.path);
-        let work = Arc::new(backup::BackupWork::new(
-            id,
-            req.abd.clone(),
-            req.disk.clone(),
-            block_size,
-            base.clone(),
-            cbt.clone(),
-            session,
-            None,
-        ));
-        self.lock_active().insert(id, Active::Backup(work));
-        let msg = A3Msg::Backup(BackupJob {
-            job: id,
-            device: req.path,
-            disk: req.disk,
-            block_size,
-            base: if cbt.is_some() { base } else { None },
-            cbt: cbt.map(|c| c.as_bytes().to_vec()),
-        });
-        if link.ctl.send(msg).is_err() {
-            self.fail(
-                id,
-                &format!("ABD '{}' disconnected as the job started", req.abd),
-            );
-        }
+        let id = self.assign_backup(
+            &link, &req.abd, req.disk, req.path, block_size, base, cbt, session, None,
+        );
         Ok(Dispatched { job: id, notes })
     }
 
@@ -346,36 +320,52 @@ impl DataPort {
             }
             _ => None,
         };
-        let id = self
-            .inner
-            .jobs
-            .create("backup", &req.abd, &req.label, &req.device);
+        let handoffs = Some(self.inner.handoffs.clone());
+        let id = self.assign_backup(
+            &link, &req.abd, req.label, req.device, block_size, base, cbt, session, handoffs,
+        );
+        Ok(id)
+    }
+
+    /// Registers a backup job and sends its assignment to the ABD's agent; a job whose ABD
+    /// is already gone fails at once. The base goes along only with a CBT bitmap.
+    #[allow(clippy::too_many_arguments)]
+    fn assign_backup(
+        &self,
+        link: &AgentLink,
+        abd: &str,
+        disk: String,
+        device: String,
+        block_size: u32,
+        base: Option<a3_shared::proto::Manifest>,
+        cbt: Option<CbtBitmap>,
+        session: storage::BackupSession,
+        handoffs: Option<backup::Handoffs>,
+    ) -> u64 {
+        let id = self.inner.jobs.create("backup", abd, &disk, &device);
         let work = Arc::new(backup::BackupWork::new(
             id,
-            req.abd.clone(),
-            req.label.clone(),
+            abd.to_owned(),
+            disk.clone(),
             block_size,
             base.clone(),
             cbt.clone(),
             session,
-            Some(self.inner.handoffs.clone()),
+            handoffs,
         ));
         self.lock_active().insert(id, Active::Backup(work));
         let msg = A3Msg::Backup(BackupJob {
             job: id,
-            device: req.device,
-            disk: req.label,
+            device,
+            disk,
             block_size,
             base: if cbt.is_some() { base } else { None },
             cbt: cbt.map(|c| c.as_bytes().to_vec()),
         });
         if link.ctl.send(msg).is_err() {
-            self.fail(
-                id,
-                &format!("ABD '{}' disconnected as the job started", req.abd),
-            );
+            self.fail(id, &format!("ABD '{abd}' disconnected as the job started"));
         }
-        Ok(id)
+        id
     }
 
     /// The manifest of a succeeded [`DataPort::start_disk_backup`] job (once).
