@@ -9,19 +9,35 @@ use std::time::{Duration, Instant};
 /// The path of a workspace binary (`a3-server`, `abd-agent`, `xapi-sim`), built beside the
 /// test executable. `cargo xtask test` builds every binary before running the tests.
 pub fn bin(name: &str) -> PathBuf {
-    // Test executables live in target/<profile>/deps; binaries in target/<profile>.
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile> dir");
-    let path = dir.join(name);
+    let path = profile_dir().join(name);
     assert!(
         path.exists(),
         "{} is not built; run `cargo xtask test` (or `cargo build --workspace --bins` first)",
         path.display()
     );
     path
+}
+
+/// The ABD image that `cargo xtask image` writes into the target directory the tests were
+/// built in (`cargo xtask test` builds it before the tests).
+pub fn built_image() -> PathBuf {
+    let target = profile_dir().parent().expect("target dir").to_path_buf();
+    let img = target.join("abd-image/abd.img");
+    assert!(
+        img.exists(),
+        "{} is missing: run `cargo xtask image` (`cargo xtask test` builds it before the tests)",
+        img.display()
+    );
+    img
+}
+
+/// `target/<profile>`: test executables live in its `deps/`, binaries in it.
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile> dir")
+        .to_path_buf()
 }
 
 /// A child process killed (SIGKILL) and reaped when dropped, so no test leaves servers

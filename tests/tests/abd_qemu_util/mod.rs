@@ -22,21 +22,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use a3_e2e::{ChildGuard, wait_until};
+use a3_e2e::{ChildGuard, built_image, wait_until};
 use abd_image::recipe;
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::{RData, Record, RecordType};
-
-/// The built image (`cargo xtask image`, which `cargo xtask test` runs first).
-pub fn built_image() -> PathBuf {
-    let img = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/abd-image/abd.img");
-    assert!(
-        img.exists(),
-        "{} is missing: run `cargo xtask image` (`cargo xtask test` builds it before the tests)",
-        img.display()
-    );
-    img
-}
 
 /// A DNS server on 127.0.0.1 answering A queries from a fixed table (NXDOMAIN otherwise);
 /// it stops when dropped.
