@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::Value;
 
-use crate::setup::{self, workspace_root};
+use crate::setup::{self, target_dir, workspace_root};
 
 /// The simulated hosts' first loopback address; the others follow (.12, .13).
 const SIM_ADDRESS: &str = "127.0.0.11";
@@ -59,7 +59,7 @@ impl Drop for Server {
 pub fn run(keep_running: bool) -> anyhow::Result<()> {
     setup::cargo(&["build", "--workspace", "--bins"])?;
     let bin = |name: &str| setup::target_dir().join("debug").join(name);
-    let xva = workspace_root().join("target/abd-image/abd.xva");
+    let xva = target_dir().join("abd-image/abd.xva");
     if !xva.exists() {
         step("Building the ABD template (cargo xtask image), once");
         crate::image::build()?;

@@ -1,4 +1,5 @@
-//! `cargo xtask image`: builds the ABD template into `target/abd-image/`:
+//! `cargo xtask image`: builds the ABD template into `target/abd-image/` (under
+//! `$CARGO_TARGET_DIR` when set, where the tests look for it):
 //! - `abd.img`: a BIOS-bootable raw disk of at most 32 MiB (MBR, FAT, syslinux, the Debian
 //!   cloud kernel, an initramfs whose `/init` is the static `abd-agent`);
 //! - `abd.vhd`: the same disk as a dynamic VHD;
@@ -50,7 +51,7 @@ pub fn build() -> anyhow::Result<()> {
     let (kernel, modules_dir) = debian_cloud_kernel()?;
     let agent = build_agent()?;
 
-    let out = workspace_root().join("target/abd-image");
+    let out = target_dir().join("abd-image");
     fs::create_dir_all(&out)?;
     let initrd = out.join("initrd.img");
     write_initramfs(&agent, &modules_dir, &initrd)?;
