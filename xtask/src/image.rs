@@ -22,7 +22,7 @@ use abd_image::initramfs::{self, Entry};
 use abd_image::{modules, recipe, template};
 use anyhow::{Context, bail};
 
-use crate::setup::{self, target_dir, workspace_root};
+use crate::setup::{self, target_dir};
 
 /// The static agent must stay small: it lives in a 128 MiB VM.
 const MAX_AGENT_SIZE: u64 = 8 * 1024 * 1024;
