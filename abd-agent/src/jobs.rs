@@ -11,7 +11,7 @@ use a3_shared::proto::{A3Msg, AgentMsg, Outcome, Progress};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::{backup, restore, wire};
+use crate::{backup, hash, restore, wire};
 
 /// Live counters of one job, read by the progress reporter.
 #[derive(Debug, Default)]
@@ -92,13 +92,25 @@ impl Jobs {
                 let id = job.job;
                 tracing::info!(job = id, device = %job.device, disk = %job.disk, "backup starts");
                 let conn = self.conn.clone();
-                self.spawn(id, move |c| backup::run(conn, job, c));
+                self.spawn(id, move |c| async move {
+                    backup::run(conn, job, c).await.map(|()| None)
+                });
             }
             A3Msg::Restore(job) => {
                 let id = job.job;
                 tracing::info!(job = id, target = %job.target, "restore starts");
                 let conn = self.conn.clone();
-                self.spawn(id, move |c| restore::run(conn, job, c));
+                self.spawn(id, move |c| async move {
+                    restore::run(conn, job, c).await.map(|()| None)
+                });
+            }
+            A3Msg::Hash(job) => {
+                let id = job.job;
+                tracing::info!(job = id, device = %job.device, "hash starts");
+                self.spawn(
+                    id,
+                    move |c| async move { hash::run(job, c).await.map(Some) },
+                );
             }
             A3Msg::Cancel { job, reason } => {
                 if let Some(h) = self.running.remove(&job) {
@@ -113,10 +125,12 @@ impl Jobs {
         }
     }
 
+    /// Runs `work` as job `job`, reporting progress; it ends with the message `work`
+    /// returns, or [`AgentMsg::Done`] with the counters.
     fn spawn<F, Fut>(&mut self, job: u64, work: F)
     where
         F: FnOnce(Arc<Counters>) -> Fut + Send + 'static,
-        Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+        Fut: Future<Output = anyhow::Result<Option<AgentMsg>>> + Send + 'static,
     {
         let ctl = self.ctl.clone();
         let counters = Arc::new(Counters::default());
@@ -140,12 +154,12 @@ impl Jobs {
             let result = work(counters.clone()).await;
             reporter.abort();
             let msg = match result {
-                Ok(()) => {
+                Ok(ended) => {
                     tracing::info!(job, "job done");
-                    AgentMsg::Done {
+                    ended.unwrap_or_else(|| AgentMsg::Done {
                         job,
                         outcome: counters.outcome(),
-                    }
+                    })
                 }
                 Err(e) => {
                     tracing::warn!(job, "job failed: {e:#}");

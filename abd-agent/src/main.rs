@@ -25,6 +25,7 @@ mod config;
 mod conn;
 mod device;
 mod diag;
+mod hash;
 mod identity;
 mod init;
 mod jobs;

@@ -134,7 +134,7 @@ fn build_agent() -> anyhow::Result<PathBuf> {
         "--target",
         MUSL_TARGET,
     ])?;
-    let agent = target_dir().join(format!("{MUSL_TARGET}/agent/abd-agent"));
+    let agent = agent_path();
     let size = fs::metadata(&agent)?.len();
     if size > MAX_AGENT_SIZE {
         bail!(
@@ -143,6 +143,11 @@ fn build_agent() -> anyhow::Result<PathBuf> {
         );
     }
     Ok(agent)
+}
+
+/// Where `cargo xtask image` builds the static agent.
+pub fn agent_path() -> PathBuf {
+    target_dir().join(format!("{MUSL_TARGET}/agent/abd-agent"))
 }
 
 /// The initramfs: `/init` (the agent), the modules it loads with their load order, and the

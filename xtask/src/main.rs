@@ -4,6 +4,7 @@
 //! rustup targets), or says exactly what to run.
 
 mod bench_backup;
+mod bench_image;
 mod bench_xapi;
 mod demo;
 mod fuzz;
@@ -56,6 +57,10 @@ enum Task {
 enum Bench {
     /// A full inventory sync of 3 hosts and 1,000 VMs (2,000 VDIs) from xapi-sim; goal < 1 s.
     Xapi,
+    /// The ABD appliance under qemu (TCG, 128 MiB): boot-to-connected time, the agent's
+    /// peak RSS over a 1 GiB backup and restore, the guest's free memory, image and agent
+    /// sizes, against their goals.
+    Image,
     /// A disk image backed up, re-backed up, incrementally backed up (CBT) and restored by
     /// the A3 over QUIC, side by side with restic and borg; prints ratios and the goals.
     Backup {
@@ -74,6 +79,7 @@ fn main() -> ExitCode {
         Task::Fuzz { target, seconds } => fuzz::run(target.as_deref(), seconds),
         Task::Bench { bench } => match bench {
             Bench::Xapi => bench_xapi::run(),
+            Bench::Image => bench_image::run(),
             Bench::Backup { size } => bench_backup::run(size),
         },
     };

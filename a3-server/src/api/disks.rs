@@ -62,6 +62,10 @@ impl From<DispatchError> for ApiError {
             },
             DispatchError::BadRequest(m) => ApiError::bad_request(m),
             DispatchError::Store(e) => ApiError::from(e),
+            DispatchError::Failed(_) => ApiError {
+                status: axum::http::StatusCode::BAD_GATEWAY,
+                message: e.to_string(),
+            },
         }
     }
 }

@@ -1,5 +1,6 @@
-//! `/api/backups`, `/api/restores`, `/api/jobs`, `/api/versions`: whole-VM backup and
-//! restore jobs, their runs, progress and logs, and the versions of a VM.
+//! `/api/backups`, `/api/restores`, `/api/diags`, `/api/jobs`, `/api/versions`: whole-VM
+//! backup and restore jobs and ABD diag jobs, their runs, progress, logs and check results,
+//! and the versions of a VM.
 
 use std::collections::HashMap;
 
@@ -9,7 +10,8 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use super::{ApiError, AppState};
-use crate::catalog::jobs::{JobRow, LogLine, RunItemRow, RunRow};
+use crate::catalog::jobs::{CheckRow, JobRow, LogLine, RunItemRow, RunRow};
+use crate::jobs::diag::DiagSpec;
 use crate::jobs::restore::RestoreSpec;
 use crate::jobs::{BackupSpec, Progress, StartError, Started};
 
@@ -18,6 +20,7 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/backups", post(backup))
         .route("/api/restores", post(restore))
+        .route("/api/diags", post(diag))
         .route("/api/jobs", get(list))
         .route("/api/jobs/{id}", get(show))
         .route("/api/jobs/{id}/log", get(log))
@@ -53,6 +56,9 @@ pub struct JobDetail {
     pub items: Vec<RunItemRow>,
     /// Live progress of the VMs being worked on, by subject.
     pub progress: HashMap<String, Progress>,
+    /// A diag run's results (empty for other jobs, and until the run ends).
+    #[serde(default)]
+    pub checks: Vec<CheckRow>,
 }
 
 /// A version of a VM.
@@ -84,6 +90,13 @@ async fn restore(
     Ok(Json(state.engine.start_restore(spec)?))
 }
 
+async fn diag(
+    State(state): State<AppState>,
+    Json(spec): Json<DiagSpec>,
+) -> Result<Json<Started>, ApiError> {
+    Ok(Json(state.engine.start_diag(spec)?))
+}
+
 async fn list(State(state): State<AppState>) -> Result<Json<Vec<JobSummary>>, ApiError> {
     let mut out = Vec::new();
     for job in state.catalog.job_list()? {
@@ -102,15 +115,20 @@ async fn show(
         .job_get(id)?
         .ok_or_else(|| ApiError::not_found(format!("no job {id}; see `a3-server job list`")))?;
     let run = state.catalog.run_list(id)?.into_iter().next();
-    let (items, progress) = match &run {
-        Some(r) => (state.catalog.run_items(r.id)?, state.engine.progress(r.id)),
-        None => (Vec::new(), HashMap::new()),
+    let (items, progress, checks) = match &run {
+        Some(r) => (
+            state.catalog.run_items(r.id)?,
+            state.engine.progress(r.id),
+            state.catalog.run_checks(r.id)?,
+        ),
+        None => (Vec::new(), HashMap::new(), Vec::new()),
     };
     Ok(Json(JobDetail {
         job,
         run,
         items,
         progress,
+        checks,
     }))
 }
 

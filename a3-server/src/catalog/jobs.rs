@@ -46,6 +46,17 @@ CREATE TABLE IF NOT EXISTS run_log (
     message TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS run_log_by_run ON run_log(run, id);
+CREATE TABLE IF NOT EXISTS run_checks (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    abd TEXT NOT NULL,
+    source TEXT NOT NULL,
+    name TEXT NOT NULL,
+    status TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    remedy TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS run_checks_by_run ON run_checks(run, id);
 ";
 
 /// A job as asked for.
@@ -106,7 +117,63 @@ pub struct LogLine {
     pub message: String,
 }
 
+/// One line of a diag run's results.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckRow {
+    /// The ABD checked.
+    pub abd: String,
+    /// Who checked: `abd` (the agent's own diag) or `a3` (the A3's checks of the ABD).
+    pub source: String,
+    /// What was checked.
+    pub check: String,
+    /// `pass`, `warn`, `fail`, or `not used` (a port this product does not need).
+    pub status: String,
+    /// What was found.
+    pub detail: String,
+    /// What to do about it (empty when it passes).
+    pub remedy: String,
+}
+
 impl Catalog {
+    /// Records a diag run's results.
+    pub fn run_checks_add(&self, run: i64, checks: &[CheckRow]) -> Result<(), CatalogError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(|e| self.error(e))?;
+        for c in checks {
+            tx.execute(
+                "INSERT INTO run_checks (run, abd, source, name, status, detail, remedy) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![run, c.abd, c.source, c.check, c.status, c.detail, c.remedy],
+            )
+            .map_err(|e| self.error(e))?;
+        }
+        tx.commit().map_err(|e| self.error(e))
+    }
+
+    /// A run's check results, in the order recorded.
+    pub fn run_checks(&self, run: i64) -> Result<Vec<CheckRow>, CatalogError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare(
+                "SELECT abd, source, name, status, detail, remedy FROM run_checks \
+                 WHERE run = ?1 ORDER BY id",
+            )
+            .map_err(|e| self.error(e))?;
+        stmt.query_map([run], |r| {
+            Ok(CheckRow {
+                abd: r.get(0)?,
+                source: r.get(1)?,
+                check: r.get(2)?,
+                status: r.get(3)?,
+                detail: r.get(4)?,
+                remedy: r.get(5)?,
+            })
+        })
+        .map_err(|e| self.error(e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| self.error(e))
+    }
+
     /// Records a job and starts its first run with `items` (`(subject, label)`) pending.
     /// Returns `(job, run)`.
     pub fn job_create(

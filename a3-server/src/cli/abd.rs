@@ -1,5 +1,5 @@
-//! `a3-server abd enroll|revoke|list|destroy|ips`: ABD credentials for port 2811, the ABD
-//! VMs of the pools, and each pool's static IP list.
+//! `a3-server abd enroll|revoke|list|destroy|ips|diag`: ABD credentials for port 2811, the
+//! ABD VMs of the pools, each pool's static IP list, and the ABD diag job.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,8 +11,11 @@ use super::client::ApiClient;
 use super::host::{print_json, print_table};
 use crate::api::abds::{AbdView, EnrollAnswer, Revoked};
 use crate::api::fleet::{AbdVmView, IpList};
+use crate::api::jobs::JobDetail;
 use crate::catalog::abd_fleet::AbdVmRow;
 use crate::catalog::ip_pool::AbdIp;
+use crate::jobs::Started;
+use crate::jobs::diag::DiagSpec;
 
 /// ABD commands.
 #[derive(Debug, Subcommand)]
@@ -53,6 +56,17 @@ pub enum AbdCommand {
     /// A pool's static IP list for ABDs.
     #[command(subcommand)]
     Ips(IpsCommand),
+    /// Diagnose an ABD of a pool (an idle one, else a new one): the agent's self-checks and
+    /// the A3's (data port, a test disk read and hashed by the ABD), one table per ABD with
+    /// a remedy on each line that does not pass. Stored with the job (`job show`).
+    Diag {
+        /// The pool (uuid or name).
+        #[arg(long)]
+        pool: String,
+        /// Print the job as JSON once it ended, instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `abd ips` commands.
@@ -204,6 +218,17 @@ pub async fn run(cmd: AbdCommand, api: &ApiClient) -> anyhow::Result<()> {
                 .await?;
             print_ips(list);
             Ok(())
+        }
+        AbdCommand::Diag { pool, json } => {
+            let started: Started = api.post("/api/diags", &DiagSpec { pool }).await?;
+            let ended = super::jobs::follow(api, started.clone(), "diag").await;
+            let d: JobDetail = api.get(&format!("/api/jobs/{}", started.job)).await?;
+            if json {
+                print_json(&d)?;
+            } else {
+                super::jobs::print_checks(&d.checks);
+            }
+            ended
         }
         AbdCommand::Ips(IpsCommand::Show { pool, json }) => {
             let list: Vec<AbdIp> = api.get(&format!("/api/fleet/ips?pool={pool}")).await?;

@@ -10,7 +10,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use super::client::ApiClient;
 use super::host::{print_json, print_table};
 use crate::api::jobs::{JobDetail, JobSummary, VersionView};
-use crate::catalog::jobs::LogLine;
+use crate::catalog::jobs::{CheckRow, LogLine};
 use crate::jobs::restore::RestoreSpec;
 use crate::jobs::{BackupSpec, Started};
 
@@ -186,6 +186,7 @@ pub async fn job(cmd: JobCommand, api: &ApiClient) -> anyhow::Result<()> {
                 &["VM", "STATE", "ABD", "VERSION", "PROGRESS", "REASON"],
                 rows,
             );
+            print_checks(&d.checks);
             Ok(())
         }
         JobCommand::Log { id } => {
@@ -233,7 +234,7 @@ pub async fn version(cmd: VersionCommand, api: &ApiClient) -> anyhow::Result<()>
 }
 
 /// Follows a run with one progress bar per VM until it ends.
-async fn follow(api: &ApiClient, started: Started, what: &str) -> anyhow::Result<()> {
+pub(super) async fn follow(api: &ApiClient, started: Started, what: &str) -> anyhow::Result<()> {
     let bars = MultiProgress::new();
     let style = ProgressStyle::with_template(
         "{prefix:20} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {msg}",
@@ -287,6 +288,29 @@ async fn follow(api: &ApiClient, started: Started, what: &str) -> anyhow::Result
             );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A diag run's results: one table per ABD, a remedy on each line that is not a pass.
+pub fn print_checks(checks: &[CheckRow]) {
+    let mut abds: Vec<&str> = checks.iter().map(|c| c.abd.as_str()).collect();
+    abds.dedup();
+    for abd in abds {
+        println!("\nABD {abd}");
+        let rows = checks
+            .iter()
+            .filter(|c| c.abd == abd)
+            .map(|c| {
+                vec![
+                    c.source.clone(),
+                    c.check.clone(),
+                    c.status.to_uppercase(),
+                    c.detail.clone(),
+                    c.remedy.clone(),
+                ]
+            })
+            .collect();
+        print_table(&["BY", "CHECK", "STATUS", "DETAIL", "REMEDY"], rows);
     }
 }
 

@@ -7,6 +7,7 @@ use a3_shared::proto::{A3Msg, AgentMsg, DataDown, DataUp, PROTOCOL_VERSION};
 use anyhow::{Context, bail};
 use tokio::sync::mpsc;
 
+use super::hash::DeviceHash;
 use super::{Active, AgentLink, DataPort, JobState, wire};
 
 /// Frames on the control stream from an agent are small (no manifests go up).
@@ -227,6 +228,10 @@ fn control(port: &DataPort, abd: &str, msg: AgentMsg) {
                 let result = match &active {
                     Active::Backup(w) => w.commit().await,
                     Active::Restore(w) => w.check_served(),
+                    Active::Hash(_) => Err(format!(
+                        "ABD '{}' answered a hash job without its digest",
+                        active.abd()
+                    )),
                 };
                 port.lock_active().remove(&job);
                 match result {
@@ -237,6 +242,29 @@ fn control(port: &DataPort, abd: &str, msg: AgentMsg) {
                     Err(reason) => port.fail(job, &reason),
                 }
             });
+        }
+        AgentMsg::Hashed {
+            job,
+            size,
+            digest,
+            micros,
+        } => {
+            let Some(Active::Hash(work)) = port.active(job).filter(|a| a.abd() == abd) else {
+                return;
+            };
+            port.lock_active().remove(&job);
+            port.jobs().set(
+                job,
+                JobState::Succeeded {
+                    version: hex::encode(digest),
+                },
+            );
+            work.finish(Ok(DeviceHash {
+                job,
+                size,
+                digest,
+                micros,
+            }));
         }
         other => tracing::warn!(abd, "unexpected control message {other:?}"),
     }
@@ -273,6 +301,7 @@ async fn data_stream(
     let result = match &active {
         Active::Backup(w) => Arc::clone(w).serve_stream(size, &mut send, &mut recv).await,
         Active::Restore(w) => Arc::clone(w).serve_stream(stream, streams, &mut send).await,
+        Active::Hash(_) => Err(format!("job {job} is a hash job: it has no data stream")),
     };
     if let Err(reason) = result {
         let _ = wire::send(

@@ -17,6 +17,7 @@
 pub mod backup;
 pub mod conn;
 pub mod endpoint;
+pub mod hash;
 pub mod jobs;
 pub mod restore;
 pub mod storage;
@@ -53,6 +54,9 @@ pub enum DispatchError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] storage::StorageError),
+    /// The agent ran the job and it failed.
+    #[error("{0}")]
+    Failed(String),
 }
 
 /// A connected agent, as the dispatcher sees it.
@@ -68,6 +72,7 @@ struct AgentLink {
 enum Active {
     Backup(Arc<backup::BackupWork>),
     Restore(Arc<restore::RestoreWork>),
+    Hash(Arc<hash::HashWork>),
 }
 
 impl Active {
@@ -75,6 +80,7 @@ impl Active {
         match self {
             Active::Backup(w) => &w.abd,
             Active::Restore(w) => &w.abd,
+            Active::Hash(w) => &w.abd,
         }
     }
 }
@@ -413,11 +419,43 @@ impl DataPort {
         })
     }
 
+    /// Has the ABD's agent read the whole `device` and hash it; waits for the answer (the
+    /// caller bounds the wait).
+    pub async fn hash_device(
+        &self,
+        abd: &str,
+        device: &str,
+    ) -> Result<hash::DeviceHash, DispatchError> {
+        let link = self.link(abd)?;
+        let id = self.inner.jobs.create("hash", abd, device, device);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let work = Arc::new(hash::HashWork::new(abd.to_owned(), tx));
+        self.lock_active().insert(id, Active::Hash(work));
+        let msg = A3Msg::Hash(a3_shared::proto::HashJob {
+            job: id,
+            device: device.to_owned(),
+        });
+        if link.ctl.send(msg).is_err() {
+            self.fail(id, &format!("ABD '{abd}' disconnected as the job started"));
+        }
+        match rx.await {
+            Ok(Ok(found)) => Ok(found),
+            Ok(Err(reason)) => Err(DispatchError::Failed(reason)),
+            Err(_) => Err(DispatchError::Failed(format!(
+                "hash job {id} on ABD '{abd}' ended without an answer"
+            ))),
+        }
+    }
+
     /// Fails a job: its store session is dropped (aborted), nothing is committed.
     pub fn fail(&self, job: u64, reason: &str) {
         let was = self.lock_active().remove(&job);
         let reason = match was {
             Some(Active::Backup(_)) => format!("{reason}; no version was committed"),
+            Some(Active::Hash(w)) => {
+                w.finish(Err(reason.to_owned()));
+                reason.to_owned()
+            }
             _ => reason.to_owned(),
         };
         if self.inner.jobs.set(

@@ -15,12 +15,11 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use a3_shared::proto::{CbtBitmap, Manifest};
-use a3_shared::xapi_wire::Value;
 use anyhow::{Context, bail};
 
-use super::Engine;
 use super::log::RunLog;
 use super::metadata::{self, VmMetadata};
+use super::{Engine, attach};
 use crate::dataport::{DiskBackupRequest, JobState};
 use crate::fleet::Held;
 use crate::poolops::{self, NULL_REF, RUN_KEY};
@@ -166,46 +165,9 @@ async fn snapshot_and_stream(
             log,
         )
         .await?;
-        let userdevice = poolops::call(s, "VM.get_allowed_VBD_devices", &[&held.vm_ref])
-            .await?
-            .as_array()
-            .and_then(|a| a.iter().filter_map(Value::as_str).find(|u| *u != "0"))
-            .map(str::to_owned)
-            .with_context(|| format!("ABD '{}' has no free disk slot", held.row.id))?;
-        let device = poolops::device_name(&userdevice)
-            .with_context(|| format!("userdevice {userdevice} has no xvd name"))?;
-        let vbd_rec: Vec<(&str, Value)> = vec![
-            ("VM", Value::from(&held.vm_ref)),
-            ("VDI", Value::from(&snap_vdi)),
-            ("userdevice", Value::from(&userdevice)),
-            ("bootable", Value::Bool(false)),
-            ("mode", Value::from("RO")),
-            ("type", Value::from("Disk")),
-            ("empty", Value::Bool(false)),
-            ("unpluggable", Value::Bool(true)),
-            (
-                "other_config",
-                poolops::map_value(&[(RUN_KEY, run.to_string())]),
-            ),
-            ("qos_algorithm_type", Value::from("")),
-            ("qos_algorithm_params", Value::empty_struct()),
-        ];
-        let vbd = s
-            .call(
-                "VBD.create",
-                &[Value::Struct(
-                    vbd_rec
-                        .into_iter()
-                        .map(|(k, v)| (k.to_owned(), v))
-                        .collect(),
-                )],
-            )
-            .await?
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
+        let (vbd, device) =
+            attach::read_only(s, &held.vm_ref, &held.row.id, &snap_vdi, run).await?;
         created.vbds.push(vbd.clone());
-        poolops::call(s, "VBD.plug", &[&vbd]).await?;
         log.info(&format!(
             "{}: disk {} ({} bytes) attached read-only to ABD '{}' as {device}; streaming{}",
             t.name,

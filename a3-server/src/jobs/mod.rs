@@ -13,7 +13,9 @@
 //! ([`crate::fleet`]); an ABD returns to idle when its VM is done, and the next VM reuses
 //! it.
 
+pub mod attach;
 pub mod backup;
+pub mod diag;
 pub mod log;
 pub mod metadata;
 pub mod recovery;

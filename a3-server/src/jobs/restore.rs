@@ -12,9 +12,9 @@ use a3_shared::xapi_wire::Value;
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
-use super::Engine;
 use super::log::RunLog;
 use super::metadata::{DiskMeta, VmMetadata};
+use super::{Engine, attach};
 use crate::poolops::{self, RUN_KEY};
 use crate::store::{Store, VersionId};
 use crate::xapi::Session;
@@ -316,31 +316,7 @@ async fn write_disk(
         d.name
     ));
     let body = reqwest::Body::wrap_stream(disk_stream(store, manifest));
-    let url = s.transport().url(&format!(
-        "/import_raw_vdi?session_id={}&vdi={vdi}&format=raw",
-        s.session_ref().await
-    ));
-    let resp = s
-        .transport()
-        .http()
-        .put(url)
-        .header(reqwest::header::CONTENT_LENGTH, size)
-        .body(body)
-        .timeout(std::time::Duration::from_secs(24 * 3600))
-        .send()
-        .await
-        .with_context(|| format!("writing disk {} to {}", d.name, s.endpoint()))?;
-    if !resp.status().is_success() {
-        let status = resp.status();
-        let text = resp.text().await.unwrap_or_default();
-        bail!(
-            "writing disk {} to {}: HTTP {status}: {}",
-            d.name,
-            s.endpoint(),
-            text.trim()
-        );
-    }
-    Ok(())
+    attach::import_raw(s, vdi, &format!("disk {}", d.name), size, body).await
 }
 
 /// The disk's bytes in order: stored blocks read (and checked) from the store, zeros for

@@ -59,6 +59,17 @@ pub enum AgentMsg {
         /// What went wrong, naming the thing and the fix.
         reason: String,
     },
+    /// A [`HashJob`] read its whole device.
+    Hashed {
+        /// The job.
+        job: u64,
+        /// The device's size in bytes (all of it was read).
+        size: u64,
+        /// BLAKE3-256 of the device's bytes.
+        digest: WireId,
+        /// How long the read took, in microseconds.
+        micros: u64,
+    },
 }
 
 /// How far a job is.
@@ -117,6 +128,18 @@ pub enum A3Msg {
         /// Why.
         reason: String,
     },
+    /// Read a whole device and hash it (the ABD diag job's test disk); the agent answers
+    /// [`AgentMsg::Hashed`] or [`AgentMsg::Failed`].
+    Hash(HashJob),
+}
+
+/// A hash assignment: proves the ABD sees a hot-plugged disk and reads it end to end.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HashJob {
+    /// The job id.
+    pub job: u64,
+    /// The device: a path or a device id the agent resolves, as for a backup.
+    pub device: String,
 }
 
 /// A backup assignment.

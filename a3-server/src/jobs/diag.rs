@@ -1,0 +1,354 @@
+//! The ABD diag job (`a3-server abd diag --pool P`): on one ABD of the pool (an idle one
+//! reused, else a new one provisioned), the agent's own checks plus the A3's checks of the
+//! ABD, each pass, warn or fail with a remedy, stored with the run.
+//!
+//! The A3's checks:
+//! - the ABD's connection on port 2811;
+//! - a test disk: a small VDI of known content, created on `Alike_SR`, attached read-only to
+//!   the ABD, read whole by the agent and hashed; the digest must match what was written.
+//!   It proves hot-plug, device resolution and reads end to end without touching the store.
+//!   The VDI and its VBD carry the run's tag, so recovery removes them after a crash;
+//! - port 445 (SMB), which administrators of other backup products expect to open: this
+//!   product does not use it.
+
+use std::time::{Duration, Instant};
+
+use a3_shared::xapi_wire::Value;
+use serde::{Deserialize, Serialize};
+
+use super::log::RunLog;
+use super::{Engine, StartError, Started, attach, unix_now};
+use crate::catalog::jobs::CheckRow;
+use crate::fleet::Held;
+use crate::poolops::{self, RUN_KEY};
+use crate::template;
+use crate::xapi::Session;
+
+/// The test disk's size: big enough for a throughput figure, small enough to be quick.
+pub const TEST_DISK_BYTES: u64 = 16 << 20;
+/// How long the agent may take to read the test disk.
+const HASH_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// What to diagnose.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DiagSpec {
+    /// The pool (uuid or name).
+    pub pool: String,
+}
+
+/// A check's outcome, as stored and shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Works.
+    Pass,
+    /// Works partly, or is not needed for backups.
+    Warn,
+    /// Broken: backups will fail until fixed.
+    Fail,
+    /// A port people expect that this product does not use.
+    NotUsed,
+}
+
+impl Status {
+    /// The stored word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pass => "pass",
+            Status::Warn => "warn",
+            Status::Fail => "fail",
+            Status::NotUsed => "not used",
+        }
+    }
+}
+
+/// One of the A3's checks of `abd`.
+fn a3_check(abd: &str, check: &str, status: Status, detail: String, remedy: &str) -> CheckRow {
+    CheckRow {
+        abd: abd.to_owned(),
+        source: "a3".into(),
+        check: check.to_owned(),
+        status: status.as_str().to_owned(),
+        detail,
+        remedy: if status == Status::Pass {
+            String::new()
+        } else {
+            remedy.to_owned()
+        },
+    }
+}
+
+impl Engine {
+    /// Starts a diag run on one ABD of the pool; returns at once.
+    pub fn start_diag(&self, spec: DiagSpec) -> Result<Started, StartError> {
+        let pool = self
+            .catalog()
+            .list_pools()?
+            .into_iter()
+            .find(|p| p.uuid == spec.pool || p.name == spec.pool)
+            .ok_or_else(|| {
+                StartError::BadRequest(format!(
+                    "no pool '{}'; see `a3-server pool list`",
+                    spec.pool
+                ))
+            })?;
+        let items = vec![(pool.uuid.clone(), pool.name.clone())];
+        let spec_json = serde_json::to_string(&spec).unwrap_or_default();
+        let (job, run) = self
+            .catalog()
+            .job_create("diag", &spec_json, &items, unix_now())?;
+        let engine = self.clone();
+        self.inner.tasks.spawn(async move {
+            let log = RunLog::new(engine.catalog().clone(), run);
+            log.info(&format!("diagnosing an ABD of pool '{}'", pool.name));
+            let c = engine.catalog();
+            let _ = c.run_item_set(run, &pool.uuid, "running", None, None, None);
+            let reason = match engine.diag_pool(run, &pool.uuid, &log).await {
+                Ok(checks) => {
+                    let failed: Vec<String> = checks
+                        .iter()
+                        .filter(|c| c.status == Status::Fail.as_str())
+                        .map(|c| format!("{} ({})", c.check, c.abd))
+                        .collect();
+                    if let Err(e) = c.run_checks_add(run, &checks) {
+                        Some(format!("cannot store the results: {e}"))
+                    } else if failed.is_empty() {
+                        None
+                    } else {
+                        Some(format!(
+                            "{} check(s) failed: {}; see `a3-server job show {job}`",
+                            failed.len(),
+                            failed.join(", ")
+                        ))
+                    }
+                }
+                Err(e) => Some(format!("{e:#}")),
+            };
+            let state = if reason.is_none() {
+                "succeeded"
+            } else {
+                "failed"
+            };
+            match &reason {
+                None => log.info("every check passed"),
+                Some(r) => log.error(r),
+            }
+            let _ = c.run_item_set(run, &pool.uuid, state, None, None, reason.as_deref());
+            let _ = c.run_end(run, reason.as_deref(), unix_now());
+        });
+        Ok(Started { job, run })
+    }
+
+    /// Holds an ABD of the pool for the run and checks it.
+    async fn diag_pool(
+        &self,
+        run: i64,
+        pool_uuid: &str,
+        log: &RunLog,
+    ) -> anyhow::Result<Vec<CheckRow>> {
+        let (s, _) = self.inventory().connect(pool_uuid).await?;
+        let result = async {
+            let held = self.fleet().acquire(&s, pool_uuid, run, log).await?;
+            let _ = self.catalog().run_item_set(
+                run,
+                pool_uuid,
+                "running",
+                Some(&held.row.id),
+                None,
+                None,
+            );
+            let checks = self.diag_abd(&s, run, pool_uuid, &held, log).await;
+            if let Err(e) = self.fleet().release(&held.row.id) {
+                log.warn(&format!("ABD '{}': {e}", held.row.id));
+            }
+            anyhow::Ok(checks)
+        }
+        .await;
+        s.logout().await;
+        result
+    }
+
+    /// Every check of one ABD.
+    async fn diag_abd(
+        &self,
+        s: &Session,
+        run: i64,
+        pool_uuid: &str,
+        held: &Held,
+        log: &RunLog,
+    ) -> Vec<CheckRow> {
+        let abd = held.row.id.as_str();
+        let mut checks = Vec::new();
+        checks.push(match self.dataport().connected().get(abd) {
+            Some(remote) => a3_check(
+                abd,
+                "data port",
+                Status::Pass,
+                format!("connected to port 2811 (QUIC) from {remote}"),
+                "",
+            ),
+            None => a3_check(
+                abd,
+                "data port",
+                Status::Fail,
+                "not connected to port 2811".into(),
+                "see the agent's quic line; UDP 2811 must pass from the ABD network to the A3",
+            ),
+        });
+        log.info(&format!("ABD '{abd}': reading a test disk"));
+        checks.push(self.test_disk(s, run, pool_uuid, held).await);
+        checks.push(a3_check(
+            abd,
+            "port 445 (SMB)",
+            Status::NotUsed,
+            "not used by this product: blocks travel on 2811 (QUIC), the SR on NFS (111, \
+             2049), management on 22 and XAPI 443"
+                .into(),
+            "nothing to open",
+        ));
+        checks
+    }
+
+    /// The test-disk check: write known bytes to a new VDI, have the ABD read and hash it.
+    async fn test_disk(&self, s: &Session, run: i64, pool_uuid: &str, held: &Held) -> CheckRow {
+        let abd = held.row.id.as_str();
+        let content = test_pattern(run);
+        let mut vbd = None;
+        let mut vdi = None;
+        let outcome = async {
+            let sr = template::alike_sr(s, self.catalog(), pool_uuid).await?;
+            let created = create_test_vdi(s, &sr, run).await?;
+            vdi = Some(created.clone());
+            attach::import_raw(
+                s,
+                &created,
+                "the diag test disk",
+                content.len() as u64,
+                reqwest::Body::from(content.clone()),
+            )
+            .await?;
+            let (plugged, device) = attach::read_only(s, &held.vm_ref, abd, &created, run).await?;
+            vbd = Some(plugged);
+            let started = Instant::now();
+            let found =
+                tokio::time::timeout(HASH_TIMEOUT, self.dataport().hash_device(abd, &device))
+                    .await
+                    .map_err(|_| {
+                        anyhow::anyhow!(
+                            "the ABD did not read {device} within {}s",
+                            HASH_TIMEOUT.as_secs()
+                        )
+                    })??;
+            anyhow::Ok((device, found, started.elapsed()))
+        }
+        .await;
+        if let Some(vbd) = vbd
+            && let Err(e) = poolops::remove_vbd(s, &vbd).await
+        {
+            tracing::warn!(abd, "removing the test disk's VBD: {e}");
+        }
+        if let Some(vdi) = vdi
+            && let Err(e) = poolops::destroy_vdi(s, &vdi).await
+        {
+            tracing::warn!(abd, "destroying the test disk: {e}");
+        }
+        let expected = *blake3::hash(&content).as_bytes();
+        match outcome {
+            Ok((device, found, _)) if found.digest == expected && found.size == TEST_DISK_BYTES => {
+                let secs = (found.micros as f64 / 1e6).max(1e-6);
+                a3_check(
+                    abd,
+                    "test disk",
+                    Status::Pass,
+                    format!(
+                        "attached as {device}, read {} MiB in {:.2}s ({:.0} MB/s), BLAKE3 matches",
+                        found.size >> 20,
+                        secs,
+                        found.size as f64 / secs / 1e6
+                    ),
+                    "",
+                )
+            }
+            Ok((device, found, _)) => a3_check(
+                abd,
+                "test disk",
+                Status::Fail,
+                format!(
+                    "{device}: read {} bytes whose BLAKE3 is {}, expected {} bytes hashing to {}",
+                    found.size,
+                    hex::encode(found.digest),
+                    TEST_DISK_BYTES,
+                    hex::encode(expected)
+                ),
+                "the ABD read other bytes than the A3 wrote: check the SR and the ABD's disk \
+                 driver (`a3-server abd ssh ABD logs`), then run the diag again",
+            ),
+            Err(e) => a3_check(
+                abd,
+                "test disk",
+                Status::Fail,
+                format!("{e:#}"),
+                "the ABD must see disks hot-plugged from Alike_SR: check `a3-server sr status` \
+                 and the ABD's log",
+            ),
+        }
+    }
+}
+
+/// The test disk's content: distinct per run, so that a stale disk cannot pass.
+fn test_pattern(run: i64) -> Vec<u8> {
+    let mut out = vec![0u8; TEST_DISK_BYTES as usize];
+    let mut xof = blake3::Hasher::new_derive_key("a3 abd diag test disk")
+        .update(&run.to_le_bytes())
+        .finalize_xof();
+    xof.fill(&mut out);
+    out
+}
+
+/// A new VDI on `sr` for the test disk, tagged with the run.
+async fn create_test_vdi(s: &Session, sr: &str, run: i64) -> anyhow::Result<String> {
+    let record: Vec<(&str, Value)> = vec![
+        (
+            "name_label",
+            Value::from(format!("A3 diag test disk (run {run})")),
+        ),
+        (
+            "name_description",
+            Value::from("created by the A3's ABD diag job; removed when it ends"),
+        ),
+        ("SR", Value::from(sr)),
+        ("virtual_size", Value::from(TEST_DISK_BYTES.to_string())),
+        ("type", Value::from("user")),
+        ("sharable", Value::Bool(false)),
+        ("read_only", Value::Bool(false)),
+        (
+            "other_config",
+            poolops::map_value(&[(RUN_KEY, run.to_string())]),
+        ),
+        ("xenstore_data", Value::empty_struct()),
+        ("sm_config", Value::empty_struct()),
+        ("tags", Value::Array(vec![])),
+    ];
+    let vdi = s
+        .call(
+            "VDI.create",
+            &[Value::Struct(
+                record.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+            )],
+        )
+        .await?;
+    Ok(vdi.as_str().unwrap_or_default().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_patterns_differ_per_run_and_fill_the_disk() {
+        let a = test_pattern(1);
+        assert_eq!(a.len() as u64, TEST_DISK_BYTES);
+        assert_eq!(a, test_pattern(1));
+        assert_ne!(a, test_pattern(2));
+        assert!(a.iter().any(|b| *b != 0));
+    }
+}
