@@ -1,9 +1,13 @@
 //! The ABD diag job (issue 5): `a3-server abd diag --pool P` against the simulator holds an
 //! ABD of the pool (provisioned, then reused), runs the A3's checks of it, among them a
 //! test disk the ABD reads through a real hot-plug and hashes, prints one table per ABD
-//! with remedies, stores the results with the job, and leaves nothing behind.
+//! with remedies, stores the results with the job, and leaves nothing behind. A clean stop
+//! of the A3 halts its ABDs before unplugging `Alike_SR` (XAPI refuses to unplug an SR
+//! under a running VM's disk), and after a restart the same ABD serves again.
 
 mod pool_support;
+
+use std::time::Duration;
 
 use pool_support::{A3, Sim, alike_sr, assert_nothing_left, objects};
 use serde_json::Value as Json;
@@ -91,6 +95,57 @@ async fn diag_job_checks_an_abd_and_stores_the_table() {
         })
         .collect();
     assert!(leftovers.is_empty(), "test disks left: {leftovers:?}");
+
+    // A clean stop halts the ABD (its disk is on Alike_SR), then unplugs the SR; the
+    // simulator refuses the unplug otherwise, as XAPI does.
+    let mut a3 = a3;
+    assert!(
+        a3.child
+            .terminate(Duration::from_secs(90))
+            .is_some_and(|s| s.success()),
+        "clean shutdown failed; see {}",
+        a3.log_path().display()
+    );
+    let inv = sim.inventory().await;
+    let abd_vm = objects(&inv, "VM")
+        .into_iter()
+        .find(|v| v["other_config"]["a3_abd"] == abd.as_str())
+        .expect("the ABD's VM");
+    assert_eq!(abd_vm["power_state"], "Halted", "the ABD is halted");
+    let alike = objects(&inv, "SR")
+        .into_iter()
+        .find(|sr| sr["name_label"] == "Alike_SR")
+        .unwrap();
+    let pbds: Vec<Json> = objects(&inv, "PBD")
+        .into_iter()
+        .filter(|p| inv["objects"]["SR"][p["SR"].as_str().unwrap()]["uuid"] == alike["uuid"])
+        .collect();
+    assert!(!pbds.is_empty());
+    assert!(
+        pbds.iter().all(|p| p["currently_attached"] == false),
+        "Alike_SR stays plugged: {pbds:?}; see {}",
+        a3.log_path().display()
+    );
+
+    // Restarted, the A3 plugs the SR back and revives the same ABD for the next diag.
+    let state = a3.state.clone();
+    drop(a3);
+    let a3 = A3::start(&state, &a3_ip);
+    let after = a3.cli(&["abd", "diag", "--pool", &pool]);
+    let after_out = String::from_utf8_lossy(&after.stdout);
+    let jobs = a3.json(&["job", "list"]);
+    let last = jobs.as_array().unwrap()[0]["job"]["id"].to_string();
+    assert!(
+        after.status.success() && after_out.contains(&format!("ABD {abd}")),
+        "{after_out}\n{}\njob log:\n{}",
+        String::from_utf8_lossy(&after.stderr),
+        a3.ok(&["job", "log", &last])
+    );
+    assert_eq!(
+        a3.abd_vms().len(),
+        1,
+        "the halted ABD is revived, not replaced"
+    );
 
     // An unknown pool is a clear error.
     let bad = a3.cli(&["abd", "diag", "--pool", "no-such-pool"]);

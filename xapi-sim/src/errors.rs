@@ -101,6 +101,14 @@ pub fn vdi_in_use(vdi: &str, op: &str) -> ApiError {
     err("VDI_IN_USE", [vdi, op])
 }
 
+/// `VDI_IN_USE [vdi, ...]`, as `PBD.unplug` raises it for the SR's disks still attached.
+pub fn vdis_in_use(vdis: &[String]) -> ApiError {
+    ApiError {
+        code: "VDI_IN_USE",
+        params: vdis.to_vec(),
+    }
+}
+
 /// `VDI_INCOMPATIBLE_TYPE [vdi, type]`
 pub fn vdi_incompatible_type(vdi: &str, ty: &str) -> ApiError {
     err("VDI_INCOMPATIBLE_TYPE", [vdi, ty])

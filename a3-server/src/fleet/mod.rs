@@ -144,17 +144,24 @@ impl Fleet {
         if poolops::text(&rec, "power_state") != "Halted" {
             poolops::call(s, "VM.hard_shutdown", &[&vm_ref]).await?;
         }
-        let token = self.dataport.pki().begin_enrollment(&row.id)?;
-        poolops::call(
-            s,
-            "VM.remove_from_xenstore_data",
-            &[&vm_ref, &format!("{}/token", bootcfg::XS_DIR)],
-        )
-        .await?;
-        poolops::call(
-            s,
-            "VM.add_to_xenstore_data",
-            &[&vm_ref, &format!("{}/token", bootcfg::XS_DIR), &token],
+        // The whole boot config again: the A3 may have restarted on another port 2811
+        // address or DNS list since; the ABD keeps its addressing.
+        let key =
+            |k: &str| poolops::map_key(&rec, "xenstore_data", &format!("{}/{k}", bootcfg::XS_DIR));
+        let addressing = match key("ip") {
+            None | Some("dhcp") => bootcfg::Addressing::Dhcp,
+            Some(cidr) => bootcfg::Addressing::Static {
+                cidr: cidr.to_owned(),
+                gateway: key("gw").map(str::to_owned),
+            },
+        };
+        let boot = self.boot_config(&row.id, addressing)?;
+        s.call(
+            "VM.set_xenstore_data",
+            &[
+                Value::from(&vm_ref),
+                poolops::map_value(&boot.xenstore_data()),
+            ],
         )
         .await?;
         s.call(

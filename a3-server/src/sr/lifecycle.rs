@@ -4,7 +4,10 @@
 //! that XenCenter shows it unplugged while the A3 is away.
 //!
 //! Plug order follows XAPI's rule for shared SRs: the master's PBD first when plugging, last
-//! when unplugging.
+//! when unplugging. XAPI refuses to unplug a PBD while a running VM on its host has a disk
+//! of the SR attached (`VDI_IN_USE`), and the ABDs boot from `Alike_SR`: a clean shutdown
+//! halts them first (hard: they keep nothing, and the A3 restarts them with a fresh token
+//! when it needs them again).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -17,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::catalog::{Catalog, CatalogError};
 use crate::inventory::{Inventory, InventoryError};
+use crate::poolops;
 use crate::xapi::records::{HostRecord, PoolRecord};
 use crate::xapi::{Session, XapiError};
 
@@ -318,6 +322,9 @@ impl SrService {
             plugged.sort_by_key(|(_, p)| p.host == master); // the master last
             let hosts = host_names(&session).await.map_err(xapi)?;
             let mut failures = Vec::new();
+            if !plugged.is_empty() {
+                failures.extend(halt_abds(&session).await.map_err(xapi)?);
+            }
             for (pbd, p) in &plugged {
                 if let Err(e) = session.call_async("PBD.unplug", &[Value::from(pbd)]).await {
                     failures.push(format!("{}: {e}", describe_host(&hosts, &p.host)));
@@ -651,6 +658,24 @@ async fn master_ref(session: &Session) -> Result<String, XapiError> {
 }
 
 /// The SR's PBDs, as (ref, record).
+/// Halts the pool's running ABD VMs; returns the failures, naming each ABD.
+async fn halt_abds(session: &Session) -> Result<Vec<String>, XapiError> {
+    let mut failures = Vec::new();
+    for (vm, rec) in poolops::all_records(session, "VM").await? {
+        let Some(abd) = poolops::map_key(&rec, "other_config", poolops::ABD_KEY) else {
+            continue;
+        };
+        if poolops::text(&rec, "power_state") != "Running" {
+            continue;
+        }
+        match poolops::call(session, "VM.hard_shutdown", &[&vm]).await {
+            Ok(_) => tracing::info!(abd, "ABD halted: its disk is on Alike_SR"),
+            Err(e) => failures.push(format!("halting ABD '{abd}': {e}")),
+        }
+    }
+    Ok(failures)
+}
+
 async fn pbds_of(session: &Session, sr_ref: &str) -> Result<Vec<(String, Pbd)>, XapiError> {
     let all = session.call("PBD.get_all_records", &[]).await?;
     Ok(all

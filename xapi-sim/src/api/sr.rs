@@ -7,7 +7,9 @@
 //!   on the export, each VDI the dynamic VHD `<vdi-uuid>.vhd` in it. `SR.create` mounts
 //!   the export, creates the directory, then creates and plugs one PBD per host (shared);
 //!   `PBD.plug` mounts (failing with `SR_BACKEND_FAILURE_73`, "NFS mount error", naming
-//!   the server and export, when it cannot), `PBD.unplug` unmounts, `SR.scan` introduces
+//!   the server and export, when it cannot), `PBD.unplug` unmounts (refused with
+//!   `VDI_IN_USE` while a running VM on that host has one of its disks attached, as xapi
+//!   does), `SR.scan` introduces
 //!   the VHDs it does not know and forgets the VDIs whose file is gone. VDI operations need
 //!   the master's PBD plugged (`SR_NO_PBDS` otherwise), as xapi runs them on the master.
 //!
@@ -132,6 +134,12 @@ pub(super) fn register(t: &mut Table) {
         t.add(name, 1, 0, move |ctx, p| {
             let pbd = params::object(ctx.st, p, 1, "PBD")?;
             let sr = ctx.st.db.str_field("PBD", &pbd, "SR")?;
+            if !on {
+                let in_use = active_vdis(ctx.st, &pbd, &sr)?;
+                if !in_use.is_empty() {
+                    return Err(errors::vdis_in_use(&in_use));
+                }
+            }
             if ctx.st.db.str_field("SR", &sr, "type")? == NFS_TYPE {
                 if on {
                     mount_pbd(ctx.st, &pbd)?;
@@ -159,6 +167,28 @@ pub(super) fn register(t: &mut Table) {
         remove_pbd(ctx.st, &pbd)?;
         Ok(void())
     });
+}
+
+/// The SR's disks attached to running VMs on the PBD's host: XAPI refuses to unplug the
+/// PBD under them (`VDI_IN_USE` with their refs, xapi_pbd.ml).
+fn active_vdis(st: &State, pbd: &str, sr: &str) -> ApiResult<Vec<Ref>> {
+    let host = st.db.str_field("PBD", pbd, "host")?;
+    let mut out = Vec::new();
+    for (_, vbd) in st.db.table("VBD") {
+        let text = |f: &str| vbd.get(f).and_then(Value::as_str).unwrap_or("");
+        let attached = vbd.get("currently_attached").and_then(Value::as_bool) == Some(true);
+        let vdi = text("VDI");
+        if !attached || !st.db.exists("VDI", vdi) {
+            continue;
+        }
+        let on_sr = st.db.str_field("VDI", vdi, "SR")? == sr;
+        let vm = text("VM");
+        let here = st.db.exists("VM", vm) && st.db.str_field("VM", vm, "resident_on")? == host;
+        if on_sr && here && !out.iter().any(|v: &Ref| v == vdi) {
+            out.push(vdi.to_owned());
+        }
+    }
+    Ok(out)
 }
 
 /// `SR.create`: the SR and a plugged PBD on `host` (on every host when shared).
