@@ -245,7 +245,8 @@ async fn kill_abd(shared: &Shared, id: &str) -> Reply {
     let hook = hook.ok_or_else(|| {
         (
             StatusCode::CONFLICT,
-            "the simulator runs no ABD processes; start it with --abd-agent".to_owned(),
+            "the simulator runs no ABD backend; start it with --abd-agent or --abd-backend qemu"
+                .to_owned(),
         )
     })?;
     let (reply, pid) = tokio::sync::oneshot::channel();
