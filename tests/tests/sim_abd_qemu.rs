@@ -2,7 +2,8 @@
 //! ABD VM the A3 provisions from its real template (the image `cargo xtask image` builds)
 //! under qemu TCG, hands it its boot config on a config disk, hot-plugs the snapshot disk
 //! through QMP, and the A3 backs a simulated VM up through it and restores it bit-exact.
-//! Nothing is left behind: no qemu outlives the simulator.
+//! Nothing is left behind: no qemu outlives the simulator, stopped or killed, and a
+//! restarted simulator boots the ABD it records as Running again.
 //!
 //! A qemu guest reaches the host only through 10.0.2.2 = 127.0.0.1 (see the backend's
 //! module header), so the A3's port 2811 and the DNS server its ABDs use listen on
@@ -78,6 +79,19 @@ fn processes_mentioning(needle: &str) -> Vec<String> {
                 .then(|| format!("{}: {cmd}", e.file_name().to_string_lossy()))
         })
         .collect()
+}
+
+/// Asserts that no process mentions the simulator's directory (qemu names its files there).
+fn assert_none_left(sim_dir: &Path) {
+    let dir = sim_dir.display().to_string();
+    let gone = wait_until(Duration::from_secs(30), || {
+        processes_mentioning(&dir).is_empty().then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "processes outlived the simulator: {:?}",
+        processes_mentioning(&dir)
+    );
 }
 
 fn console_of(sim_dir: &Path, vm_uuid: &str) -> String {
@@ -181,6 +195,13 @@ async fn a_qemu_abd_backs_up_and_restores_a_simulated_vm_bit_exact() {
         .unwrap_or_else(|| panic!("no assigned-ip: {}", abd_rec["xenstore_data"]))
         .to_owned();
     assert!(assigned.starts_with("127.0.5."), "{assigned}");
+    // qemu forwards that address's port 22 to the guest (where the agent's SSH serves).
+    let host = assigned.split('/').next().unwrap();
+    std::net::TcpStream::connect_timeout(
+        &format!("{host}:22").parse().unwrap(),
+        Duration::from_secs(10),
+    )
+    .unwrap_or_else(|e| panic!("qemu does not forward {host}:22: {e}"));
     assert_nothing_left(&inv);
 
     // Restore as a new VM: every disk bit-exact.
@@ -237,17 +258,22 @@ async fn a_qemu_abd_backs_up_and_restores_a_simulated_vm_bit_exact() {
         .unwrap_or("(no report line)")
         .to_owned();
 
-    // No qemu outlives the simulator.
+    // No qemu outlives the simulator, stopped or killed; a restarted one boots the ABD it
+    // records as Running again, from the disk it kept.
     sim.stop();
-    let left = wait_until(Duration::from_secs(30), || {
-        let left = processes_mentioning(&sim_dir.display().to_string());
-        left.is_empty().then_some(())
-    });
-    assert!(
-        left.is_some(),
-        "processes outlived the simulator: {:?}",
-        processes_mentioning(&sim_dir.display().to_string())
-    );
+    assert_none_left(&sim_dir);
+    let mut sim = Sim::start_qemu(&sim_dir, &base, 1, 1, "64MiB");
+    let vm_dir = sim_dir.join("abd").join(&abd_vm).display().to_string();
+    wait_until(Duration::from_secs(60), || {
+        let qemus = processes_mentioning(&vm_dir);
+        qemus
+            .iter()
+            .any(|p| p.contains("qemu-system-x86_64"))
+            .then_some(())
+    })
+    .expect("the restarted simulator did not boot the ABD again");
+    sim.kill();
+    assert_none_left(&sim_dir);
     eprintln!(
         "sim_abd_qemu: qemu start to agent connected {boot_to_connected:.1?}; backup (incl. \
          ABD provisioning and boot) {:.1}s, restore {:.1}s, whole test {:.1}s; guest report \

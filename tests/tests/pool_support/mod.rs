@@ -101,6 +101,11 @@ impl Sim {
         );
     }
 
+    /// Kills the simulator with SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        self.child.kill();
+    }
+
     /// `address:port` of the master.
     pub fn endpoint(&self) -> String {
         format!("{}:{}", self.address, self.port)
