@@ -2,7 +2,7 @@
 //! ABD VM the A3 provisions from its real template (the image `cargo xtask image` builds)
 //! under qemu TCG, hands it its boot config on a config disk, hot-plugs the snapshot disk
 //! through QMP, and the A3 backs a simulated VM up through it and restores it bit-exact.
-//! Nothing is left behind: no qemu outlives the simulator, stopped or killed, and a
+//! A killed qemu is restarted; no qemu outlives the simulator, stopped or killed; and a
 //! restarted simulator boots the ABD it records as Running again.
 //!
 //! A qemu guest reaches the host only through 10.0.2.2 = 127.0.0.1 (see the backend's
@@ -258,18 +258,32 @@ async fn a_qemu_abd_backs_up_and_restores_a_simulated_vm_bit_exact() {
         .unwrap_or("(no report line)")
         .to_owned();
 
+    // The `/sim/` kill takes the qemu down behind XAPI's back; the VM, still Running,
+    // gets a new one, as a crashed guest restarts.
+    let vm_dir = sim_dir.join("abd").join(&abd_vm).display().to_string();
+    let qemu_pids = || -> Vec<String> {
+        processes_mentioning(&vm_dir)
+            .into_iter()
+            .filter(|p| p.contains("qemu-system-x86_64"))
+            .filter_map(|p| Some(p.split_once(':')?.0.to_owned()))
+            .collect()
+    };
+    let before = qemu_pids();
+    assert_eq!(before.len(), 1, "one qemu per ABD: {before:?}");
+    sim.kill_agent(&abd_vm).await;
+    wait_until(Duration::from_secs(60), || {
+        let now = qemu_pids();
+        (now.len() == 1 && now != before).then_some(())
+    })
+    .unwrap_or_else(|| panic!("no new qemu after the kill: {:?}", qemu_pids()));
+
     // No qemu outlives the simulator, stopped or killed; a restarted one boots the ABD it
     // records as Running again, from the disk it kept.
     sim.stop();
     assert_none_left(&sim_dir);
     let mut sim = Sim::start_qemu(&sim_dir, &base, 1, 1, "64MiB");
-    let vm_dir = sim_dir.join("abd").join(&abd_vm).display().to_string();
     wait_until(Duration::from_secs(60), || {
-        let qemus = processes_mentioning(&vm_dir);
-        qemus
-            .iter()
-            .any(|p| p.contains("qemu-system-x86_64"))
-            .then_some(())
+        (!qemu_pids().is_empty()).then_some(())
     })
     .expect("the restarted simulator did not boot the ABD again");
     sim.kill();
