@@ -1,10 +1,12 @@
 //! The appliance's boot config, from (in order of precedence) xenstore `vm-data/abd/*`, the
-//! kernel command line `abd.*=`, and a config file (DESIGN.md §5).
+//! kernel command line `abd.*=`, a config disk ([`disk`]), and a config file (DESIGN.md §5).
 //!
-//! Both the first two sources give the same keys: `a3` (the A3's `ip:port`), `name` (the
+//! The first three sources give the same keys: `a3` (the A3's `ip:port`), `name` (the
 //! name its certificate carries), `id`, `token`, `ca` (hex SHA-256 pin), `ip` (`dhcp` or
 //! `addr/prefix`), `gw`, `dns` (comma-separated `ip[:port]`). A key from xenstore wins over
-//! the same key on the command line.
+//! the same key on the command line, which wins over the config disk.
+
+pub mod disk;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -13,6 +15,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 
 use crate::config::AgentConfig;
+use crate::device;
 use crate::xenbus::{self, Transport, Xenstore};
 
 /// The environment variable carrying the simulator's DHCP lease (`addr/prefix`) to an agent
@@ -110,8 +113,9 @@ impl Addressing {
 }
 
 /// Reads the boot config from its sources, first one winning per key: xenstore through
-/// `xenbus` (or [`xenbus::XENBUS`] when it exists), the kernel command line `cmdline`, then
-/// the config `file`. Returns the xenstore connection too, to report the address on.
+/// `xenbus` (or [`xenbus::XENBUS`] when it exists), the kernel command line `cmdline`, the
+/// config disk (by its serial in `/sys/block`), then the config `file`. Returns the
+/// xenstore connection too, to report the address on.
 pub fn gather(
     xenbus_path: Option<&Path>,
     cmdline: &str,
@@ -129,8 +133,9 @@ pub fn gather(
         }
         None => (BTreeMap::new(), None),
     };
+    let disk_keys = disk::keys(Path::new(device::SYS_BLOCK), Path::new("/dev"))?;
     let file = file.map(AgentConfig::load).transpose()?;
-    let boot = from_keys(&merge(&[xs_keys, cmdline_keys(cmdline)]), file)?;
+    let boot = from_keys(&merge(&[xs_keys, cmdline_keys(cmdline), disk_keys]), file)?;
     Ok((boot, xs))
 }
 
@@ -165,7 +170,8 @@ pub fn from_keys(
         (None, Some(file)) => file,
         (None, None) => bail!(
             "no boot config: set xenstore vm-data/abd/a3 (and ca, id, token), or abd.a3= on \
-             the kernel command line, or give --config"
+             the kernel command line, or attach a config disk with serial {}, or give --config",
+            disk::SERIAL
         ),
     };
     Ok(BootConfig {
@@ -268,9 +274,18 @@ mod tests {
             "abd.a3=10.0.2.2:2811 abd.ip=10.0.2.15/24 abd.id=abd-2 abd.ca={}",
             &PIN[..64]
         ));
-        let cfg = from_keys(&merge(&[xs, cmd]), None).unwrap();
+        let config_disk = disk::parse("id=from-disk\ntoken=disk-token\nip=10.0.2.16/24\n");
+        let cfg = from_keys(&merge(&[xs, cmd, config_disk]), None).unwrap();
         assert_eq!(cfg.agent.a3_address, "192.0.2.9:2811".parse().unwrap());
-        assert_eq!(cfg.agent.id, "abd-2");
+        assert_eq!(
+            cfg.agent.id, "abd-2",
+            "the command line wins over the config disk"
+        );
+        assert_eq!(
+            cfg.agent.token.as_deref(),
+            Some("disk-token"),
+            "the disk fills in"
+        );
         assert_eq!(cfg.net.addressing, Addressing::Dhcp);
 
         let file = AgentConfig {

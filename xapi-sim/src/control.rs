@@ -13,7 +13,7 @@
 //! | `POST /sim/hosts/{host}/up` | opens it again |
 //! | `POST /sim/hosts/{host}/new-certificate` | replaces the host's TLS certificate |
 //! | `POST /sim/master?host={host}` | makes `host` the master, as an emergency transition does |
-//! | `POST /sim/vms/{vm}/kill` | SIGKILLs a running ABD's agent process (XAPI is not told; the VM restarts it) |
+//! | `POST /sim/vms/{vm}/kill` | SIGKILLs a running ABD's agent process or qemu (XAPI is not told; the VM restarts it) |
 //!
 //! `{vdi}` and `{vm}` are a ref or uuid; `{host}` a ref, uuid or address. A host cannot take its own
 //! listener down (the reply would be cut off): send `down` through another host.
@@ -245,7 +245,8 @@ async fn kill_abd(shared: &Shared, id: &str) -> Reply {
     let hook = hook.ok_or_else(|| {
         (
             StatusCode::CONFLICT,
-            "the simulator runs no ABD processes; start it with --abd-agent".to_owned(),
+            "the simulator runs no ABD backend; start it with --abd-agent or --abd-backend qemu"
+                .to_owned(),
         )
     })?;
     let (reply, pid) = tokio::sync::oneshot::channel();

@@ -14,7 +14,7 @@
 //! - [`http_vdi`]: `/export_raw_vdi` and `/import_raw_vdi`; [`import_xva`]: `/import`;
 //! - [`file_store`], [`nfs_client`], [`vhd_file`]: NFS SRs' files, over NFSv3, as VHDs;
 //! - [`control`]: the `/sim/` control API for tests;
-//! - [`abd`]: the process backend that runs ABD VMs as `abd-agent` processes;
+//! - [`abd`]: the backends running ABD VMs: `abd-agent` processes, or qemu guests;
 //! - [`inventory`]: the pool a fresh state directory starts with;
 //! - [`persist`] and [`tls`]: the state directory.
 #![warn(missing_docs)]
@@ -39,4 +39,4 @@ pub mod state;
 pub mod tls;
 pub mod vhd_file;
 
-pub use sim::{HostInfo, Sim, SimConfig, SimError};
+pub use sim::{AbdBackend, HostInfo, Sim, SimConfig, SimError};

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use xapi_sim::{Sim, SimConfig};
+use xapi_sim::{AbdBackend, Sim, SimConfig};
 
 #[derive(Parser)]
 #[command(
@@ -44,9 +44,13 @@ enum Command {
         #[arg(long, default_value = "64MiB", value_parser = parse_size)]
         disk_size: u64,
         /// The abd-agent binary: ABD VMs (xenstore_data vm-data/abd/a3) then run it as a
-        /// process; without it they start with no backend.
+        /// process; without it (and with the process backend) they start with no backend.
         #[arg(long)]
         abd_agent: Option<PathBuf>,
+        /// What runs ABD VMs: `process` (the agent binary, with --abd-agent) or `qemu`
+        /// (their boot disk, the ABD image, under qemu-system-x86_64 TCG).
+        #[arg(long, value_enum, default_value_t = AbdBackend::Process)]
+        abd_backend: AbdBackend,
     },
 }
 
@@ -86,6 +90,7 @@ async fn main() -> anyhow::Result<()> {
         password,
         disk_size,
         abd_agent,
+        abd_backend,
     } = Cli::parse().command;
     let config = SimConfig {
         state_dir,
@@ -96,6 +101,7 @@ async fn main() -> anyhow::Result<()> {
         password,
         disk_size,
         abd_agent,
+        abd_backend,
     };
     let sim = Sim::start(config)
         .await

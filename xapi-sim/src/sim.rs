@@ -47,8 +47,21 @@ pub struct SimConfig {
     pub password: Option<String>,
     /// Size of each demo VM's first disk in bytes.
     pub disk_size: u64,
-    /// The `abd-agent` binary: when set, ABD VMs run it as a process ([`crate::abd`]).
+    /// The `abd-agent` binary: with the process backend, ABD VMs run it as a process
+    /// ([`crate::abd::process`]); without it they start with no backend.
     pub abd_agent: Option<PathBuf>,
+    /// What runs ABD VMs.
+    pub abd_backend: AbdBackend,
+}
+
+/// What runs ABD VMs (`--abd-backend`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum AbdBackend {
+    /// The `abd-agent` binary as a process (with `--abd-agent`).
+    #[default]
+    Process,
+    /// The VM's boot disk (the ABD image) under qemu TCG, disks hot-plugged through QMP.
+    Qemu,
 }
 
 impl Default for SimConfig {
@@ -62,6 +75,7 @@ impl Default for SimConfig {
             password: None,
             disk_size: 64 << 20,
             abd_agent: None,
+            abd_backend: AbdBackend::Process,
         }
     }
 }
@@ -336,14 +350,7 @@ impl Sim {
             path: dir.clone(),
             source,
         })?;
-        if let Some(agent) = &config.abd_agent
-            && !agent.is_file()
-        {
-            return Err(SimError::Config(format!(
-                "--abd-agent {}: no such file; build it with `cargo build -p abd-agent`",
-                agent.display()
-            )));
-        }
+        let abd_kind = abd_kind(&config)?;
         let state = load_or_build(&config)?;
         let username = state.username.clone();
         let password = state.password.clone();
@@ -368,10 +375,7 @@ impl Sim {
             shared.serve(h, listener)?;
         }
         let saver = tokio::spawn(save_loop(shared.clone()));
-        let abd = config
-            .abd_agent
-            .clone()
-            .map(|agent| abd::Backend::start(shared.clone(), agent, dir.join("abd")));
+        let abd = abd_kind.map(|kind| abd::Backend::start(shared.clone(), kind, dir.join("abd")));
         Ok(Sim {
             abd,
             hosts: shared.host_infos(),
@@ -460,6 +464,29 @@ async fn save_loop(shared: Arc<Shared>) {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::error!("saving the simulator state: {e}"),
             Err(e) => tracing::error!("saving the simulator state: {e}"),
+        }
+    }
+}
+
+/// The ABD backend the config asks for, checked.
+fn abd_kind(config: &SimConfig) -> Result<Option<abd::Kind>, SimError> {
+    match (config.abd_backend, &config.abd_agent) {
+        (AbdBackend::Process, None) => Ok(None),
+        (AbdBackend::Process, Some(agent)) if !agent.is_file() => Err(SimError::Config(format!(
+            "--abd-agent {}: no such file; build it with `cargo build -p abd-agent`",
+            agent.display()
+        ))),
+        (AbdBackend::Process, Some(agent)) => Ok(Some(abd::Kind::Process {
+            agent: agent.clone(),
+        })),
+        (AbdBackend::Qemu, Some(_)) => Err(SimError::Config(
+            "--abd-agent is for the process backend; the qemu backend boots the ABD's disk, \
+             whose /init is the agent"
+                .into(),
+        )),
+        (AbdBackend::Qemu, None) => {
+            abd::qemu::check_installed().map_err(SimError::Config)?;
+            Ok(Some(abd::Kind::Qemu))
         }
     }
 }

@@ -101,9 +101,23 @@ pub fn read_boot_config(
     bootcfg::gather(None, &cmdline, file)
 }
 
-/// Tells the A3 the address through `vm-data/abd/assigned-ip` (under Xen).
+/// The console line reporting a `vm-data/abd/<key>` value where there is no xenstore
+/// (qemu): `abd-vm-data: <key>=<value>`; xapi-sim's qemu backend copies it into the VM's
+/// `xenstore_data`, as xenstored would.
+const CONSOLE_VM_DATA: &str = "abd-vm-data: ";
+
+/// Tells the A3 the address through `vm-data/abd/assigned-ip`: in xenstore under Xen, else
+/// on the console.
 fn report_assigned_ip(xs: Option<&mut Xenstore<Transport>>, net: &Configured) {
-    let Some(xs) = xs else { return };
+    let Some(xs) = xs else {
+        let key = xenbus::ASSIGNED_IP.trim_start_matches(xenbus::ABD_DIR);
+        eprintln!(
+            "{CONSOLE_VM_DATA}{}={}",
+            key.trim_start_matches('/'),
+            net.cidr()
+        );
+        return;
+    };
     match xs.write(xenbus::ASSIGNED_IP, &net.cidr()) {
         Ok(()) => tracing::info!("xenstore: {} = {}", xenbus::ASSIGNED_IP, net.cidr()),
         Err(e) => tracing::error!("xenstore: cannot write {}: {e:#}", xenbus::ASSIGNED_IP),

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)] // each test file uses a different part
 
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{ChildStdout, Command, Output, Stdio};
@@ -46,6 +47,25 @@ pub struct Sim {
 impl Sim {
     /// Starts a pool of `hosts` hosts and `vms` VMs of `disk` bytes each.
     pub fn start(dir: &Path, base: &str, hosts: usize, vms: usize, disk: &str) -> Sim {
+        let agent = bin("abd-agent");
+        let abd = [OsStr::new("--abd-agent"), agent.as_os_str()];
+        Sim::start_with(dir, base, hosts, vms, disk, &abd)
+    }
+
+    /// Starts a pool whose ABD VMs boot their disk under qemu (`--abd-backend qemu`).
+    pub fn start_qemu(dir: &Path, base: &str, hosts: usize, vms: usize, disk: &str) -> Sim {
+        let abd = [OsStr::new("--abd-backend"), OsStr::new("qemu")];
+        Sim::start_with(dir, base, hosts, vms, disk, &abd)
+    }
+
+    fn start_with(
+        dir: &Path,
+        base: &str,
+        hosts: usize,
+        vms: usize,
+        disk: &str,
+        abd: &[&OsStr],
+    ) -> Sim {
         std::fs::create_dir_all(dir).unwrap();
         let mut child = ChildGuard::spawn(
             Command::new(bin("xapi-sim"))
@@ -54,8 +74,7 @@ impl Sim {
                 .args(["--address", base, "--password", PASSWORD])
                 .args(["--disk-size", disk, "--state-dir"])
                 .arg(dir)
-                .arg("--abd-agent")
-                .arg(bin("abd-agent"))
+                .args(abd)
                 .stdout(Stdio::piped())
                 .stderr(log_file(&dir.with_extension("sim.log"))),
         );
@@ -71,6 +90,20 @@ impl Sim {
             address: ready["master"].as_str().unwrap().to_owned(),
             port: ready["port"].as_u64().unwrap() as u16,
         }
+    }
+
+    /// Stops the simulator as `xapi-sim serve` is stopped (SIGTERM); panics if it lingers.
+    pub fn stop(&mut self) {
+        let status = self.child.terminate(Duration::from_secs(120));
+        assert!(
+            status.is_some(),
+            "xapi-sim did not stop within 120 s of SIGTERM"
+        );
+    }
+
+    /// Kills the simulator with SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        self.child.kill();
     }
 
     /// `address:port` of the master.
@@ -187,15 +220,19 @@ impl A3 {
         if !xva.exists() {
             template_xva(&xva);
         }
+        let config = format!(
+            "abd_template = {:?}\ndns = [\"{ip}:53\", \"127.0.0.53\"]\nabd_boot_timeout_secs = 60\n",
+            xva.display().to_string()
+        );
+        A3::start_with(state, ip, &config, &format!("{ip}:0"))
+    }
+
+    /// Starts `a3-server serve` on `ip` with the config file text `config` and port 2811 on
+    /// `data_listen`.
+    pub fn start_with(state: &Path, ip: &str, config_text: &str, data_listen: &str) -> A3 {
+        std::fs::create_dir_all(state).unwrap();
         let config = state.with_extension("toml");
-        std::fs::write(
-            &config,
-            format!(
-                "abd_template = {:?}\ndns = [\"{ip}:53\", \"127.0.0.53\"]\nabd_boot_timeout_secs = 60\n",
-                xva.display().to_string()
-            ),
-        )
-        .unwrap();
+        std::fs::write(&config, config_text).unwrap();
         let _ = std::fs::remove_file(state.join("api.url"));
         let child = ChildGuard::spawn(
             Command::new(bin("a3-server"))
@@ -204,7 +241,7 @@ impl A3 {
                 .arg("--config")
                 .arg(&config)
                 .args(["--http-listen", "127.0.0.1:0"])
-                .args(["--data-listen", &format!("{ip}:0")])
+                .args(["--data-listen", data_listen])
                 .env_remove("A3_API")
                 .env("RUST_LOG", "info")
                 .stdout(Stdio::null())

@@ -1,31 +1,33 @@
-//! The process backend for ABD VMs (CONTRACTS.md C2): an ABD VM started while the
-//! simulator knows the `abd-agent` binary runs that binary as a process, handed its VM's
-//! xenstore and hot-plugged disks the way a hypervisor hands them to a guest.
+//! The backends running ABD VMs (CONTRACTS.md C2): an ABD VM started while the simulator
+//! has a backend runs for real, handed its boot config and hot-plugged disks the way a
+//! hypervisor hands them to a guest.
 //!
 //! - An ABD is a VM whose `xenstore_data` holds `vm-data/abd/a3` (its boot config).
-//! - Per running ABD, `<state-dir>/abd/<vm-uuid>/` holds `xenbus.sock` ([`xenstore`]),
-//!   `dev/` ([`devices`]), `state/` (the agent's key and certificate), `agent.log` and,
-//!   for DHCP, `lease`.
-//! - The agent runs as `abd-agent run --xenbus DIR/xenbus.sock --dev-dir DIR/dev
-//!   --state-dir DIR/state`, with `ABD_SIM_DHCP=127.0.4.x/24` when its config says
-//!   `ip=dhcp`: the simulator's "DHCP server" leases 127.0.4.2..=254, one address per
-//!   running ABD, freed at shutdown.
+//! - Per running ABD, `<state-dir>/abd/<vm-uuid>/` holds what the backend needs, and
+//!   `dev/xvdX`, the private copies of its plugged VDIs ([`devices`]).
+//! - [`process`] (`--abd-agent`, the default) runs the `abd-agent` binary as a process with
+//!   a xenstore socket; [`qemu`] (`--abd-backend qemu`) boots the VM's boot disk (the ABD
+//!   image) under qemu and hot-plugs disks through QMP.
 //!
 //! XAPI handlers run under the state lock and must not wait, so they only send an
 //! [`Action`] through the [`Hook`] kept in the state; one actor task per running ABD
-//! carries the actions out in order (spawning, copying disks, stopping). A process that
-//! dies while its VM is Running (a crash, or the `/sim/` kill) is restarted in the same
-//! VM with its state, as a guest whose init died reboots (`actions_after_crash=restart`).
-//! Processes never outlive the simulator: they are killed at shutdown and on drop, and
-//! get SIGKILL from the kernel if the simulator dies (`PR_SET_PDEATHSIG`). A restarted
-//! simulator respawns the ABDs its state records as Running.
+//! carries the actions out in order (starting, copying disks, stopping), driving its
+//! backend's [`Guest`]. A guest process that dies while its VM is Running (a crash, or the
+//! `/sim/` kill) is restarted in the same VM with its state, as a guest whose init died
+//! reboots (`actions_after_crash=restart`). Processes never outlive the simulator: they are
+//! killed at shutdown and on drop, and get SIGKILL from the kernel if the simulator dies
+//! (`PR_SET_PDEATHSIG`). A restarted simulator respawns the ABDs its state records as
+//! Running.
 
 pub mod devices;
+pub mod process;
+pub mod qemu;
 pub mod xenstore;
 
 use std::collections::{BTreeSet, HashMap};
-use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -42,18 +44,23 @@ use devices::Device;
 
 /// The key that marks a VM as an ABD.
 pub const ABD_KEY: &str = "vm-data/abd/a3";
-/// The boot-config key saying how the ABD gets its address.
-const IP_KEY: &str = "vm-data/abd/ip";
-/// The environment variable carrying a DHCP lease to the agent.
-pub const DHCP_ENV: &str = "ABD_SIM_DHCP";
-/// The simulated DHCP network: 127.0.4.0/24, leases .2 to .254.
-const LEASE_NET: [u8; 3] = [127, 0, 4];
-const LEASE_PREFIX: u8 = 24;
-/// How long a clean shutdown waits for the agent after SIGTERM before SIGKILL.
+/// How long a clean shutdown waits for the guest before SIGKILL.
 const CLEAN_STOP: Duration = Duration::from_secs(10);
 /// Restart delay after a crash, doubling up to the cap while it keeps crashing.
 const RESTART_FIRST: Duration = Duration::from_millis(500);
 const RESTART_MAX: Duration = Duration::from_secs(30);
+
+/// Which backend runs ABD VMs.
+#[derive(Debug, Clone)]
+pub enum Kind {
+    /// The `abd-agent` binary as a process ([`process`]).
+    Process {
+        /// The binary.
+        agent: PathBuf,
+    },
+    /// The VM's boot disk under `qemu-system-x86_64` ([`qemu`]).
+    Qemu,
+}
 
 /// What the XAPI handlers ask of the backend.
 #[derive(Debug)]
@@ -65,7 +72,7 @@ pub enum Action {
         /// True when the simulator restarted: keep the VM's directory and devices.
         respawn: bool,
     },
-    /// `VM.clean_shutdown` (SIGTERM, then SIGKILL after a while) or `hard_shutdown`.
+    /// `VM.clean_shutdown` (a clean stop, then SIGKILL after a while) or `hard_shutdown`.
     Stop {
         /// The VM.
         vm: Ref,
@@ -86,7 +93,8 @@ pub enum Action {
         /// The VBD.
         vbd: Ref,
     },
-    /// The `/sim/` kill: SIGKILL the process without XAPI knowing; the reply is its pid.
+    /// The `/sim/` kill: SIGKILL the guest's process without XAPI knowing; the reply is its
+    /// pid.
     Kill {
         /// The VM.
         vm: Ref,
@@ -117,7 +125,7 @@ impl Hook {
     }
 }
 
-/// Sends `action` when the simulator runs ABDs as processes.
+/// Sends `action` when the simulator runs ABDs.
 pub fn notify(st: &State, action: Action) {
     if let Some(hook) = &st.abd {
         hook.send(action);
@@ -131,7 +139,7 @@ pub fn is_abd(rec: &Struct) -> bool {
         .is_some_and(|m| m.contains_key(ABD_KEY))
 }
 
-/// Pids of running agents, for killing them synchronously on drop.
+/// Pids of running guests, for killing them synchronously on drop.
 type Pids = Arc<Mutex<HashMap<Ref, u32>>>;
 
 /// The running backend, owned by the [`crate::Sim`].
@@ -142,9 +150,9 @@ pub struct Backend {
 }
 
 impl Backend {
-    /// Starts the backend for `agent`, keeping VM directories under `root`, and respawns
-    /// the ABDs the state records as Running.
-    pub fn start(shared: Arc<Shared>, agent: PathBuf, root: PathBuf) -> Backend {
+    /// Starts the backend of `kind`, keeping VM directories under `root`, and respawns the
+    /// ABDs the state records as Running.
+    pub fn start(shared: Arc<Shared>, kind: Kind, root: PathBuf) -> Backend {
         let (tx, rx) = mpsc::unbounded_channel();
         let hook = Hook(tx);
         let pids = Pids::default();
@@ -164,9 +172,9 @@ impl Backend {
         }
         let dispatcher = Dispatcher {
             shared,
-            agent,
+            kind,
             root,
-            leases: Arc::default(),
+            addresses: Arc::default(),
             pids: pids.clone(),
             actors: HashMap::new(),
             stopping: HashMap::new(),
@@ -183,7 +191,7 @@ impl Backend {
         &self.hook
     }
 
-    /// Stops every agent (the VMs stay Running in the state) and the backend.
+    /// Stops every guest (the VMs stay Running in the state) and the backend.
     pub async fn shutdown(&self) {
         let (done, wait) = oneshot::channel();
         self.hook.send(Action::Shutdown { done });
@@ -192,7 +200,7 @@ impl Backend {
         self.task.abort();
     }
 
-    /// SIGKILLs every agent still known; for `Drop`, which cannot wait.
+    /// SIGKILLs every guest process still known; for `Drop`, which cannot wait.
     pub fn kill_all(&self) {
         for (_, pid) in self.pids.lock().unwrap_or_else(|e| e.into_inner()).drain() {
             signal(pid, libc::SIGKILL);
@@ -214,16 +222,18 @@ fn signal(pid: u32, sig: libc::c_int) {
     }
 }
 
-/// The simulated DHCP server's leases: the last octet of each address in use.
+/// Addresses handed to running ABDs, by last octet in a /24 the backend chooses: the
+/// process backend's DHCP leases, the qemu backend's host addresses.
 #[derive(Debug, Default)]
-struct Leases(BTreeSet<u8>);
+pub struct Leases(BTreeSet<u8>);
 
 impl Leases {
-    /// A free address, `wanted` if it is free.
-    fn take(&mut self, wanted: Option<u8>) -> Option<u8> {
+    /// A free address, `wanted` if it is free, among those `usable` accepts.
+    fn take(&mut self, wanted: Option<u8>, usable: impl Fn(u8) -> bool) -> Option<u8> {
+        let free = |n: &u8| (2..=254).contains(n) && !self.0.contains(n);
         let pick = wanted
-            .filter(|w| (2..=254).contains(w) && !self.0.contains(w))
-            .or_else(|| (2..=254).find(|n| !self.0.contains(n)))?;
+            .filter(|w| free(w) && usable(*w))
+            .or_else(|| (2..=254).find(|n| free(n) && usable(*n)))?;
         self.0.insert(pick);
         Some(pick)
     }
@@ -233,16 +243,104 @@ impl Leases {
     }
 }
 
-fn lease_addr(octet: u8) -> Ipv4Addr {
-    Ipv4Addr::new(LEASE_NET[0], LEASE_NET[1], LEASE_NET[2], octet)
+/// Shared between a backend's actors.
+pub type SharedLeases = Arc<Mutex<Leases>>;
+
+/// Takes an address from `leases`, reusing the one recorded in `file` (a respawn) when
+/// free, and records the pick there.
+fn take_lease(
+    leases: &SharedLeases,
+    file: &Path,
+    usable: impl Fn(u8) -> bool,
+) -> std::io::Result<Option<u8>> {
+    let wanted = std::fs::read_to_string(file)
+        .ok()
+        .and_then(|s| s.trim().parse().ok());
+    let pick = leases
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take(wanted, usable);
+    if let Some(octet) = pick {
+        std::fs::write(file, octet.to_string())?;
+    }
+    Ok(pick)
 }
+
+fn free_lease(leases: &SharedLeases, octet: u8) {
+    leases.lock().unwrap_or_else(|e| e.into_inner()).free(octet);
+}
+
+/// What an actor knows of its VM.
+pub struct Ctx {
+    /// The simulator's state.
+    pub shared: Arc<Shared>,
+    /// The VM.
+    pub vm: Ref,
+    /// `<state-dir>/abd/<vm-uuid>`.
+    pub dir: PathBuf,
+}
+
+impl Ctx {
+    /// Where plugged disks' device files live.
+    pub fn dev_dir(&self) -> PathBuf {
+        self.dir.join("dev")
+    }
+
+    /// The VM's `xenstore_data`, as strings.
+    pub fn xenstore_data(&self) -> Vec<(String, String)> {
+        match self.shared.lock().db.field("VM", &self.vm, "xenstore_data") {
+            Ok(Value::Struct(m)) => m
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// What a backend does for one running ABD; the [`Actor`] drives it. Calls come in this
+/// order: [`prepare`](Guest::prepare) once, then per (re)start of the guest's process
+/// [`command`](Guest::command) and [`started`](Guest::started), with
+/// [`attach`](Guest::attach) and [`detach`](Guest::detach) as disks come and go, and
+/// [`release`](Guest::release) once at the end.
+pub trait Guest: Send + 'static {
+    /// Readies the VM for its first start: config, addresses, boot disk. `respawn`: the
+    /// simulator restarted and the VM's directory holds its state.
+    fn prepare(
+        &mut self,
+        ctx: &Ctx,
+        respawn: bool,
+    ) -> impl Future<Output = std::io::Result<()>> + Send;
+    /// The command running the guest.
+    fn command(&self, ctx: &Ctx) -> std::io::Result<Command>;
+    /// The guest's process started: show it the disks already plugged (their device files
+    /// exist).
+    fn started(&mut self, ctx: &Ctx, plugged: Vec<Device>) -> impl Future<Output = ()> + Send;
+    /// Shows a newly plugged disk (its device file exists) to the running guest.
+    fn attach(
+        &mut self,
+        ctx: &Ctx,
+        dev: &Device,
+    ) -> impl Future<Output = std::io::Result<()>> + Send;
+    /// Takes a disk away, before its device file is written back and removed.
+    fn detach(&mut self, ctx: &Ctx, dev: &Device) -> impl Future<Output = ()> + Send;
+    /// Asks the guest's process (`pid`) to end; it is killed if still there after
+    /// [`CLEAN_STOP`].
+    fn request_stop(&mut self, ctx: &Ctx, pid: u32) -> impl Future<Output = ()> + Send;
+    /// Lets go of what `prepare` took, the process being gone; `for_good`: the VM stopped
+    /// (else the simulator stops and the directory stays for a respawn).
+    fn release(&mut self, ctx: &Ctx, for_good: bool) -> impl Future<Output = ()> + Send;
+}
+
+type ActorRun = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// Routes actions to one actor per running ABD.
 struct Dispatcher {
     shared: Arc<Shared>,
-    agent: PathBuf,
+    kind: Kind,
     root: PathBuf,
-    leases: Arc<Mutex<Leases>>,
+    /// The process backend's leases, or the qemu backend's host addresses.
+    addresses: SharedLeases,
     pids: Pids,
     actors: HashMap<Ref, (mpsc::UnboundedSender<Action>, JoinHandle<()>)>,
     /// Actors carrying out a Stop, until they finish.
@@ -271,20 +369,20 @@ impl Dispatcher {
                 && !self.actors.contains_key(&vm)
             {
                 let (tx, actor_rx) = mpsc::unbounded_channel();
-                let actor = match self.actor(&vm, *respawn) {
+                let actor = match self.actor(&vm, *respawn, actor_rx) {
                     Ok(actor) => actor,
                     Err(e) => {
-                        tracing::error!(%vm, "ABD process backend: cannot start: {e}");
+                        tracing::error!(%vm, "ABD backend: cannot start: {e}");
                         continue;
                     }
                 };
-                // A quick stop-then-start (a reboot) waits for the old process to be gone.
+                // A quick stop-then-start (a reboot) waits for the old guest to be gone.
                 let previous = self.stopping.remove(&vm);
                 let task = tokio::spawn(async move {
                     if let Some(previous) = previous {
                         let _ = previous.await;
                     }
-                    actor.run(actor_rx).await;
+                    actor.await;
                 });
                 self.actors.insert(vm.clone(), (tx, task));
                 continue;
@@ -306,7 +404,7 @@ impl Dispatcher {
         }
     }
 
-    /// Stops every actor's process, keeping the VM directories for a respawn.
+    /// Stops every actor's guest, keeping the VM directories for a respawn.
     async fn shutdown(&mut self, done: oneshot::Sender<()>) {
         for (tx, task) in std::mem::take(&mut self.actors).into_values() {
             let (actor_done, wait) = oneshot::channel();
@@ -320,7 +418,13 @@ impl Dispatcher {
         let _ = done.send(());
     }
 
-    fn actor(&self, vm: &str, respawn: bool) -> std::io::Result<Actor> {
+    /// The actor of a starting VM, as a future to spawn.
+    fn actor(
+        &self,
+        vm: &str,
+        respawn: bool,
+        rx: mpsc::UnboundedReceiver<Action>,
+    ) -> std::io::Result<ActorRun> {
         let uuid = self
             .shared
             .lock()
@@ -332,34 +436,32 @@ impl Dispatcher {
             std::fs::remove_dir_all(&dir)?; // left by a simulator that died
         }
         std::fs::create_dir_all(dir.join("dev"))?;
-        Ok(Actor {
+        let ctx = Ctx {
             shared: self.shared.clone(),
-            agent: self.agent.clone(),
             vm: vm.to_owned(),
             dir,
-            leases: self.leases.clone(),
-            pids: self.pids.clone(),
-            lease: None,
-            child: None,
-            devices: HashMap::new(),
-            xenstore: None,
-            respawn,
+        };
+        let pids = self.pids.clone();
+        Ok(match &self.kind {
+            Kind::Process { agent } => {
+                let guest = process::Agent::new(agent.clone(), self.addresses.clone());
+                Box::pin(Actor::new(ctx, guest, pids, respawn).run(rx))
+            }
+            Kind::Qemu => {
+                let guest = qemu::Qemu::new(self.addresses.clone());
+                Box::pin(Actor::new(ctx, guest, pids, respawn).run(rx))
+            }
         })
     }
 }
 
 /// One running ABD.
-struct Actor {
-    shared: Arc<Shared>,
-    agent: PathBuf,
-    vm: Ref,
-    dir: PathBuf,
-    leases: Arc<Mutex<Leases>>,
+struct Actor<G> {
+    ctx: Ctx,
+    guest: G,
     pids: Pids,
-    lease: Option<u8>,
     child: Option<Child>,
     devices: HashMap<Ref, Device>,
-    xenstore: Option<JoinHandle<()>>,
     respawn: bool,
 }
 
@@ -370,10 +472,22 @@ enum Wake {
     Restart,
 }
 
-impl Actor {
+impl<G: Guest> Actor<G> {
+    fn new(ctx: Ctx, guest: G, pids: Pids, respawn: bool) -> Self {
+        Actor {
+            ctx,
+            guest,
+            pids,
+            child: None,
+            devices: HashMap::new(),
+            respawn,
+        }
+    }
+
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Action>) {
+        let vm = self.ctx.vm.clone();
         if let Err(e) = self.boot().await {
-            tracing::error!(vm = %self.vm, "ABD process backend: cannot start the agent: {e}");
+            tracing::error!(%vm, "ABD backend: cannot start the guest: {e}");
         }
         let mut backoff = RESTART_FIRST;
         let mut restart_at: Option<tokio::time::Instant> = None;
@@ -387,8 +501,8 @@ impl Actor {
                 Wake::Exited(status) => {
                     self.forget_child();
                     tracing::warn!(
-                        vm = %self.vm,
-                        "ABD agent exited ({status:?}) while its VM runs; restarting it in {:?}",
+                        %vm,
+                        "ABD guest exited ({status:?}) while its VM runs; restarting it in {:?}",
                         backoff
                     );
                     restart_at = Some(tokio::time::Instant::now() + backoff);
@@ -396,8 +510,8 @@ impl Actor {
                 }
                 Wake::Restart => {
                     restart_at = None;
-                    if let Err(e) = self.spawn() {
-                        tracing::error!(vm = %self.vm, "ABD agent restart failed: {e}");
+                    if let Err(e) = self.spawn().await {
+                        tracing::error!(%vm, "ABD guest restart failed: {e}");
                         restart_at = Some(tokio::time::Instant::now() + backoff);
                     }
                 }
@@ -425,33 +539,14 @@ impl Actor {
         }
     }
 
-    fn sock(&self) -> PathBuf {
-        self.dir.join("xenbus.sock")
-    }
-
-    fn dev_dir(&self) -> PathBuf {
-        self.dir.join("dev")
-    }
-
-    /// Serves xenstore, takes a lease when the config asks for DHCP, starts the agent,
-    /// and shows the disks already attached (the boot disk aside: the process does not
-    /// boot from it).
+    /// Readies the guest, starts it, and plugs the disks already attached (the boot disk
+    /// is the guest's own business).
     async fn boot(&mut self) -> std::io::Result<()> {
-        self.xenstore = Some(xenstore::serve(
-            self.shared.clone(),
-            self.vm.clone(),
-            &self.sock(),
-        )?);
-        let (dhcp, attached) = {
-            let st = self.shared.lock();
-            let ip = st
-                .db
-                .field("VM", &self.vm, "xenstore_data")
-                .ok()
-                .and_then(|d| d.get_str(IP_KEY).map(str::to_owned));
-            let attached: Vec<Ref> = st
-                .db
-                .refs_field("VM", &self.vm, "VBDs")
+        self.guest.prepare(&self.ctx, self.respawn).await?;
+        let attached: Vec<Ref> = {
+            let st = self.ctx.shared.lock();
+            st.db
+                .refs_field("VM", &self.ctx.vm, "VBDs")
                 .unwrap_or_default()
                 .into_iter()
                 .filter(|b| {
@@ -459,55 +554,21 @@ impl Actor {
                     let flag = |f: &str| rec.and_then(|r| r.get(f)).and_then(Value::as_bool);
                     flag("currently_attached") == Some(true) && flag("bootable") != Some(true)
                 })
-                .collect();
-            (ip.is_none_or(|ip| ip == "dhcp"), attached)
+                .collect()
         };
-        if dhcp {
-            let lease_file = self.dir.join("lease");
-            let wanted = std::fs::read_to_string(&lease_file)
-                .ok()
-                .and_then(|s| s.trim().parse().ok());
-            let lease = self
-                .leases
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take(wanted)
-                .ok_or_else(|| {
-                    std::io::Error::other("the simulated DHCP pool 127.0.4.0/24 is exhausted")
-                })?;
-            self.lease = Some(lease);
-            std::fs::write(&lease_file, lease.to_string())?;
-        }
-        self.spawn()?;
+        self.spawn().await?;
         for vbd in attached {
             self.plug(&vbd).await;
         }
         Ok(())
     }
 
-    fn spawn(&mut self) -> std::io::Result<()> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("agent.log"))?;
-        let mut cmd = Command::new(&self.agent);
-        cmd.arg("run")
-            .arg("--xenbus")
-            .arg(self.sock())
-            .arg("--dev-dir")
-            .arg(self.dev_dir())
-            .arg("--state-dir")
-            .arg(self.dir.join("state"))
-            .stdin(std::process::Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .kill_on_drop(true);
-        if let Some(octet) = self.lease {
-            cmd.env(DHCP_ENV, format!("{}/{LEASE_PREFIX}", lease_addr(octet)));
-        }
-        // SAFETY: prctl is async-signal-safe; it makes the kernel SIGKILL the agent when
+    async fn spawn(&mut self) -> std::io::Result<()> {
+        let mut cmd = self.guest.command(&self.ctx)?;
+        cmd.stdin(std::process::Stdio::null()).kill_on_drop(true);
+        // SAFETY: prctl is async-signal-safe; it makes the kernel SIGKILL the guest when
         // the thread that spawned it (a runtime worker, alive as long as the simulator)
-        // dies, so a simulator killed with -9 leaves no agent behind.
+        // dies, so a simulator killed with -9 leaves no guest behind.
         unsafe {
             cmd.pre_exec(|| {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
@@ -516,20 +577,23 @@ impl Actor {
                 Ok(())
             });
         }
+        let program = cmd.as_std().get_program().to_owned();
         let child = cmd.spawn().map_err(|e| {
             std::io::Error::new(
                 e.kind(),
-                format!("cannot run the ABD agent {}: {e}", self.agent.display()),
+                format!("cannot run the ABD guest {}: {e}", program.display()),
             )
         })?;
         if let Some(pid) = child.id() {
             self.pids
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .insert(self.vm.clone(), pid);
-            tracing::info!(vm = %self.vm, pid, "ABD agent started");
+                .insert(self.ctx.vm.clone(), pid);
+            tracing::info!(vm = %self.ctx.vm, pid, "ABD guest started");
         }
         self.child = Some(child);
+        let plugged = self.devices.values().cloned().collect();
+        self.guest.started(&self.ctx, plugged).await;
         Ok(())
     }
 
@@ -538,52 +602,45 @@ impl Actor {
         self.pids
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.vm);
+            .remove(&self.ctx.vm);
     }
 
     async fn plug(&mut self, vbd: &str) {
         if self.devices.contains_key(vbd) {
             return;
         }
-        let Some(dev) = devices::describe(&self.shared, &self.dev_dir(), vbd) else {
+        let Some(dev) = devices::describe(&self.ctx.shared, &self.ctx.dev_dir(), vbd) else {
             return;
         };
         // After a simulator restart the device file is still there, with its writes.
         if !(self.respawn && dev.path.exists()) {
-            let shared = self.shared.clone();
+            let shared = self.ctx.shared.clone();
             let d = dev.clone();
             let made = tokio::task::spawn_blocking(move || devices::create(&shared, &d)).await;
             if let Err(e) = made.map_err(std::io::Error::other).and_then(|r| r) {
-                tracing::error!(vm = %self.vm, %vbd, "cannot show the disk at {}: {e}", dev.path.display());
+                tracing::error!(vm = %self.ctx.vm, %vbd, "cannot show the disk at {}: {e}", dev.path.display());
                 return;
             }
+        }
+        if let Err(e) = self.guest.attach(&self.ctx, &dev).await {
+            tracing::error!(vm = %self.ctx.vm, %vbd, "cannot attach {}: {e}", dev.path.display());
         }
         self.devices.insert(vbd.to_owned(), dev);
     }
 
     async fn unplug(&mut self, vbd: &str) {
         if let Some(dev) = self.devices.remove(vbd) {
-            self.remove_device(dev).await;
+            self.guest.detach(&self.ctx, &dev).await;
+            remove_device(&self.ctx, dev).await;
         }
     }
 
-    async fn remove_device(&self, dev: Device) {
-        let shared = self.shared.clone();
-        let path = dev.path.clone();
-        let done = tokio::task::spawn_blocking(move || devices::remove(&shared, &dev)).await;
-        match done.map_err(std::io::Error::other).and_then(|r| r) {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(vm = %self.vm, "{}: {n} bytes written back", path.display()),
-            Err(e) => tracing::error!(vm = %self.vm, "removing {}: {e}", path.display()),
-        }
-    }
-
-    /// Ends the process: SIGKILL, or SIGTERM and a grace period.
+    /// Ends the guest's process: SIGKILL, or a clean stop and a grace period.
     async fn end_process(&mut self, hard: bool) {
         if let Some(mut child) = self.child.take() {
             match (hard, child.id()) {
                 (false, Some(pid)) => {
-                    signal(pid, libc::SIGTERM);
+                    self.guest.request_stop(&self.ctx, pid).await;
                     if tokio::time::timeout(CLEAN_STOP, child.wait())
                         .await
                         .is_err()
@@ -602,30 +659,32 @@ impl Actor {
     /// The simulator stops: the process goes, the VM directory stays for a respawn.
     async fn kill(&mut self) {
         self.end_process(false).await;
-        if let Some(x) = self.xenstore.take() {
-            x.abort();
-        }
+        self.guest.release(&self.ctx, false).await;
     }
 
-    /// The VM shuts down: process, disks (written back), lease and directory go.
+    /// The VM shuts down: process, disks (written back), addresses and directory go.
     async fn stop(mut self, hard: bool) {
         self.end_process(hard).await;
-        if let Some(x) = self.xenstore.take() {
-            x.abort();
-        }
+        self.guest.release(&self.ctx, true).await;
         for (_, dev) in std::mem::take(&mut self.devices) {
-            self.remove_device(dev).await;
+            remove_device(&self.ctx, dev).await;
         }
-        if let Some(octet) = self.lease.take() {
-            self.leases
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .free(octet);
+        if let Err(e) = std::fs::remove_dir_all(&self.ctx.dir) {
+            tracing::warn!(vm = %self.ctx.vm, "removing {}: {e}", self.ctx.dir.display());
         }
-        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
-            tracing::warn!(vm = %self.vm, "removing {}: {e}", self.dir.display());
-        }
-        tracing::info!(vm = %self.vm, hard, "ABD stopped");
+        tracing::info!(vm = %self.ctx.vm, hard, "ABD stopped");
+    }
+}
+
+/// Writes a device file back to its VDI (read-write VBDs) and removes it.
+async fn remove_device(ctx: &Ctx, dev: Device) {
+    let shared = ctx.shared.clone();
+    let path = dev.path.clone();
+    let done = tokio::task::spawn_blocking(move || devices::remove(&shared, &dev)).await;
+    match done.map_err(std::io::Error::other).and_then(|r| r) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(vm = %ctx.vm, "{}: {n} bytes written back", path.display()),
+        Err(e) => tracing::error!(vm = %ctx.vm, "removing {}: {e}", path.display()),
     }
 }
 
@@ -650,15 +709,16 @@ mod tests {
     #[test]
     fn leases_are_unique_reuse_the_wanted_one_and_free() {
         let mut l = Leases::default();
-        assert_eq!(l.take(None), Some(2));
-        assert_eq!(l.take(Some(9)), Some(9));
-        assert_eq!(l.take(Some(9)), Some(3), "taken: the next free one");
+        let any = |_| true;
+        assert_eq!(l.take(None, any), Some(2));
+        assert_eq!(l.take(Some(9), any), Some(9));
+        assert_eq!(l.take(Some(9), any), Some(3), "taken: the next free one");
         l.free(2);
-        assert_eq!(l.take(None), Some(2));
-        assert_eq!(l.take(Some(1)), Some(4), ".1 is the network's own");
-        let rest = std::iter::from_fn(|| l.take(None)).count();
-        assert_eq!(rest, 253 - 4, "2..=254, less the four taken");
-        assert_eq!(lease_addr(7), Ipv4Addr::new(127, 0, 4, 7));
+        assert_eq!(l.take(None, any), Some(2));
+        assert_eq!(l.take(Some(1), any), Some(4), ".1 is the network's own");
+        assert_eq!(l.take(None, |n| n > 10), Some(11), "only usable ones");
+        let rest = std::iter::from_fn(|| l.take(None, any)).count();
+        assert_eq!(rest, 253 - 5, "2..=254, less the five taken");
     }
 
     #[test]

@@ -36,6 +36,7 @@ pub fn config(dir: &std::path::Path, hosts: usize, vms: usize) -> SimConfig {
         password: Some(PASSWORD.into()),
         disk_size: 4 << 20,
         abd_agent: None,
+        abd_backend: xapi_sim::AbdBackend::Process,
     }
 }
 
