@@ -203,11 +203,16 @@ fn main_exec(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// Logs at the level `RUST_LOG` names (`error`, `warn`, `info`, `debug`, `trace`; default
+/// `info`). A level only, not per-module directives: those need tracing-subscriber's
+/// `env-filter`, whose regex engine cost the static agent about half a megabyte.
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let level = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|l| l.parse::<tracing_subscriber::filter::LevelFilter>().ok())
+        .unwrap_or(tracing_subscriber::filter::LevelFilter::INFO);
     tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_max_level(level)
         .with_writer(logring::Tee)
         // The appliance's console is a serial port read by people and tests: plain text.
         .with_ansi(!init::is_pid1())
