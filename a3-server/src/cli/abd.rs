@@ -73,9 +73,23 @@ pub struct SshArgs {
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 60)]
     pub timeout: u64,
-    /// The command and its arguments.
-    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    /// Ask the command for JSON (`diag --json`, `status --json`).
+    #[arg(long)]
+    pub json: bool,
+    /// The command: `diag`, `status`, `logs` or `reboot`.
+    #[arg(required = true)]
     pub command: Vec<String>,
+}
+
+impl SshArgs {
+    /// The command line sent to the ABD.
+    fn remote_command(&self) -> String {
+        let mut words = self.command.clone();
+        if self.json {
+            words.push("--json".into());
+        }
+        words.join(" ")
+    }
 }
 
 /// `abd ssh --address`: straight from this machine, without the server.
@@ -87,7 +101,7 @@ pub async fn ssh_direct(args: SshArgs, config: &crate::config::Config) -> anyhow
         addr,
         host_key: args.host_key.clone(),
     };
-    let command = args.command.join(" ");
+    let command = args.remote_command();
     let timeout = std::time::Duration::from_secs(args.timeout);
     let out = crate::abdssh::exec(&key, &target, &command, timeout).await?;
     print_ssh_output(&args.abd, &command, out)
@@ -236,7 +250,7 @@ pub async fn run(cmd: AbdCommand, api: &ApiClient) -> anyhow::Result<()> {
             Ok(())
         }
         AbdCommand::Ssh(args) => {
-            let command = args.command.join(" ");
+            let command = args.remote_command();
             let out: crate::abdssh::ExecOutput = api
                 .post(
                     &format!("/api/fleet/abds/{}/ssh", args.abd),
