@@ -14,10 +14,12 @@
 //! - [`template`], [`fleet`], [`jobs`], [`poolops`]: the pool workflow: the ABD template
 //!   in each pool, the persistent ABD VMs, whole-VM backup and restore jobs with recovery
 //!   after a crash, and the XAPI calls they make.
+//! - [`abdssh`]: SSH to the ABDs (the A3's key, pinned host keys, `diag` and friends).
 //! - [`sr`]: the A3 SR: `<state-dir>/sr/` served over NFS v3 with a portmapper on 111, and
 //!   each pool's `Alike_SR` (created once, plugged at start, unplugged at a clean shutdown).
 //! - [`cli`]: the command line; commands other than `serve` are clients of the running
 //!   server's API.
+pub mod abdssh;
 pub mod api;
 pub mod catalog;
 pub mod cli;

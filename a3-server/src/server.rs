@@ -62,6 +62,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .start_watchers()
         .context("starting the pool watchers")?;
     let pki = crate::pki::Pki::open(state_dir, catalog.clone())?;
+    // Made once; every ABD's boot config carries its public half (`sshkey`).
+    crate::abdssh::A3Key::load_or_create(state_dir)?;
     // The one handle on the store of this process (it holds the store's lock).
     let store = crate::store::Store::open(&state_dir.join("store"), catalog.clone())?;
     let (dataport, dataport_task) = crate::dataport::DataPort::start(

@@ -3,8 +3,11 @@
 //!
 //! The first three sources give the same keys: `a3` (the A3's `ip:port`), `name` (the
 //! name its certificate carries), `id`, `token`, `ca` (hex SHA-256 pin), `ip` (`dhcp` or
-//! `addr/prefix`), `gw`, `dns` (comma-separated `ip[:port]`). A key from xenstore wins over
-//! the same key on the command line, which wins over the config disk.
+//! `addr/prefix`), `gw`, `dns` (comma-separated `ip[:port]`), `sshkey` (the A3's SSH public
+//! key, the only one the agent's SSH server accepts: an OpenSSH line `ssh-ed25519 AAAA…
+//! comment`, or `ssh-ed25519:AAAA…` since the command line splits words on spaces). A key
+//! from xenstore wins over the same key on the command line, which wins over the config
+//! disk.
 
 pub mod disk;
 
@@ -146,7 +149,7 @@ pub fn from_keys(
     file: Option<AgentConfig>,
 ) -> anyhow::Result<BootConfig> {
     let get = |k: &str| keys.get(k).map(String::as_str);
-    let agent = match (get("a3"), file) {
+    let mut agent = match (get("a3"), file) {
         (Some(a3), _) => {
             let a3_address: SocketAddr = a3
                 .parse()
@@ -165,6 +168,7 @@ pub fn from_keys(
                 token: get("token").map(str::to_owned),
                 state_dir: Some(PathBuf::from(STATE_DIR)),
                 bind: None,
+                ssh_key: None,
             }
         }
         (None, Some(file)) => file,
@@ -174,6 +178,10 @@ pub fn from_keys(
             disk::SERIAL
         ),
     };
+    if let Some(key) = get("sshkey") {
+        crate::ssh::keys::authorized_key(key).with_context(|| format!("abd.sshkey={key}"))?;
+        agent.ssh_key = Some(key.to_owned());
+    }
     Ok(BootConfig {
         agent,
         net: net_from_keys(keys)?,
@@ -296,6 +304,7 @@ mod tests {
             token: None,
             state_dir: None,
             bind: None,
+            ssh_key: None,
         };
         let cfg = from_keys(&cmdline_keys("abd.dns=10.0.2.2"), Some(file)).unwrap();
         assert_eq!(cfg.agent.id, "from-file");

@@ -28,6 +28,10 @@ pub struct AgentConfig {
     /// The local address to bind (the ABD's assigned address); default any.
     #[serde(default)]
     pub bind: Option<SocketAddr>,
+    /// The A3's SSH public key (an OpenSSH line): the only key the agent's SSH server
+    /// accepts. None: no SSH server.
+    #[serde(default)]
+    pub ssh_key: Option<String>,
 }
 
 impl AgentConfig {

@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 
 use crate::config::AgentConfig;
 use crate::identity::Identity;
-use crate::{jobs, tls, wire};
+use crate::{jobs, status, tls, wire};
 
 /// Control messages are small except jobs carrying a manifest.
 const MAX_CONTROL_FRAME: usize = MAX_FRAME_LEN;
@@ -205,7 +205,9 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             Ok(session) => {
                 tracing::info!(a3 = %cfg.a3_address, id = %cfg.id, "connected to the A3");
                 backoff = Duration::from_secs(1);
+                status::set_connected(true);
                 let why = serve(session).await;
+                status::set_connected(false);
                 tracing::warn!("connection to the A3 lost: {why:#}");
             }
             Err(e) => tracing::warn!("{e:#}; retrying in {}s", backoff.as_secs()),

@@ -27,8 +27,6 @@ const READ_TIME: Duration = Duration::from_secs(3);
 const SLOW_MB_S: f64 = 20.0;
 /// The agent's working budget in the 128 MiB appliance.
 const MEMORY_BUDGET_KIB: u64 = 48 << 10;
-/// The port the A3 reaches the ABD on.
-const SSH_PORT: u16 = 22;
 
 /// A check's outcome.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -69,12 +67,13 @@ fn check(name: &str, status: Status, detail: String, remedy: &str) -> Check {
 }
 
 /// Runs every check. `disks` are the devices to time; empty means every visible disk.
-pub async fn run(cfg: &BootConfig, disks: &[PathBuf]) -> Vec<Check> {
+/// `ssh` is where the agent's SSH server listens, when this process runs it.
+pub async fn run(cfg: &BootConfig, disks: &[PathBuf], ssh: Option<SocketAddr>) -> Vec<Check> {
     let mut out = address_checks(cfg);
     out.push(dns_check(cfg).await);
     out.push(quic_check(cfg).await);
     out.push(tcp_check(cfg.agent.a3_address).await);
-    out.push(reverse_path_check().await);
+    out.push(reverse_path_check(cfg, ssh).await);
     let visible = block_devices();
     out.push(disks_check(&visible));
     let timed: Vec<PathBuf> = if disks.is_empty() {
@@ -170,7 +169,7 @@ fn on_link(cfg: &BootConfig) -> bool {
 }
 
 /// Non-loopback IPv4 addresses by interface.
-fn interface_addresses() -> Vec<(String, Ipv4Addr)> {
+pub fn interface_addresses() -> Vec<(String, Ipv4Addr)> {
     let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
         return Vec::new();
     };
@@ -329,35 +328,72 @@ async fn tcp_check(a3: SocketAddr) -> Check {
     }
 }
 
-/// Whether something listens on 22 on this ABD's address, for the A3 to reach it back.
-async fn reverse_path_check() -> Check {
-    let Some((_, ip)) = interface_addresses().into_iter().next() else {
+/// Whether the agent's SSH server answers on this ABD's address, for the A3 to reach the
+/// ABD back on 22 (the A3's own `diag` over SSH proves the path through the network).
+async fn reverse_path_check(cfg: &BootConfig, ssh: Option<SocketAddr>) -> Check {
+    const NAME: &str = "reverse path";
+    if cfg.agent.ssh_key.is_none() {
         return check(
-            "reverse path",
-            Status::Fail,
-            "no address for the A3 to reach".into(),
-            "fix the ip check first",
+            NAME,
+            Status::Warn,
+            "SSH is off: the boot config has no sshkey (the A3's public key)".into(),
+            "the A3 sets vm-data/abd/sshkey when it creates an ABD (abd.sshkey= under qemu); \
+             destroy this ABD and let the A3 make a new one",
         );
+    }
+    let port = ssh.map_or(crate::ssh::PORT, |a| a.port());
+    let ip = match (ssh.map(|a| a.ip()), cfg.agent.bind.map(|b| b.ip())) {
+        (Some(ip), _) | (None, Some(ip)) if !ip.is_unspecified() => ip,
+        _ => match interface_addresses().into_iter().next() {
+            Some((_, ip)) => ip.into(),
+            None => {
+                return check(
+                    NAME,
+                    Status::Fail,
+                    "no address for the A3 to reach".into(),
+                    "fix the ip check first",
+                );
+            }
+        },
     };
-    let target = SocketAddr::from((ip, SSH_PORT));
-    let probe =
-        tokio::task::spawn_blocking(move || TcpStream::connect_timeout(&target, PROBE_TIMEOUT))
-            .await;
-    match probe {
-        Ok(Ok(_)) => check(
-            "reverse path",
+    let target = SocketAddr::new(ip, port);
+    match tokio::task::spawn_blocking(move || ssh_banner(target)).await {
+        Ok(Ok(banner)) if banner.starts_with("SSH-2.0-") => check(
+            NAME,
             Status::Pass,
-            format!("SSH listens on {target}"),
+            format!("SSH answers on {target} ({banner})"),
             "",
         ),
-        _ => check(
-            "reverse path",
-            Status::Warn,
-            format!("nothing listens on {target}"),
-            "this agent version serves no SSH yet; the A3 reaches the ABD over its port-2811 \
-             connection instead",
+        Ok(Ok(banner)) => check(
+            NAME,
+            Status::Fail,
+            format!("{target} answers {banner:?}, not SSH"),
+            "another program holds the ABD's port 22: the appliance runs nothing else there",
         ),
+        Ok(Err(e)) => check(
+            NAME,
+            Status::Fail,
+            format!("{target}: {e}"),
+            "the agent's SSH server is not serving: see the `ssh:` lines of its log",
+        ),
+        Err(e) => check(NAME, Status::Fail, e.to_string(), "report this bug"),
     }
+}
+
+/// The first line an SSH server sends (`SSH-2.0-…`).
+fn ssh_banner(target: SocketAddr) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect_timeout(&target, PROBE_TIMEOUT)?;
+    stream.set_read_timeout(Some(PROBE_TIMEOUT))?;
+    let mut buf = [0u8; 255];
+    let mut len = 0;
+    while len < buf.len() && !buf[..len].contains(&b'\n') {
+        let n = stream.read(&mut buf[len..])?;
+        if n == 0 {
+            break;
+        }
+        len += n;
+    }
+    Ok(String::from_utf8_lossy(&buf[..len]).trim_end().to_owned())
 }
 
 /// Whole disks under `/sys/block` with their sizes (bytes), loop and ram devices left out.

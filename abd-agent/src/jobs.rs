@@ -11,7 +11,7 @@ use a3_shared::proto::{A3Msg, AgentMsg, Outcome, Progress};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::{backup, hash, restore, wire};
+use crate::{backup, hash, restore, status, wire};
 
 /// Live counters of one job, read by the progress reporter.
 #[derive(Debug, Default)]
@@ -91,26 +91,28 @@ impl Jobs {
             A3Msg::Backup(job) => {
                 let id = job.job;
                 tracing::info!(job = id, device = %job.device, disk = %job.disk, "backup starts");
+                let what = format!("backup of {}", job.device);
                 let conn = self.conn.clone();
-                self.spawn(id, move |c| async move {
+                self.spawn(id, what, move |c| async move {
                     backup::run(conn, job, c).await.map(|()| None)
                 });
             }
             A3Msg::Restore(job) => {
                 let id = job.job;
                 tracing::info!(job = id, target = %job.target, "restore starts");
+                let what = format!("restore to {}", job.target);
                 let conn = self.conn.clone();
-                self.spawn(id, move |c| async move {
+                self.spawn(id, what, move |c| async move {
                     restore::run(conn, job, c).await.map(|()| None)
                 });
             }
             A3Msg::Hash(job) => {
                 let id = job.job;
                 tracing::info!(job = id, device = %job.device, "hash starts");
-                self.spawn(
-                    id,
-                    move |c| async move { hash::run(job, c).await.map(Some) },
-                );
+                let what = format!("hash of {}", job.device);
+                self.spawn(id, what, move |c| async move {
+                    hash::run(job, c).await.map(Some)
+                });
             }
             A3Msg::Cancel { job, reason } => {
                 if let Some(h) = self.running.remove(&job) {
@@ -125,16 +127,19 @@ impl Jobs {
         }
     }
 
-    /// Runs `work` as job `job`, reporting progress; it ends with the message `work`
-    /// returns, or [`AgentMsg::Done`] with the counters.
-    fn spawn<F, Fut>(&mut self, job: u64, work: F)
+    /// Runs `work` as job `job` (`what`, for `status`), reporting progress; it ends with
+    /// the message `work` returns, or [`AgentMsg::Done`] with the counters.
+    fn spawn<F, Fut>(&mut self, job: u64, what: String, work: F)
     where
         F: FnOnce(Arc<Counters>) -> Fut + Send + 'static,
         Fut: Future<Output = anyhow::Result<Option<AgentMsg>>> + Send + 'static,
     {
         let ctl = self.ctl.clone();
         let counters = Arc::new(Counters::default());
+        let mark = status::JobMark::new(job, what);
         let handle = tokio::spawn(async move {
+            // Listed in `status` until the task ends or is aborted.
+            let _mark = mark;
             let reporter = {
                 let ctl = ctl.clone();
                 let counters = counters.clone();

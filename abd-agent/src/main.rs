@@ -9,7 +9,9 @@
 //! - [`backup`], [`restore`]: the data pipelines; [`device`]: opening what a job names;
 //! - [`wire`]: frames on QUIC streams;
 //! - [`bootcfg`], [`xenbus`]: the boot config from xenstore, the kernel command line or a
-//!   file, and the address reported back in `vm-data/abd/assigned-ip`.
+//!   file, and the address reported back in `vm-data/abd/assigned-ip`;
+//! - [`ssh`]: the SSH server the A3 runs `diag`, `status`, `logs` and `reboot` through;
+//!   [`status`] and [`logring`] keep what `status` and `logs` show.
 //!
 //! As PID 1 (the appliance's `/init`), [`init`] boots the VM, reads the boot config
 //! ([`bootcfg`]), configures the network ([`net`]), prints [`diag`]'s checks and runs the
@@ -29,12 +31,16 @@ mod hash;
 mod identity;
 mod init;
 mod jobs;
+mod logring;
 mod net;
 mod restore;
+mod ssh;
+mod status;
 mod tls;
 mod wire;
 mod xenbus;
 
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -69,6 +75,10 @@ enum Command {
         /// /run/abd/state).
         #[arg(long)]
         state_dir: Option<PathBuf>,
+        /// Where the SSH server listens (default: the ABD's address, port 22); port 0 picks
+        /// a free port, which the log names.
+        #[arg(long)]
+        ssh_listen: Option<SocketAddr>,
     },
     /// Check the network, DNS, the paths to and from the A3, the disks and memory; each
     /// line passes, warns or fails with a remedy. Exits 1 when a line fails.
@@ -92,6 +102,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    status::mark_start();
     if init::is_pid1() {
         // The appliance's /init: the kernel passes no subcommand, and this never returns.
         init_logging();
@@ -138,19 +149,22 @@ fn main_exec(cli: Cli) -> anyhow::Result<()> {
             xenbus,
             dev_dir,
             state_dir,
+            ssh_listen,
         } => {
             device::set_dev_dir(dev_dir);
             let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-            let (boot, xs) = bootcfg::gather(xenbus.as_deref(), &cmdline, config.as_deref())?;
-            let mut cfg = boot.agent;
+            let (mut boot, mut xs) =
+                bootcfg::gather(xenbus.as_deref(), &cmdline, config.as_deref())?;
             if state_dir.is_some() {
-                cfg.state_dir = state_dir;
+                boot.agent.state_dir = state_dir;
             }
             // As a process the agent leaves the NICs alone: its address is the one it binds.
             let lease = std::env::var(bootcfg::SIM_DHCP_ENV).ok();
+            let mut ssh_ip = Ipv4Addr::UNSPECIFIED;
             if let Some((addr, prefix)) = boot.net.addressing.process_address(lease.as_deref())? {
-                cfg.bind = Some((addr, 0).into());
-                if let Some(mut xs) = xs {
+                boot.agent.bind = Some((addr, 0).into());
+                ssh_ip = addr;
+                if let Some(xs) = xs.as_mut() {
                     xs.write(xenbus::ASSIGNED_IP, &format!("{addr}/{prefix}"))?;
                 }
                 let gateway = match boot.net.addressing {
@@ -162,11 +176,15 @@ fn main_exec(cli: Cli) -> anyhow::Result<()> {
                     "process mode: binding the assigned address; NICs and resolvers untouched"
                 );
             }
-            runtime.block_on(conn::run(cfg))
+            let ssh_listen = ssh_listen.unwrap_or((ssh_ip, ssh::PORT).into());
+            runtime.block_on(async {
+                ssh::start_for(&boot, ssh_listen, false, xs.as_mut()).await;
+                conn::run(boot.agent).await
+            })
         }
         Command::Diag { json, disk, config } => {
             let (cfg, _) = init::appliance::read_boot_config(config.as_deref())?;
-            let checks = runtime.block_on(diag::run(&cfg, &disk));
+            let checks = runtime.block_on(diag::run(&cfg, &disk, None));
             if json {
                 println!("{}", serde_json::to_string_pretty(&checks)?);
             } else {
@@ -186,12 +204,17 @@ fn main_exec(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// Logs at the level `RUST_LOG` names (`error`, `warn`, `info`, `debug`, `trace`; default
+/// `info`). A level only, not per-module directives: those need tracing-subscriber's
+/// `env-filter`, whose regex engine cost the static agent about half a megabyte.
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let level = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|l| l.parse::<tracing_subscriber::filter::LevelFilter>().ok())
+        .unwrap_or(tracing_subscriber::filter::LevelFilter::INFO);
     tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_max_level(level)
+        .with_writer(logring::Tee)
         // The appliance's console is a serial port read by people and tests: plain text.
         .with_ansi(!init::is_pid1())
         .init();

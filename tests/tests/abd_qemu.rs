@@ -2,7 +2,10 @@
 //! under `qemu-system-x86_64 -accel tcg -m 128`, configures its network (DHCP from qemu's
 //! user-mode network, or a static address), resolves the A3's name through the test's own
 //! DNS server on loopback, connects to a real `a3-server` on the host, prints its self-checks
-//! on the console, and backs up and restores a 1 GiB virtio disk bit-exact.
+//! on the console, and backs up and restores a 1 GiB virtio disk bit-exact. The A3 runs
+//! `diag --json` on the ABD over SSH through a host port forward, with its own key (in the
+//! boot config's `sshkey`) and the host key the console printed pinned: through its library
+//! on the DHCP boot, through `a3-server abd ssh --address` on the static one.
 //!
 //! How config reaches the guest, and why the A3 listens on 127.0.0.1: see
 //! `abd_qemu_util`. One VM runs at a time (TCG on two shared cores); every wait has a
@@ -16,8 +19,10 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use a3_e2e::wait_until;
+use a3_server::abdssh::{A3Key, Target};
 use abd_qemu_util::{
-    Boot, DnsServer, Vm, assert_same_files, diag_line, silent_udp_port, write_data_disk,
+    Boot, DnsServer, Vm, assert_same_files, diag_line, free_tcp_port, silent_udp_port,
+    write_data_disk,
 };
 use datapath_util::{A3, scratch};
 
@@ -56,7 +61,12 @@ impl Site {
                 .unwrap_or_else(|| panic!("no {k} in the enrolled config:\n{cfg}"))
                 .to_owned()
         };
+        // The A3 made its SSH key at start; the command line takes it without spaces.
+        let sshkey = A3Key::load(&a3.state).unwrap().public_line();
+        let (alg, blob) = sshkey.split_once(' ').unwrap();
+        let blob = blob.split_whitespace().next().unwrap();
         let keys = vec![
+            ("sshkey", format!("{alg}:{blob}")),
             ("a3", format!("{HOST}:{port}")),
             // A name the A3's certificate carries, resolved through the test's DNS.
             ("name", "a3".to_owned()),
@@ -87,6 +97,22 @@ impl Site {
         .unwrap_or_else(|| panic!("the ABD never connected:\n{}", vm.tail()));
         vm.started.elapsed()
     }
+}
+
+/// The ABD's SSH host key as its console printed it.
+fn ssh_hostkey(vm: &mut Vm) -> String {
+    let fp = vm.wait_line("abd-ssh-hostkey: ", Duration::from_secs(300));
+    assert!(fp.starts_with("SHA256:"), "{fp}");
+    fp
+}
+
+/// Parses a `diag --json` report that came over SSH.
+fn parse_checks(json: &str) -> Vec<serde_json::Value> {
+    serde_json::from_str::<serde_json::Value>(json)
+        .unwrap_or_else(|e| panic!("diag --json over SSH: {e}:\n{json}"))
+        .as_array()
+        .unwrap()
+        .clone()
 }
 
 fn assert_status(checks: &[serde_json::Value], name: &str, status: &str) {
@@ -123,12 +149,44 @@ fn dhcp_boot_connects_passes_diag_and_round_trips_1gib() {
         ("ip", "dhcp".to_owned()),
         ("dns", format!("{HOST}:{}", dns.port)),
     ]);
+    let ssh_port = free_tcp_port();
     let mut vm = Vm::boot(&Boot {
         dir,
         keys: &keys,
         disks: &[data.clone(), restored.clone()],
+        ssh_forward: Some((ssh_port, "10.0.2.15".parse().unwrap())),
     });
     let connected_after = site.wait_connected(&mut vm);
+
+    // The A3 runs diag over SSH, pinning the host key the ABD printed.
+    let target = Target {
+        abd: site.id.clone(),
+        addr: ([127, 0, 0, 1], ssh_port).into(),
+        host_key: Some(ssh_hostkey(&mut vm)),
+    };
+    let key = A3Key::load(&site.a3.state).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let out = rt
+        .block_on(a3_server::abdssh::exec(
+            &key,
+            &target,
+            "diag --json",
+            Duration::from_secs(300),
+        ))
+        .unwrap_or_else(|e| panic!("diag over SSH: {e}\n{}", vm.tail()));
+    let over_ssh = parse_checks(&out.stdout);
+    assert_eq!(out.status, 0, "diag over SSH failed a line: {over_ssh:#?}");
+    for (name, status) in [
+        ("ip", "pass"),
+        ("quic", "pass"),
+        ("reverse path", "pass"),
+        ("read /dev/vda", "pass"),
+    ] {
+        assert_status(&over_ssh, name, status);
+    }
+    println!(
+        "abd qemu DHCP boot: diag over SSH through 127.0.0.1:{ssh_port} -> 10.0.2.15:22 passed"
+    );
 
     let checks = vm.boot_diag();
     for (name, status) in [
@@ -138,6 +196,7 @@ fn dhcp_boot_connects_passes_diag_and_round_trips_1gib() {
         ("quic", "pass"),
         // The A3 has no TCP listener on 2811: reported honestly, not as a failure.
         ("tcp", "warn"),
+        ("reverse path", "pass"),
         ("disks", "pass"),
         ("read /dev/vda", "pass"),
         ("memory", "pass"),
@@ -211,13 +270,42 @@ fn static_boot_with_a_dead_dns_server_fails_the_dns_line() {
         ("gw", HOST.to_owned()),
         ("dns", format!("{HOST}:{dead_port}")),
     ]);
+    let ssh_port = free_tcp_port();
     let mut vm = Vm::boot(&Boot {
         dir: site.dir.path(),
         keys: &keys,
         disks: &[],
+        ssh_forward: Some((ssh_port, "10.0.2.20".parse().unwrap())),
     });
     // The A3 is configured by address, so the ABD connects without DNS.
     let connected_after = site.wait_connected(&mut vm);
+
+    // Through the admin's command line this time; the failing DNS line makes it exit 1.
+    let hostkey = ssh_hostkey(&mut vm);
+    let out = site.a3.cli(&[
+        "abd",
+        "ssh",
+        &site.id,
+        "--address",
+        &format!("127.0.0.1:{ssh_port}"),
+        "--host-key",
+        &hostkey,
+        "--timeout",
+        "300",
+        "diag",
+        "--json",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("exited with status 1"),
+        "abd ssh diag must report the failing DNS line: {stderr}\n{}",
+        vm.tail()
+    );
+    let over_ssh = parse_checks(&String::from_utf8_lossy(&out.stdout));
+    assert_status(&over_ssh, "ip", "pass");
+    assert_status(&over_ssh, "reverse path", "pass");
+    assert_status(&over_ssh, "dns", "fail");
+
     let checks = vm.boot_diag();
     assert_status(&checks, "ip", "pass");
     let ip = diag_line(&checks, "ip")["detail"]
@@ -227,6 +315,7 @@ fn static_boot_with_a_dead_dns_server_fails_the_dns_line() {
     assert!(ip.contains("10.0.2.20/24 (static)"), "{ip}");
     assert_status(&checks, "gateway", "pass");
     assert_status(&checks, "quic", "pass");
+    assert_status(&checks, "reverse path", "pass");
     assert_status(&checks, "dns", "fail");
     let dns = diag_line(&checks, "dns");
     assert!(

@@ -157,6 +157,16 @@ async fn abds_are_persistent_and_restores_are_bit_exact() {
         let dns = vm["xenstore_data"]["vm-data/abd/dns"].as_str().unwrap();
         assert!(dns.contains(&format!("{a3_ip}:53")), "the A3's DNS: {dns}");
         assert_eq!(num(&vm["memory_static_max"]), 128 << 20);
+        // The A3 reaches each ABD back on 22 (static and DHCP address alike), pinning the
+        // host key the agent published.
+        let hostkey = vm["xenstore_data"]["vm-data/abd/ssh-hostkey"].as_str();
+        assert!(hostkey.is_some_and(|k| k.starts_with("SHA256:")), "{vm}");
+        let id = abd["id"].as_str().unwrap();
+        let status = a3.ok(&["abd", "ssh", id, "status"]);
+        assert!(
+            status.contains(&format!("ABD {id}")) && status.contains("(connected)"),
+            "{status}"
+        );
     }
     assert_nothing_left(&inv);
 

@@ -1,4 +1,5 @@
-//! `/api/fleet`: the ABD VMs of every pool (list, destroy) and each pool's static IP list.
+//! `/api/fleet`: the ABD VMs of every pool (list, destroy, a command over SSH) and each
+//! pool's static IP list.
 
 use axum::extract::{Path, Query, State};
 use axum::routing::{get, post};
@@ -14,6 +15,7 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/fleet/abds", get(list))
         .route("/api/fleet/abds/{id}/destroy", post(destroy))
+        .route("/api/fleet/abds/{id}/ssh", post(ssh))
         .route("/api/fleet/ips", get(ips).post(set_ips))
 }
 
@@ -71,6 +73,38 @@ async fn destroy(
         .await
         .map_err(|e| ApiError::bad_request(format!("{e:#}")))?;
     Ok(Json(row))
+}
+
+/// A command to run on an ABD over SSH (`a3-server abd ssh`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SshCommand {
+    /// The command: `diag [--json]`, `status [--json]`, `logs` or `reboot`.
+    pub command: String,
+    /// The time limit in seconds.
+    pub timeout_secs: u64,
+}
+
+async fn ssh(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Json(cmd): Json<SshCommand>,
+) -> Result<Json<crate::abdssh::ExecOutput>, ApiError> {
+    let target = state
+        .engine
+        .fleet()
+        .ssh_target(&id)
+        .await
+        .map_err(|e| ApiError::bad_request(format!("{e:#}")))?;
+    let key = crate::abdssh::A3Key::load(&state.config.state_dir)
+        .map_err(|e| ApiError::internal(format!("{e:#}")))?;
+    let timeout = std::time::Duration::from_secs(cmd.timeout_secs);
+    let out = crate::abdssh::exec(&key, &target, &cmd.command, timeout)
+        .await
+        .map_err(|e| ApiError {
+            status: axum::http::StatusCode::BAD_GATEWAY,
+            message: e.to_string(),
+        })?;
+    Ok(Json(out))
 }
 
 fn pool_uuid(state: &AppState, pool: &str) -> Result<String, ApiError> {

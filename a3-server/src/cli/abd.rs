@@ -1,5 +1,6 @@
-//! `a3-server abd enroll|revoke|list|destroy|ips|diag`: ABD credentials for port 2811, the
-//! ABD VMs of the pools, each pool's static IP list, and the ABD diag job.
+//! `a3-server abd enroll|revoke|list|destroy|ssh|ips|diag`: ABD credentials for port 2811,
+//! the ABD VMs of the pools, commands on an ABD over SSH, each pool's static IP list, and
+//! the ABD diag job.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -53,6 +54,9 @@ pub enum AbdCommand {
         /// The ABD id.
         id: String,
     },
+    /// Run a command on an ABD over SSH: `diag [--json]`, `status [--json]`, `logs` or
+    /// `reboot`; prints its output and fails when it exits non-zero.
+    Ssh(SshArgs),
     /// A pool's static IP list for ABDs.
     #[command(subcommand)]
     Ips(IpsCommand),
@@ -67,6 +71,67 @@ pub enum AbdCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `abd ssh` arguments.
+#[derive(Debug, clap::Args)]
+pub struct SshArgs {
+    /// The ABD id: the server looks up its address and pinned host key.
+    pub abd: String,
+    /// Reach the ABD at this address (IP:PORT) from this machine, with the A3's key from
+    /// the state dir, instead of through the server.
+    #[arg(long)]
+    pub address: Option<SocketAddr>,
+    /// With --address: the host key fingerprint (`SHA256:…`) to insist on.
+    #[arg(long, requires = "address")]
+    pub host_key: Option<String>,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 60)]
+    pub timeout: u64,
+    /// Ask the command for JSON (`diag --json`, `status --json`).
+    #[arg(long)]
+    pub json: bool,
+    /// The command: `diag`, `status`, `logs` or `reboot`.
+    #[arg(required = true)]
+    pub command: Vec<String>,
+}
+
+impl SshArgs {
+    /// The command line sent to the ABD.
+    fn remote_command(&self) -> String {
+        let mut words = self.command.clone();
+        if self.json {
+            words.push("--json".into());
+        }
+        words.join(" ")
+    }
+}
+
+/// `abd ssh --address`: straight from this machine, without the server.
+pub async fn ssh_direct(args: SshArgs, config: &crate::config::Config) -> anyhow::Result<()> {
+    let addr = args.address.context("ssh_direct needs --address")?;
+    let key = crate::abdssh::A3Key::load(&config.state_dir)?;
+    let target = crate::abdssh::Target {
+        abd: args.abd.clone(),
+        addr,
+        host_key: args.host_key.clone(),
+    };
+    let command = args.remote_command();
+    let timeout = std::time::Duration::from_secs(args.timeout);
+    let out = crate::abdssh::exec(&key, &target, &command, timeout).await?;
+    print_ssh_output(&args.abd, &command, out)
+}
+
+fn print_ssh_output(
+    abd: &str,
+    command: &str,
+    out: crate::abdssh::ExecOutput,
+) -> anyhow::Result<()> {
+    print!("{}", out.stdout);
+    if out.status != 0 {
+        bail!("ABD {abd}: `{command}` exited with status {}", out.status);
+    }
+    Ok(())
 }
 
 /// `abd ips` commands.
@@ -198,6 +263,19 @@ pub async fn run(cmd: AbdCommand, api: &ApiClient) -> anyhow::Result<()> {
                 row.id
             );
             Ok(())
+        }
+        AbdCommand::Ssh(args) => {
+            let command = args.remote_command();
+            let out: crate::abdssh::ExecOutput = api
+                .post(
+                    &format!("/api/fleet/abds/{}/ssh", args.abd),
+                    &crate::api::fleet::SshCommand {
+                        command: command.clone(),
+                        timeout_secs: args.timeout,
+                    },
+                )
+                .await?;
+            print_ssh_output(&args.abd, &command, out)
         }
         AbdCommand::Ips(IpsCommand::Set {
             pool,

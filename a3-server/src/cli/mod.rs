@@ -127,6 +127,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let api = client::ApiClient::connect(&config, cli.api.as_deref())?;
             runtime.block_on(vm::run(cmd, &api))
         }
+        Command::Abd(abd::AbdCommand::Ssh(args)) if args.address.is_some() => {
+            runtime.block_on(abd::ssh_direct(args, &config))
+        }
         Command::Abd(cmd) => {
             let api = client::ApiClient::connect(&config, cli.api.as_deref())?;
             runtime.block_on(abd::run(cmd, &api))

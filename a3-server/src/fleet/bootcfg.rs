@@ -38,6 +38,8 @@ pub struct BootConfig {
     pub addressing: Addressing,
     /// DNS servers, `ip[:port]`.
     pub dns: Vec<String>,
+    /// The A3's SSH public key (OpenSSH line), the only key the ABD's SSH server accepts.
+    pub sshkey: String,
 }
 
 impl BootConfig {
@@ -51,6 +53,7 @@ impl BootConfig {
             (key("token"), self.token.clone()),
             (key("ca"), self.ca.clone()),
             (key("dns"), self.dns.join(",")),
+            (key("sshkey"), self.sshkey.clone()),
         ];
         match &self.addressing {
             Addressing::Dhcp => out.push((key("ip"), "dhcp".into())),
@@ -113,6 +116,7 @@ mod tests {
                 gateway: Some("127.0.0.1".into()),
             },
             dns: vec!["127.0.0.53".into(), "10.0.0.1:5353".into()],
+            sshkey: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA a3".into(),
         };
         let kv = cfg.xenstore_data();
         let get = |k: &str| kv.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
@@ -120,6 +124,10 @@ mod tests {
         assert_eq!(get("vm-data/abd/gw"), Some("127.0.0.1"));
         assert_eq!(get("vm-data/abd/dns"), Some("127.0.0.53,10.0.0.1:5353"));
         assert_eq!(get("vm-data/abd/a3"), Some("127.0.1.5:2811"));
+        assert_eq!(
+            get("vm-data/abd/sshkey"),
+            Some("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA a3")
+        );
         let dhcp = BootConfig {
             addressing: Addressing::Dhcp,
             ..cfg

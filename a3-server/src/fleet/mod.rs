@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use a3_shared::xapi_wire::Value;
+use anyhow::Context;
 
 use crate::catalog::Catalog;
 use crate::catalog::abd_fleet::AbdVmRow;
@@ -342,6 +343,58 @@ impl Fleet {
             ca: self.dataport.pki().ca_pin(),
             addressing,
             dns,
+            sshkey: self.a3_key()?.public_line(),
+        })
+    }
+
+    /// The A3's SSH key, which every ABD's boot config names.
+    pub fn a3_key(&self) -> anyhow::Result<crate::abdssh::A3Key> {
+        crate::abdssh::A3Key::load_or_create(&self.config.state_dir)
+    }
+
+    /// Where and how to reach an ABD over SSH: the address its agent reported
+    /// (`vm-data/abd/assigned-ip`), else its static address, else the one it connects to
+    /// port 2811 from; and the host key it published (`vm-data/abd/ssh-hostkey`), to pin.
+    pub async fn ssh_target(&self, id: &str) -> anyhow::Result<crate::abdssh::Target> {
+        let row = self
+            .catalog
+            .abd_vm_get(id)?
+            .ok_or_else(|| anyhow::anyhow!("no ABD '{id}'; see `a3-server abd list`"))?;
+        let vm_uuid = row.vm_uuid.as_deref().ok_or_else(|| {
+            anyhow::anyhow!(
+                "ABD '{id}' has no VM yet (state {}); try again later",
+                row.state
+            )
+        })?;
+        let (s, _) = self.inventory.connect(&row.pool_uuid).await?;
+        let rec = async {
+            let vm = poolops::by_uuid(&s, "VM", vm_uuid).await?;
+            poolops::record(&s, "VM", &vm).await
+        }
+        .await;
+        s.logout().await;
+        let rec = rec.with_context(|| format!("ABD '{id}': reading its VM {vm_uuid}"))?;
+        let key = |k: &str| poolops::map_key(&rec, "xenstore_data", k).map(str::to_owned);
+        let reported = key(&format!("{}/assigned-ip", bootcfg::XS_DIR))
+            .or_else(|| (row.ip != "dhcp").then(|| row.ip.clone()));
+        let ip: std::net::IpAddr = match reported {
+            Some(cidr) => {
+                let addr = cidr.split('/').next().unwrap_or_default();
+                addr.parse()
+                    .with_context(|| format!("ABD '{id}': bad address {cidr:?}"))?
+            }
+            None => match self.dataport.connected().get(id) {
+                Some(from) => from.ip(),
+                None => anyhow::bail!(
+                    "ABD '{id}' has no known address: it uses DHCP, has not reported its \
+                     lease (vm-data/abd/assigned-ip) and is not connected; check its VM runs"
+                ),
+            },
+        };
+        Ok(crate::abdssh::Target {
+            abd: id.to_owned(),
+            addr: std::net::SocketAddr::new(ip, crate::abdssh::PORT),
+            host_key: key(crate::abdssh::XS_HOSTKEY),
         })
     }
 

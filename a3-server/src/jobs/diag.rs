@@ -4,6 +4,9 @@
 //!
 //! The A3's checks:
 //! - the ABD's connection on port 2811;
+//! - SSH to the ABD on 22 with the A3's key, the host key pinned from what the ABD
+//!   published in xenstore; through it the agent's own `diag --json`, whose lines join the
+//!   table (source `abd`);
 //! - a test disk: a small VDI of known content, created on `Alike_SR`, attached read-only to
 //!   the ABD, read whole by the agent and hashed; the digest must match what was written.
 //!   It proves hot-plug, device resolution and reads end to end without touching the store.
@@ -18,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use super::log::RunLog;
 use super::{Engine, StartError, Started, attach, unix_now};
+use crate::abdssh;
 use crate::catalog::jobs::CheckRow;
 use crate::fleet::Held;
 use crate::poolops::{self, RUN_KEY};
@@ -28,6 +32,19 @@ use crate::xapi::Session;
 pub const TEST_DISK_BYTES: u64 = 16 << 20;
 /// How long the agent may take to read the test disk.
 const HASH_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long the agent's self-checks may take over SSH (each network probe has 5 s, a disk
+/// read 3 s).
+const SSH_DIAG_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A line of the agent's `diag --json`.
+#[derive(Debug, Deserialize)]
+struct AgentCheck {
+    check: String,
+    status: String,
+    detail: String,
+    #[serde(default)]
+    remedy: String,
+}
 
 /// What to diagnose.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -194,6 +211,8 @@ impl Engine {
                 "see the agent's quic line; UDP 2811 must pass from the ABD network to the A3",
             ),
         });
+        log.info(&format!("ABD '{abd}': running its self-checks over SSH"));
+        checks.extend(self.ssh_checks(abd).await);
         log.info(&format!("ABD '{abd}': reading a test disk"));
         checks.push(self.test_disk(s, run, pool_uuid, held).await);
         checks.push(a3_check(
@@ -206,6 +225,70 @@ impl Engine {
             "nothing to open",
         ));
         checks
+    }
+
+    /// SSH to the ABD, and through it the agent's own checks.
+    async fn ssh_checks(&self, abd: &str) -> Vec<CheckRow> {
+        const REMEDY: &str = "the A3 runs the ABD's self-checks over SSH (TCP 22): fix what the \
+                              detail names, then run the diag again";
+        let fail = |detail: String| vec![a3_check(abd, "ssh", Status::Fail, detail, REMEDY)];
+        let target = match self.fleet().ssh_target(abd).await {
+            Ok(t) => t,
+            Err(e) => return fail(format!("{e:#}")),
+        };
+        let key = match self.fleet().a3_key() {
+            Ok(k) => k,
+            Err(e) => return fail(format!("the A3's SSH key: {e:#}")),
+        };
+        let out = match abdssh::exec(&key, &target, "diag --json", SSH_DIAG_TIMEOUT).await {
+            Ok(out) => out,
+            Err(e) => return fail(e.to_string()),
+        };
+        let mut rows = vec![match &target.host_key {
+            Some(pin) => a3_check(
+                abd,
+                "ssh",
+                Status::Pass,
+                format!(
+                    "{}: the A3's key accepted, host key {pin} pinned",
+                    target.addr
+                ),
+                "",
+            ),
+            None => a3_check(
+                abd,
+                "ssh",
+                Status::Warn,
+                format!(
+                    "{}: the A3's key accepted; the ABD published no host key to pin",
+                    target.addr
+                ),
+                "the agent writes vm-data/abd/ssh-hostkey at boot: an older agent? destroy the \
+                 ABD (`a3-server abd destroy`) so a current one replaces it",
+            ),
+        }];
+        match serde_json::from_str::<Vec<AgentCheck>>(&out.stdout) {
+            Ok(lines) => rows.extend(lines.into_iter().map(|c| CheckRow {
+                abd: abd.to_owned(),
+                source: "abd".into(),
+                check: c.check,
+                status: c.status,
+                detail: c.detail,
+                remedy: c.remedy,
+            })),
+            Err(e) => rows.push(a3_check(
+                abd,
+                "self-checks",
+                Status::Fail,
+                format!(
+                    "`diag --json` exited {} without a report ({e}): {}",
+                    out.status,
+                    out.stdout.trim()
+                ),
+                "see the ABD's log: `a3-server abd ssh ABD logs`",
+            )),
+        }
+        rows
     }
 
     /// The test-disk check: write known bytes to a new VDI, have the ABD read and hash it.

@@ -5,13 +5,14 @@
 //! an exit of PID 1 is a kernel panic. The console shows every step, which is all an
 //! operator (or a test reading the serial port) sees of the appliance.
 
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
 use crate::bootcfg::{self, BootConfig};
 use crate::net::{self, Configured};
 use crate::xenbus::{self, Transport, Xenstore};
-use crate::{conn, diag};
+use crate::{conn, diag, ssh};
 
 /// How often the status line is printed even when nothing changed.
 const STATUS_EVERY: Duration = Duration::from_secs(10);
@@ -77,7 +78,10 @@ async fn appliance() {
         uptime_secs()
     );
     report_assigned_ip(xs.as_mut(), &net);
-    tokio::spawn(status_lines());
+    let ssh_listen = SocketAddr::from((Ipv4Addr::UNSPECIFIED, ssh::PORT));
+    let ssh = ssh::start_for(&cfg, ssh_listen, true, xs.as_mut()).await;
+    let hostkey = ssh.as_ref().map(|s| s.fingerprint.clone());
+    tokio::spawn(status_lines(hostkey));
     let agent = cfg.agent.clone();
     tokio::spawn(async move {
         loop {
@@ -88,7 +92,7 @@ async fn appliance() {
             tokio::time::sleep(RETRY).await;
         }
     });
-    boot_diag(&cfg).await;
+    boot_diag(&cfg, ssh.map(|s| s.addr)).await;
     std::future::pending::<()>().await;
 }
 
@@ -125,8 +129,8 @@ fn report_assigned_ip(xs: Option<&mut Xenstore<Transport>>, net: &Configured) {
 }
 
 /// Runs the self-checks once and prints them: the table, then one JSON line.
-async fn boot_diag(cfg: &BootConfig) {
-    let checks = diag::run(cfg, &[]).await;
+async fn boot_diag(cfg: &BootConfig, ssh: Option<SocketAddr>) {
+    let checks = diag::run(cfg, &[], ssh).await;
     let table = diag::table(&checks);
     let json = serde_json::to_string(&checks).unwrap_or_else(|e| format!("\"{e}\""));
     // Plain writes: the table is for people, the marked line for programs.
@@ -135,8 +139,9 @@ async fn boot_diag(cfg: &BootConfig) {
 }
 
 /// Prints the agent's peak RSS and the guest's available memory when the peak grows, and
-/// every [`STATUS_EVERY`] otherwise.
-async fn status_lines() {
+/// every [`STATUS_EVERY`] otherwise, with the SSH host key's fingerprint for the A3 to pin.
+async fn status_lines(hostkey: Option<String>) {
+    let hostkey = hostkey.unwrap_or_else(|| "none".into());
     let mut printed_peak = 0;
     let mut since = tokio::time::Instant::now();
     loop {
@@ -147,7 +152,8 @@ async fn status_lines() {
             let free = proc_kib("/proc/meminfo", "MemFree:").unwrap_or(0);
             eprintln!(
                 "abd-status: uptime_s={:.1} vmhwm_kib={peak} vmrss_kib={rss} \
-                 mem_available_kib={avail} mem_free_kib={free} boot_errors={}",
+                 mem_available_kib={avail} mem_free_kib={free} boot_errors={} \
+                 ssh_hostkey={hostkey}",
                 uptime_secs(),
                 super::boot_errors()
             );

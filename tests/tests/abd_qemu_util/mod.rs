@@ -9,7 +9,8 @@
 //! qemu's user networking maps its gateway 10.0.2.2 to the host's 127.0.0.1 (TCP and UDP),
 //! so the test's A3 and DNS server listen on 127.0.0.1 (not a 127.0.1.N address of their
 //! own): nothing else is reachable from the guest. qemu's DNS forwarder 10.0.2.3 is never
-//! given to the guest.
+//! given to the guest. The other way, a host port forward (`hostfwd`) on 127.0.0.1 reaches
+//! the guest's SSH server on 22, as the A3 reaches an ABD.
 
 #![allow(dead_code)] // each test file uses a different part
 
@@ -128,6 +129,8 @@ pub struct Boot<'a> {
     pub keys: &'a [(&'a str, String)],
     /// Raw files attached as virtio disks (vda, vdb, …).
     pub disks: &'a [PathBuf],
+    /// Forward this port on the host's 127.0.0.1 to port 22 of this guest address.
+    pub ssh_forward: Option<(u16, Ipv4Addr)>,
 }
 
 impl Vm {
@@ -162,12 +165,14 @@ impl Vm {
             .arg(format!("file:{}", console.display()))
             .arg("-drive")
             .arg(format!("file={},format=raw,if=ide,index=0", img.display()))
-            .args([
-                "-netdev",
-                "user,id=n0",
-                "-device",
-                "virtio-net-pci,netdev=n0",
-            ]);
+            .arg("-netdev")
+            .arg(match b.ssh_forward {
+                Some((port, guest)) => {
+                    format!("user,id=n0,hostfwd=tcp:127.0.0.1:{port}-{guest}:22")
+                }
+                None => "user,id=n0".to_owned(),
+            })
+            .args(["-device", "virtio-net-pci,netdev=n0"]);
         for disk in b.disks {
             cmd.arg("-drive")
                 .arg(format!("file={},format=raw,if=virtio", disk.display()));
@@ -242,6 +247,12 @@ impl Vm {
             })
             .collect()
     }
+}
+
+/// A TCP port on 127.0.0.1 free right now, for a qemu host forward (qemu binds it itself).
+pub fn free_tcp_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
 }
 
 /// The check named `name` in a diag report.
