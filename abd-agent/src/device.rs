@@ -27,7 +27,8 @@ pub fn set_dev_dir(dir: PathBuf) {
     let _ = DEV_DIR.set(dir);
 }
 
-fn dev_dir() -> &'static Path {
+/// Where device ids resolve (`/dev` in the appliance).
+pub fn dev_dir() -> &'static Path {
     DEV_DIR.get_or_init(|| PathBuf::from("/dev"))
 }
 

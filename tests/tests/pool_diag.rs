@@ -1,9 +1,10 @@
 //! The ABD diag job (issue 5): `a3-server abd diag --pool P` against the simulator holds an
-//! ABD of the pool (provisioned, then reused), runs the A3's checks of it, among them a
-//! test disk the ABD reads through a real hot-plug and hashes, prints one table per ABD
-//! with remedies, stores the results with the job, and leaves nothing behind. A clean stop
-//! of the A3 halts its ABDs before unplugging `Alike_SR` (XAPI refuses to unplug an SR
-//! under a running VM's disk), and after a restart the same ABD serves again.
+//! ABD of the pool (provisioned, then reused), runs the A3's checks of it (SSH, through
+//! which the agent's own checks come back, and a test disk the ABD reads through a real
+//! hot-plug and hashes), prints one table per ABD with remedies, stores the results with
+//! the job, and leaves nothing behind. A clean stop of the A3 halts its ABDs before
+//! unplugging `Alike_SR` (XAPI refuses to unplug an SR under a running VM's disk), and
+//! after a restart the same ABD serves again.
 
 mod pool_support;
 
@@ -72,6 +73,22 @@ async fn diag_job_checks_an_abd_and_stores_the_table() {
         "{disk:#}"
     );
     assert_eq!(check(&job, "data port")["status"], "pass");
+    // The A3 reached the ABD over SSH with the host key pinned, and the agent's own
+    // checks came back through it.
+    let ssh = check(&job, "ssh");
+    assert_eq!(ssh["status"], "pass", "{ssh:#}");
+    assert!(
+        ssh["detail"].as_str().unwrap().contains("pinned"),
+        "{ssh:#}"
+    );
+    for line in ["ip", "quic", "reverse path", "memory"] {
+        let c = check(&job, line);
+        assert_eq!(
+            (&c["source"], &c["status"]),
+            (&"abd".into(), &"pass".into()),
+            "{c:#}"
+        );
+    }
     assert_eq!(check(&job, "port 445 (SMB)")["status"], "not used");
     let shown = a3.ok(&["job", "show", &job_id.to_string()]);
     assert!(
