@@ -8,8 +8,8 @@
 //! - [`jobs`]: running jobs and reporting progress;
 //! - [`backup`], [`restore`]: the data pipelines; [`device`]: opening what a job names;
 //! - [`wire`]: frames on QUIC streams;
-//! - [`bootcfg`], [`xenbus`]: the boot config from xenstore, the kernel command line or a
-//!   file, and the address reported back in `vm-data/abd/assigned-ip`;
+//! - [`bootcfg`], [`xenbus`]: the boot config from xenstore, the kernel command line, a
+//!   config disk or a file, and the address reported back in `vm-data/abd/assigned-ip`;
 //! - [`ssh`]: the SSH server the A3 runs `diag`, `status`, `logs` and `reboot` through;
 //!   [`status`] and [`logring`] keep what `status` and `logs` show.
 //!
@@ -59,8 +59,8 @@ enum Command {
     /// Connect to the A3 (enrolling on first start), take jobs, reconnect when cut off.
     ///
     /// The config comes from xenstore `vm-data/abd/*` (through `--xenbus`, or
-    /// /dev/xen/xenbus when it exists), then the kernel command line `abd.*=`, then
-    /// `--config`, the first source winning per key.
+    /// /dev/xen/xenbus when it exists), then the kernel command line `abd.*=`, then a
+    /// config disk (serial `abd-config`), then `--config`, the first source winning per key.
     Run {
         /// The agent config file (`a3-server abd enroll --out FILE` writes it).
         #[arg(long)]
