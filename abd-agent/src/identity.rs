@@ -32,11 +32,7 @@ impl Identity {
                     key_path.display()
                 )
             })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let key = rcgen::KeyPair::generate()?;
-                write_private(&key_path, key.serialize_pem().as_bytes())?;
-                key
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => create_key_once(&key_path)?,
             Err(e) => {
                 return Err(e).with_context(|| format!("{}: cannot read", key_path.display()));
             }
@@ -66,6 +62,44 @@ impl Identity {
     }
 }
 
+/// Makes the key at `path` unless another task (the boot diag, a connection) made it
+/// first, and returns the one on disk: two keys written in turn would leave the key of one
+/// beside the certificate enrolled for the other.
+fn create_key_once(path: &Path) -> anyhow::Result<rcgen::KeyPair> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let key = rcgen::KeyPair::generate()?;
+    let tmp = path.with_extension(format!(
+        "new{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("{}: cannot write", tmp.display()))?;
+        f.write_all(key.serialize_pem().as_bytes())?;
+        f.sync_all()?;
+    }
+    // A hard link is created only where no file is: the first key to land wins.
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(key),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let pem = std::fs::read_to_string(path)
+                .with_context(|| format!("{}: cannot read", path.display()))?;
+            Ok(rcgen::KeyPair::from_pem(&pem)?)
+        }
+        Err(e) => Err(e).with_context(|| format!("{}: cannot write", path.display())),
+    }
+}
+
 fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
@@ -80,4 +114,28 @@ fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     f.write_all(bytes)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot write", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concurrent_first_uses_share_one_key() {
+        let dir = std::env::temp_dir().join(format!("abd-identity-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let keys: Vec<Vec<u8>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| s.spawn(|| Identity::load_or_create(&dir).unwrap().key.serialize_der()))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(
+            keys.windows(2).all(|w| w[0] == w[1]),
+            "every caller got the key on disk"
+        );
+        let on_disk = Identity::load_or_create(&dir).unwrap().key.serialize_der();
+        assert_eq!(keys[0], on_disk);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
