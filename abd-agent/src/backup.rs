@@ -26,6 +26,7 @@ use anyhow::{Context, bail};
 use tokio::sync::{Mutex, mpsc};
 
 use crate::jobs::Counters;
+use crate::link::{Link, RecvStream, SendStream};
 use crate::{blocks, device, wire};
 
 /// Parallel data streams per job: enough for the two cores to stay busy while one stream
@@ -45,7 +46,7 @@ struct RawBatch {
 }
 
 /// Runs one backup job to completion.
-pub async fn run(conn: quinn::Connection, job: BackupJob, c: Arc<Counters>) -> anyhow::Result<()> {
+pub async fn run(link: Link, job: BackupJob, c: Arc<Counters>) -> anyhow::Result<()> {
     let bs = job.block_size;
     if !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&bs) || !bs.is_multiple_of(MIN_BLOCK_SIZE) {
         bail!("block size {bs} is not a multiple of 64 KiB within 64 KiB..=8 MiB");
@@ -111,7 +112,7 @@ pub async fn run(conn: quinn::Connection, job: BackupJob, c: Arc<Counters>) -> a
     let rx = Arc::new(Mutex::new(rx));
     let mut workers = Vec::new();
     for stream in 0..STREAMS {
-        let (mut send, recv) = conn.open_bi().await.context("opening a data stream")?;
+        let (mut send, recv) = link.open_data().await.context("opening a data stream")?;
         wire::send(
             &mut send,
             &DataUp::Open {
@@ -152,8 +153,8 @@ pub async fn run(conn: quinn::Connection, job: BackupJob, c: Arc<Counters>) -> a
 }
 
 struct Worker {
-    send: quinn::SendStream,
-    recv: quinn::RecvStream,
+    send: SendStream,
+    recv: RecvStream,
     bs: u32,
     size: u64,
     base: Arc<Vec<Option<WireId>>>,
@@ -175,7 +176,7 @@ impl Worker {
             Some(DataDown::Error { reason }) => bail!("{reason}"),
             other => bail!("the A3 answered End with {other:?}"),
         }
-        let _ = self.send.finish();
+        wire::finish(&mut self.send).await;
         Ok(())
     }
 

@@ -169,6 +169,7 @@ pub fn from_keys(
                 state_dir: Some(PathBuf::from(STATE_DIR)),
                 bind: None,
                 ssh_key: None,
+                transport: Default::default(),
             }
         }
         (None, Some(file)) => file,
@@ -305,6 +306,7 @@ mod tests {
             state_dir: None,
             bind: None,
             ssh_key: None,
+            transport: Default::default(),
         };
         let cfg = from_keys(&cmdline_keys("abd.dns=10.0.2.2"), Some(file)).unwrap();
         assert_eq!(cfg.agent.id, "from-file");

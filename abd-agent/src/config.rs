@@ -32,6 +32,23 @@ pub struct AgentConfig {
     /// accepts. None: no SSH server.
     #[serde(default)]
     pub ssh_key: Option<String>,
+    /// How to reach the A3 on 2811: `auto` (QUIC, and TLS/TCP when QUIC gets no answer),
+    /// `quic` or `tcp`.
+    #[serde(default)]
+    pub transport: Transport,
+}
+
+/// The transport to the A3's port 2811 (DESIGN.md §4).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// QUIC; the TLS/TCP fallback when QUIC gets no answer (UDP dropped on the way).
+    #[default]
+    Auto,
+    /// QUIC only.
+    Quic,
+    /// The TLS/TCP fallback only.
+    Tcp,
 }
 
 impl AgentConfig {

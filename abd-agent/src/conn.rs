@@ -1,5 +1,6 @@
 //! The agent's connection to its A3: enrollment on first start, then one control stream
-//! that carries jobs, held until the connection drops, then reconnect with backoff.
+//! that carries jobs, held until the connection drops, then reconnect with backoff. QUIC
+//! first; the TLS/TCP fallback ([`crate::link`]) when QUIC gets no answer.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,8 +9,9 @@ use std::time::Duration;
 use a3_shared::proto::{A3Msg, AgentMsg, MAX_FRAME_LEN, PROTOCOL_VERSION};
 use anyhow::{Context, bail};
 
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, Transport};
 use crate::identity::Identity;
+use crate::link::{Link, RecvStream, SendStream, TcpDialer};
 use crate::{jobs, status, tls, wire};
 
 /// Control messages are small except jobs carrying a manifest.
@@ -70,12 +72,37 @@ fn endpoint(bind: Option<SocketAddr>, peer: SocketAddr) -> anyhow::Result<quinn:
     Ok(endpoint)
 }
 
-/// Connects to the A3 with the identity's certificate (or none, to enroll).
-async fn connect(
-    cfg: &AgentConfig,
-    identity: &Identity,
-) -> anyhow::Result<(quinn::Endpoint, quinn::Connection)> {
-    let tls = tls::client_config(&cfg.ca_pin, identity)?;
+/// A control stream to the A3, on the link it opened.
+pub struct Control {
+    link: Link,
+    /// QUIC's endpoint, to wait for its goodbye.
+    endpoint: Option<quinn::Endpoint>,
+    send: SendStream,
+    recv: RecvStream,
+}
+
+impl Control {
+    /// Closes the link, and waits for QUIC's close to go out.
+    async fn close(self, why: &'static [u8]) {
+        let Control {
+            link,
+            endpoint,
+            mut send,
+            recv,
+        } = self;
+        wire::finish(&mut send).await;
+        drop(recv);
+        if let Link::Quic(conn) = &link {
+            conn.close(0u32.into(), why);
+        }
+        if let Some(endpoint) = endpoint {
+            endpoint.wait_idle().await;
+        }
+    }
+}
+
+/// Connects over QUIC.
+async fn connect_quic(cfg: &AgentConfig, tls: rustls::ClientConfig) -> anyhow::Result<Control> {
     let mut client = quinn::ClientConfig::new(Arc::new(
         quinn::crypto::rustls::QuicClientConfig::try_from(tls)?,
     ));
@@ -84,8 +111,58 @@ async fn connect(
     let conn = endpoint
         .connect_with(client, cfg.a3_address, &cfg.server_name)?
         .await
-        .with_context(|| format!("A3 at {}: cannot connect", cfg.a3_address))?;
-    Ok((endpoint, conn))
+        .with_context(|| format!("A3 at {} (QUIC): cannot connect", cfg.a3_address))?;
+    let (send, recv) = conn.open_bi().await?;
+    Ok(Control {
+        link: Link::Quic(conn),
+        endpoint: Some(endpoint),
+        send: Box::new(send),
+        recv: Box::new(recv),
+    })
+}
+
+/// Connects over the TLS/TCP fallback.
+async fn connect_tcp(cfg: &AgentConfig, tls: rustls::ClientConfig) -> anyhow::Result<Control> {
+    let dialer = TcpDialer::new(cfg.a3_address, &cfg.server_name, cfg.bind, tls)?;
+    let (send, recv) = dialer.open(a3_shared::proto::tcp::CONTROL).await?;
+    Ok(Control {
+        link: Link::Tcp(Arc::new(dialer)),
+        endpoint: None,
+        send,
+        recv,
+    })
+}
+
+/// Whether QUIC got no answer at all (UDP dropped on the way), rather than a refusal.
+fn no_answer(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<quinn::ConnectionError>(),
+            Some(quinn::ConnectionError::TimedOut)
+        )
+    })
+}
+
+/// Opens a control stream with the identity's certificate (or none, to enroll), over the
+/// configured transport; `auto` falls back to TLS/TCP when QUIC gets no answer.
+async fn connect(cfg: &AgentConfig, identity: &Identity) -> anyhow::Result<Control> {
+    let tls = tls::client_config(&cfg.ca_pin, identity)?;
+    match cfg.transport {
+        Transport::Quic => connect_quic(cfg, tls).await,
+        Transport::Tcp => connect_tcp(cfg, tls).await,
+        Transport::Auto => match connect_quic(cfg, tls.clone()).await {
+            Err(e) if no_answer(&e) => {
+                tracing::warn!(
+                    "{e:#}; trying the TLS/TCP fallback on TCP {}",
+                    cfg.a3_address
+                );
+                connect_tcp(cfg, tls)
+                    .await
+                    .map_err(|tcp| tcp.context(format!("after QUIC failed ({e:#})")))
+            }
+            other => other,
+        },
+    }
 }
 
 /// Trades the one-time token for a certificate.
@@ -98,10 +175,9 @@ async fn enroll(cfg: &AgentConfig, identity: &mut Identity) -> anyhow::Result<()
             cfg.id
         );
     };
-    let (endpoint, conn) = connect(cfg, identity).await?;
-    let (mut send, mut recv) = conn.open_bi().await?;
+    let mut control = connect(cfg, identity).await?;
     wire::send(
-        &mut send,
+        &mut control.send,
         &AgentMsg::Enroll {
             version: PROTOCOL_VERSION,
             abd_id: cfg.id.clone(),
@@ -110,9 +186,8 @@ async fn enroll(cfg: &AgentConfig, identity: &mut Identity) -> anyhow::Result<()
         },
     )
     .await?;
-    let answer = wire::recv::<A3Msg>(&mut recv, 64 << 10).await?;
-    conn.close(0u32.into(), b"enrolled");
-    endpoint.wait_idle().await;
+    let answer = wire::recv::<A3Msg>(&mut control.recv, 64 << 10).await?;
+    control.close(b"enrolled").await;
     match answer {
         Some(A3Msg::Enrolled { cert_der }) => {
             identity.save_cert(cert_der)?;
@@ -125,19 +200,13 @@ async fn enroll(cfg: &AgentConfig, identity: &mut Identity) -> anyhow::Result<()
 }
 
 /// An accepted connection: the control stream is open and the A3 said welcome.
-pub struct Session {
-    endpoint: quinn::Endpoint,
-    conn: quinn::Connection,
-    send: quinn::SendStream,
-    recv: quinn::RecvStream,
-}
+pub struct Session(Control);
 
 /// Connects (enrolling first when needed) and says hello.
 pub async fn open_session(cfg: &AgentConfig, identity: &mut Identity) -> anyhow::Result<Session> {
     if identity.cert.is_none() {
         enroll(cfg, identity).await?;
     }
-    let (endpoint, conn) = connect(cfg, identity).await?;
     let refused = |e: anyhow::Error| {
         e.context(format!(
             "the A3 at {} refused ABD '{}' (certificate revoked, replaced, or from another \
@@ -145,9 +214,12 @@ pub async fn open_session(cfg: &AgentConfig, identity: &mut Identity) -> anyhow:
             cfg.a3_address, cfg.id, cfg.id
         ))
     };
-    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| refused(e.into()))?;
+    let mut control = connect(cfg, identity).await.map_err(|e| {
+        // A refusal shows as a broken handshake; no answer at all is not a refusal.
+        if no_answer(&e) { e } else { refused(e) }
+    })?;
     wire::send(
-        &mut send,
+        &mut control.send,
         &AgentMsg::Hello {
             version: PROTOCOL_VERSION,
             abd_id: cfg.id.clone(),
@@ -156,16 +228,11 @@ pub async fn open_session(cfg: &AgentConfig, identity: &mut Identity) -> anyhow:
     )
     .await
     .map_err(refused)?;
-    match wire::recv::<A3Msg>(&mut recv, 64 << 10)
+    match wire::recv::<A3Msg>(&mut control.recv, 64 << 10)
         .await
         .map_err(refused)?
     {
-        Some(A3Msg::Welcome { version }) if version == PROTOCOL_VERSION => Ok(Session {
-            endpoint,
-            conn,
-            send,
-            recv,
-        }),
+        Some(A3Msg::Welcome { version }) if version == PROTOCOL_VERSION => Ok(Session(control)),
         Some(A3Msg::Welcome { version }) => {
             bail!("the A3 speaks protocol {version}, this agent {PROTOCOL_VERSION}; upgrade")
         }
@@ -176,13 +243,13 @@ pub async fn open_session(cfg: &AgentConfig, identity: &mut Identity) -> anyhow:
 
 /// Serves jobs on an open session until the connection ends; returns why it ended.
 pub async fn serve(session: Session) -> anyhow::Error {
-    let Session {
+    let Control {
+        link,
         endpoint,
-        conn,
         send,
         mut recv,
-    } = session;
-    let mut jobs = jobs::Jobs::new(conn.clone(), send);
+    } = session.0;
+    let mut jobs = jobs::Jobs::new(link.clone(), send);
     let why = loop {
         match wire::recv::<A3Msg>(&mut recv, MAX_CONTROL_FRAME).await {
             Ok(Some(msg)) => jobs.handle(msg),
@@ -191,8 +258,12 @@ pub async fn serve(session: Session) -> anyhow::Error {
         }
     };
     jobs.abort_all(&format!("{why:#}"));
-    conn.close(0u32.into(), b"bye");
-    endpoint.wait_idle().await;
+    if let Link::Quic(conn) = &link {
+        conn.close(0u32.into(), b"bye");
+    }
+    if let Some(endpoint) = endpoint {
+        endpoint.wait_idle().await;
+    }
     why
 }
 
@@ -203,7 +274,8 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     loop {
         match open_session(&cfg, &mut identity).await {
             Ok(session) => {
-                tracing::info!(a3 = %cfg.a3_address, id = %cfg.id, "connected to the A3");
+                let transport = session.0.link.name();
+                tracing::info!(a3 = %cfg.a3_address, id = %cfg.id, transport, "connected to the A3");
                 backoff = Duration::from_secs(1);
                 status::set_connected(true);
                 let why = serve(session).await;
@@ -217,11 +289,12 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     }
 }
 
-/// `abd-agent probe`: one attempt to connect (enrolling if needed) and be welcomed.
-pub async fn probe(cfg: AgentConfig) -> anyhow::Result<()> {
+/// `abd-agent probe`: one attempt to connect (enrolling if needed) and be welcomed; says
+/// which transport carried it.
+pub async fn probe(cfg: AgentConfig) -> anyhow::Result<&'static str> {
     let mut identity = Identity::load_or_create(cfg.state_dir())?;
     let session = open_session(&cfg, &mut identity).await?;
-    session.conn.close(0u32.into(), b"probe");
-    session.endpoint.wait_idle().await;
-    Ok(())
+    let transport = session.0.link.name();
+    session.0.close(b"probe").await;
+    Ok(transport)
 }

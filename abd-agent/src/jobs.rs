@@ -11,6 +11,7 @@ use a3_shared::proto::{A3Msg, AgentMsg, Outcome, Progress};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::link::{Link, SendStream};
 use crate::{backup, hash, restore, status, wire};
 
 /// Live counters of one job, read by the progress reporter.
@@ -58,7 +59,7 @@ impl Counters {
 
 /// The running jobs of one connection.
 pub struct Jobs {
-    conn: quinn::Connection,
+    link: Link,
     ctl: mpsc::UnboundedSender<AgentMsg>,
     running: HashMap<u64, JoinHandle<()>>,
     writer: JoinHandle<()>,
@@ -66,7 +67,7 @@ pub struct Jobs {
 
 impl Jobs {
     /// Starts the control-stream writer.
-    pub fn new(conn: quinn::Connection, mut send: quinn::SendStream) -> Jobs {
+    pub fn new(link: Link, mut send: SendStream) -> Jobs {
         let (ctl, mut rx) = mpsc::unbounded_channel::<AgentMsg>();
         let writer = tokio::spawn(async move {
             while let Some(msg) = rx.recv().await {
@@ -77,7 +78,7 @@ impl Jobs {
             }
         });
         Jobs {
-            conn,
+            link,
             ctl,
             running: HashMap::new(),
             writer,
@@ -92,18 +93,18 @@ impl Jobs {
                 let id = job.job;
                 tracing::info!(job = id, device = %job.device, disk = %job.disk, "backup starts");
                 let what = format!("backup of {}", job.device);
-                let conn = self.conn.clone();
+                let link = self.link.clone();
                 self.spawn(id, what, move |c| async move {
-                    backup::run(conn, job, c).await.map(|()| None)
+                    backup::run(link, job, c).await.map(|()| None)
                 });
             }
             A3Msg::Restore(job) => {
                 let id = job.job;
                 tracing::info!(job = id, target = %job.target, "restore starts");
                 let what = format!("restore to {}", job.target);
-                let conn = self.conn.clone();
+                let link = self.link.clone();
                 self.spawn(id, what, move |c| async move {
-                    restore::run(conn, job, c).await.map(|()| None)
+                    restore::run(link, job, c).await.map(|()| None)
                 });
             }
             A3Msg::Hash(job) => {

@@ -31,6 +31,7 @@ mod hash;
 mod identity;
 mod init;
 mod jobs;
+mod link;
 mod logring;
 mod net;
 mod restore;
@@ -197,8 +198,8 @@ fn main_exec(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Probe { config } => {
             let cfg = config::AgentConfig::load(&config)?;
-            runtime.block_on(conn::probe(cfg))?;
-            println!("accepted by the A3");
+            let transport = runtime.block_on(conn::probe(cfg))?;
+            println!("accepted by the A3 over {transport}");
             Ok(())
         }
     }

@@ -15,13 +15,14 @@ use a3_shared::proto::{
 use anyhow::{Context, bail};
 
 use crate::jobs::Counters;
+use crate::link::{Link, RecvStream};
 use crate::{blocks, device, wire};
 
 /// Parallel streams for a restore.
 const STREAMS: u32 = 3;
 
 /// Runs one restore job.
-pub async fn run(conn: quinn::Connection, job: RestoreJob, c: Arc<Counters>) -> anyhow::Result<()> {
+pub async fn run(link: Link, job: RestoreJob, c: Arc<Counters>) -> anyhow::Result<()> {
     let m = Arc::new(job.manifest);
     if !m.is_consistent() {
         bail!("{}: the manifest does not match its size", job.label);
@@ -54,7 +55,7 @@ pub async fn run(conn: quinn::Connection, job: RestoreJob, c: Arc<Counters>) -> 
 
     let mut workers = Vec::new();
     for stream in 0..STREAMS {
-        let (mut send, recv) = conn.open_bi().await.context("opening a data stream")?;
+        let (mut send, recv) = link.open_data().await.context("opening a data stream")?;
         wire::send(
             &mut send,
             &DataUp::Open {
@@ -65,7 +66,7 @@ pub async fn run(conn: quinn::Connection, job: RestoreJob, c: Arc<Counters>) -> 
             },
         )
         .await?;
-        let _ = send.finish();
+        wire::finish(&mut send).await;
         workers.push(tokio::spawn(receive(
             recv,
             stream,
@@ -101,7 +102,7 @@ pub async fn run(conn: quinn::Connection, job: RestoreJob, c: Arc<Counters>) -> 
 
 #[allow(clippy::too_many_arguments)]
 async fn receive(
-    mut recv: quinn::RecvStream,
+    mut recv: RecvStream,
     stream: u32,
     m: Arc<Manifest>,
     file: Arc<File>,

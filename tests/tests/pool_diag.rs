@@ -81,7 +81,7 @@ async fn diag_job_checks_an_abd_and_stores_the_table() {
         ssh["detail"].as_str().unwrap().contains("pinned"),
         "{ssh:#}"
     );
-    for line in ["ip", "quic", "reverse path", "memory"] {
+    for line in ["ip", "quic", "tcp", "reverse path", "memory"] {
         let c = check(&job, line);
         assert_eq!(
             (&c["source"], &c["status"]),

@@ -26,6 +26,9 @@ pub struct AbdView {
     pub connected: bool,
     /// Its agent's address when connected now.
     pub connected_from: Option<String>,
+    /// `QUIC`, or `TLS/TCP` for the fallback, when connected now.
+    #[serde(default)]
+    pub transport: Option<String>,
     /// Unix seconds of the enrollment.
     pub enrolled_at: Option<i64>,
     /// Unix seconds of the revocation.
@@ -85,7 +88,8 @@ async fn list(State(state): State<AppState>) -> Result<Json<Vec<AbdView>>, ApiEr
                 }
                 .into(),
                 connected: connected.contains_key(&a.id),
-                connected_from: connected.get(&a.id).map(|r| r.to_string()),
+                connected_from: connected.get(&a.id).map(|c| c.remote.to_string()),
+                transport: connected.get(&a.id).map(|c| c.transport.to_string()),
                 id: a.id,
                 enrolled_at: a.enrolled_at,
                 revoked_at: a.revoked_at,

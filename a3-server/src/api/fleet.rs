@@ -27,6 +27,9 @@ pub struct AbdVmView {
     pub row: AbdVmRow,
     /// Whether its agent is connected now, and from where.
     pub connected_from: Option<String>,
+    /// `QUIC`, or `TLS/TCP` for the fallback, when connected now.
+    #[serde(default)]
+    pub transport: Option<String>,
 }
 
 /// A pool's IP list, as `abd ips set` sends it.
@@ -55,7 +58,8 @@ async fn list(State(state): State<AppState>) -> Result<Json<Vec<AbdVmView>>, Api
             .abd_vm_list(None)?
             .into_iter()
             .map(|row| AbdVmView {
-                connected_from: connected.get(&row.id).map(|a| a.to_string()),
+                connected_from: connected.get(&row.id).map(|c| c.remote.to_string()),
+                transport: connected.get(&row.id).map(|c| c.transport.to_string()),
                 row,
             })
             .collect(),

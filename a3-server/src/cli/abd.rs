@@ -230,7 +230,7 @@ pub async fn run(cmd: AbdCommand, api: &ApiClient) -> anyhow::Result<()> {
                         f.row.vm_uuid.unwrap_or_else(|| "-".into()),
                         f.row.ip,
                         f.row.state,
-                        f.connected_from.unwrap_or_else(|| "-".into()),
+                        connected_from(f.connected_from, f.transport),
                     ]
                 })
                 .collect();
@@ -243,13 +243,7 @@ pub async fn run(cmd: AbdCommand, api: &ApiClient) -> anyhow::Result<()> {
             }
             let rows = abds
                 .into_iter()
-                .map(|a| {
-                    vec![
-                        a.id,
-                        a.state,
-                        a.connected_from.unwrap_or_else(|| "-".into()),
-                    ]
-                })
+                .map(|a| vec![a.id, a.state, connected_from(a.connected_from, a.transport)])
                 .collect();
             print_table(&["ID", "STATE", "CONNECTED FROM"], rows);
             Ok(())
@@ -332,4 +326,13 @@ fn print_ips(list: Vec<AbdIp>) {
         })
         .collect();
     print_table(&["ADDRESS", "GATEWAY", "NETWORK", "HELD BY"], rows);
+}
+
+/// `ADDRESS (TRANSPORT)`, or `-` when not connected.
+fn connected_from(from: Option<String>, transport: Option<String>) -> String {
+    match (from, transport) {
+        (Some(from), Some(t)) => format!("{from} ({t})"),
+        (Some(from), None) => from,
+        (None, _) => "-".into(),
+    }
 }

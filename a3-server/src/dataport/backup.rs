@@ -101,8 +101,8 @@ impl BackupWork {
     pub async fn serve_stream(
         self: Arc<Self>,
         size: u64,
-        send: &mut quinn::SendStream,
-        recv: &mut quinn::RecvStream,
+        send: &mut wire::SendStream,
+        recv: &mut wire::RecvStream,
     ) -> Result<(), String> {
         {
             let mut guard = self.assembler.lock().unwrap_or_else(|p| p.into_inner());

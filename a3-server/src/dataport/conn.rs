@@ -1,6 +1,9 @@
 //! One agent connection: either an enrollment (no client certificate: one exchange, then
-//! close) or a session: the control stream, with data streams opened per job.
+//! close) or a session: the control stream, with data streams opened per job. The same
+//! code serves QUIC and the TLS/TCP fallback ([`super::tcp`]); a [`Carrier`] holds what
+//! differs.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use a3_shared::proto::{A3Msg, AgentMsg, DataDown, DataUp, PROTOCOL_VERSION};
@@ -8,39 +11,121 @@ use anyhow::{Context, bail};
 use tokio::sync::mpsc;
 
 use super::hash::DeviceHash;
-use super::{Active, AgentLink, DataPort, JobState, wire};
+use super::wire::{RecvStream, SendStream};
+use super::{Active, AgentLink, DataPort, JobState, Transport, wire};
 
 /// Frames on the control stream from an agent are small (no manifests go up).
 const MAX_CONTROL_UP: usize = 64 << 10;
 /// How long a new connection may take to send its first message.
-const FIRST_MESSAGE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+pub const FIRST_MESSAGE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Handles one incoming connection to its end.
-pub async fn handle(
+/// What carries a connection's streams.
+pub enum Carrier {
+    /// QUIC: the control and data streams are streams of one connection.
+    Quic(quinn::Connection),
+    /// The TLS/TCP fallback: data streams come as connections of their own, which the
+    /// listener hands to [`data_stream`] directly.
+    Tcp,
+}
+
+impl Carrier {
+    fn transport(&self) -> Transport {
+        match self {
+            Carrier::Quic(_) => Transport::Quic,
+            Carrier::Tcp => Transport::Tcp,
+        }
+    }
+
+    /// The next data stream of the session (never, over TCP).
+    async fn accept_data(&self) -> Result<(SendStream, RecvStream), quinn::ConnectionError> {
+        match self {
+            Carrier::Quic(conn) => {
+                let (s, r) = conn.accept_bi().await?;
+                Ok((Box::new(s), Box::new(r)))
+            }
+            Carrier::Tcp => std::future::pending().await,
+        }
+    }
+
+    /// Closes the whole connection (TCP: the control stream's owner drops it).
+    fn close(&self, code: u32, reason: &[u8]) {
+        if let Carrier::Quic(conn) = self {
+            conn.close(code.into(), reason);
+        }
+    }
+}
+
+/// Who is at the other end.
+pub struct Peer {
+    /// The remote address.
+    pub remote: SocketAddr,
+    /// The ABD its client certificate names, if it has an accepted one.
+    pub abd: Option<String>,
+    /// This connection's number (a reconnecting ABD replaces an older one).
+    pub conn_id: usize,
+}
+
+/// The ABD an accepted client certificate belongs to.
+pub fn abd_of(
+    port: &DataPort,
+    certs: Option<&[rustls::pki_types::CertificateDer<'_>]>,
+) -> Option<String> {
+    certs
+        .and_then(|c| c.first())
+        .and_then(|c| port.pki().accepted().id_of(c))
+}
+
+/// Handles one incoming QUIC connection to its end.
+pub async fn handle_quic(
     port: DataPort,
     incoming: quinn::Incoming,
     conn_id: usize,
 ) -> anyhow::Result<()> {
     let remote = incoming.remote_address();
     let conn = incoming.await.context("handshake")?;
-    let abd = conn
-        .peer_identity()
-        .and_then(|any| {
-            any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
-                .ok()
-        })
-        .and_then(|certs| certs.first().and_then(|c| port.pki().accepted().id_of(c)));
-    // A peer must say who it is promptly: a silent connection would hold a slot.
-    let opening = async {
-        let (send, mut recv) = conn.accept_bi().await.context("control stream")?;
-        let first = wire::recv::<AgentMsg>(&mut recv, MAX_CONTROL_UP).await?;
-        anyhow::Ok((send, recv, first))
-    };
-    let (mut send, recv, first) = tokio::time::timeout(FIRST_MESSAGE_TIMEOUT, opening)
+    let certs = conn.peer_identity().and_then(|any| {
+        any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+            .ok()
+    });
+    let abd = abd_of(&port, certs.as_deref().map(Vec::as_slice));
+    // A peer must open its control stream promptly: a silent connection would hold a slot.
+    let (send, recv) = tokio::time::timeout(FIRST_MESSAGE_TIMEOUT, conn.accept_bi())
         .await
         .map_err(|_| {
-            anyhow::anyhow!("{remote}: said nothing within {FIRST_MESSAGE_TIMEOUT:?}")
-        })??;
+            anyhow::anyhow!("{remote}: opened no stream within {FIRST_MESSAGE_TIMEOUT:?}")
+        })?
+        .context("control stream")?;
+    let peer = Peer {
+        remote,
+        abd,
+        conn_id,
+    };
+    handle_control(
+        port,
+        peer,
+        Carrier::Quic(conn),
+        Box::new(send),
+        Box::new(recv),
+    )
+    .await
+}
+
+/// Serves a control stream: enrollment, or Hello and then the session.
+pub async fn handle_control(
+    port: DataPort,
+    peer: Peer,
+    carrier: Carrier,
+    mut send: SendStream,
+    mut recv: RecvStream,
+) -> anyhow::Result<()> {
+    let remote = peer.remote;
+    let first = tokio::time::timeout(
+        FIRST_MESSAGE_TIMEOUT,
+        wire::recv::<AgentMsg>(&mut recv, MAX_CONTROL_UP),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("{remote}: said nothing within {FIRST_MESSAGE_TIMEOUT:?}"))??;
+    let abd = peer.abd.clone();
     match (abd, first) {
         (
             None,
@@ -74,9 +159,13 @@ pub async fn handle(
                 }
             };
             wire::send(&mut send, &answer).await?;
-            let _ = send.finish();
-            // Let the agent read the answer and close.
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), conn.closed()).await;
+            wire::finish(&mut send).await;
+            // Let the agent read the answer and close its end.
+            let _ = tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                wire::recv::<AgentMsg>(&mut recv, MAX_CONTROL_UP),
+            )
+            .await;
             Ok(())
         }
         (None, _) => {
@@ -89,8 +178,8 @@ pub async fn handle(
                 },
             )
             .await;
-            let _ = send.finish();
-            conn.close(1u32.into(), b"not enrolled");
+            wire::finish(&mut send).await;
+            carrier.close(1, b"not enrolled");
             bail!("{remote}: refused: not enrolled");
         }
         (
@@ -114,8 +203,8 @@ pub async fn handle(
                     },
                 )
                 .await;
-                let _ = send.finish();
-                conn.close(1u32.into(), b"refused");
+                wire::finish(&mut send).await;
+                carrier.close(1, b"refused");
                 bail!("{remote}: refused: {reason}");
             }
             wire::send(
@@ -125,11 +214,11 @@ pub async fn handle(
                 },
             )
             .await?;
-            tracing::info!(%remote, abd = %id, %agent, "ABD connected");
-            session(port, conn, conn_id, id, send, recv).await
+            tracing::info!(%remote, abd = %id, %agent, transport = %carrier.transport(), "ABD connected");
+            session(port, carrier, peer, id, send, recv).await
         }
         (Some(id), other) => {
-            conn.close(1u32.into(), b"protocol");
+            carrier.close(1, b"protocol");
             bail!("ABD '{id}' at {remote}: expected Hello, got {other:?}");
         }
     }
@@ -137,17 +226,19 @@ pub async fn handle(
 
 async fn session(
     port: DataPort,
-    conn: quinn::Connection,
-    conn_id: usize,
+    carrier: Carrier,
+    peer: Peer,
     abd: String,
-    mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
+    mut send: SendStream,
+    mut recv: RecvStream,
 ) -> anyhow::Result<()> {
+    let conn_id = peer.conn_id;
     let (ctl, mut ctl_rx) = mpsc::unbounded_channel::<A3Msg>();
     let link = AgentLink {
         conn_id,
         ctl,
-        remote: conn.remote_address(),
+        remote: peer.remote,
+        transport: carrier.transport(),
     };
     // A reconnecting agent replaces its previous connection; that one's jobs fail.
     if let Some(old) = port.lock_agents().insert(abd.clone(), link) {
@@ -155,25 +246,27 @@ async fn session(
             reason: "replaced by a newer connection of the same ABD".into(),
         });
     }
-    let writer_conn = conn.clone();
+    // The writer ends on a refusal (a newer connection replaced this one: true) or a broken
+    // stream (false); either ends the session.
     let writer = tokio::spawn(async move {
         while let Some(msg) = ctl_rx.recv().await {
             let refused = matches!(msg, A3Msg::Refused { .. });
             if wire::send(&mut send, &msg).await.is_err() {
-                break;
+                return false;
             }
             if refused {
-                let _ = send.finish();
-                writer_conn.close(1u32.into(), b"refused");
-                break;
+                wire::finish(&mut send).await;
+                return true;
             }
         }
+        false
     });
+    let mut writer = std::pin::pin!(writer);
     let shutdown = port.inner.shutdown.clone();
     let why: String = loop {
         tokio::select! {
             _ = shutdown.cancelled() => {
-                conn.close(2u32.into(), b"A3 shutting down");
+                carrier.close(2, b"A3 shutting down");
                 break "the A3 is shutting down (restart it, then run the job again)".into();
             }
             msg = wire::recv::<AgentMsg>(&mut recv, MAX_CONTROL_UP) => match msg {
@@ -181,7 +274,14 @@ async fn session(
                 Ok(None) => break format!("ABD '{abd}' closed its control stream"),
                 Err(e) => break format!("ABD '{abd}' disconnected ({e})"),
             },
-            stream = conn.accept_bi() => match stream {
+            refused = &mut writer => {
+                carrier.close(1, b"refused");
+                break match refused {
+                    Ok(true) => format!("ABD '{abd}' connected again; this older connection ended"),
+                    _ => format!("ABD '{abd}' disconnected (its control stream broke)"),
+                };
+            }
+            stream = carrier.accept_data() => match stream {
                 Ok((s, r)) => {
                     let port = port.clone();
                     let abd = abd.clone();
@@ -271,11 +371,11 @@ fn control(port: &DataPort, abd: &str, msg: AgentMsg) {
 }
 
 /// A data stream: the first frame names the job.
-async fn data_stream(
+pub async fn data_stream(
     port: &DataPort,
     abd: &str,
-    mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
+    mut send: SendStream,
+    mut recv: RecvStream,
 ) -> anyhow::Result<()> {
     let Some(DataUp::Open {
         job,
@@ -311,10 +411,11 @@ async fn data_stream(
             },
         )
         .await;
-        let _ = send.finish();
+        wire::finish(&mut send).await;
         port.fail(job, &reason);
         bail!("job {job}: {reason}");
     }
-    let _ = send.finish();
+    wire::finish(&mut send).await;
+    wire::drain(&mut recv).await;
     Ok(())
 }

@@ -6,8 +6,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::pki::Pki;
-
 /// Transport settings for bulk transfer on loopback and LAN.
 ///
 /// - Receive windows: 16 MiB per stream, 64 MiB per connection, the settings DESIGN.md §7
@@ -58,8 +56,7 @@ pub fn server_names(listen: SocketAddr) -> Vec<String> {
 /// `net.core.[rw]mem_max`; as root the A3 could force more, but a clamped buffer only costs
 /// retransmissions, never correctness), so a burst from several agents is not dropped
 /// before quinn reads it.
-pub fn bind(listen: SocketAddr, pki: &Pki) -> anyhow::Result<quinn::Endpoint> {
-    let tls = pki.server_config(&server_names(listen))?;
+pub fn bind(listen: SocketAddr, tls: Arc<rustls::ServerConfig>) -> anyhow::Result<quinn::Endpoint> {
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(
         quinn::crypto::rustls::QuicServerConfig::try_from(tls)?,
     ));

@@ -1,13 +1,15 @@
-//! Port 2811: the QUIC endpoint ABD agents connect to (DESIGN.md §4).
+//! Port 2811: the QUIC endpoint ABD agents connect to, and its TLS/TCP fallback
+//! (DESIGN.md §4).
 //!
 //! Who does what:
 //! - [`endpoint`]: socket, TLS (from [`crate::pki`]) and transport tuning;
+//! - [`tcp`]: the fallback's listener: one TLS connection per stream;
 //! - [`conn`]: one task per connection: enrollment, or the control stream plus data
 //!   streams; an error ends that connection only;
 //! - [`backup`], [`restore`]: the A3's half of each job's data streams;
 //! - [`storage`]: the calls into the store, all through `spawn_blocking`;
 //! - [`jobs`]: job status for the API and CLI;
-//! - [`wire`]: frames on QUIC streams.
+//! - [`wire`]: frames on streams.
 //!
 //! Jobs are dispatched to the connected agent of an ABD id. A job's version is committed
 //! only when the agent reports success *and* the A3's own bookkeeping says every block is
@@ -21,6 +23,7 @@ pub mod hash;
 pub mod jobs;
 pub mod restore;
 pub mod storage;
+pub mod tcp;
 pub mod wire;
 
 use std::collections::HashMap;
@@ -65,6 +68,40 @@ struct AgentLink {
     conn_id: usize,
     ctl: mpsc::UnboundedSender<A3Msg>,
     remote: SocketAddr,
+    transport: Transport,
+}
+
+/// What carries an agent's connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// QUIC on UDP 2811, the data path.
+    Quic,
+    /// The TLS/TCP fallback on TCP 2811.
+    Tcp,
+}
+
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Transport::Quic => "QUIC",
+            Transport::Tcp => "TLS/TCP",
+        })
+    }
+}
+
+/// Where a connected agent is, and over what.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Connected {
+    /// Its address.
+    pub remote: SocketAddr,
+    /// QUIC, or the fallback.
+    pub transport: Transport,
+}
+
+impl std::fmt::Display for Connected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.remote, self.transport)
+    }
 }
 
 /// A job's A3-side work, found by data streams through the job id.
@@ -95,6 +132,7 @@ struct Inner {
     handoffs: backup::Handoffs,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    conn_ids: std::sync::atomic::AtomicUsize,
 }
 
 /// The running data port: dispatch jobs, list agents.
@@ -155,10 +193,36 @@ pub struct Dispatched {
     pub notes: Vec<String>,
 }
 
+/// Binds QUIC on `listen` and TCP on the port QUIC got. With port 0, a port whose TCP side
+/// is taken is given back and another one tried.
+fn bind_both(
+    listen: SocketAddr,
+    tls: &Arc<rustls::ServerConfig>,
+) -> anyhow::Result<(quinn::Endpoint, std::net::TcpListener)> {
+    let mut attempts = 0;
+    loop {
+        let endpoint = endpoint::bind(listen, tls.clone())?;
+        let addr = endpoint.local_addr()?;
+        match tcp::listen(addr) {
+            Ok(l) => return Ok((endpoint, l)),
+            Err(e) if listen.port() == 0 && attempts < 16 => {
+                tracing::debug!(%addr, "TCP side taken ({e}); trying another port");
+                attempts += 1;
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "port 2811: cannot listen on TCP {addr} (the TLS/TCP fallback); free that \
+                     port or pick another `data_listen`"
+                )));
+            }
+        }
+    }
+}
+
 impl DataPort {
-    /// Binds port 2811 and starts accepting; writes the bound address to
-    /// `<state-dir>/data.addr`. Stops when `shutdown` is cancelled; the returned task ends
-    /// once every connection is closed.
+    /// Binds port 2811, UDP (QUIC) and TCP (the fallback) on the same port, and starts
+    /// accepting; writes the bound address to `<state-dir>/data.addr`. Stops when
+    /// `shutdown` is cancelled; the returned task ends once every connection is closed.
     pub async fn start(
         listen: SocketAddr,
         state_dir: &std::path::Path,
@@ -166,7 +230,8 @@ impl DataPort {
         store: StoreHandle,
         shutdown: CancellationToken,
     ) -> anyhow::Result<(DataPort, JoinHandle<()>)> {
-        let endpoint = endpoint::bind(listen, &pki)?;
+        let tls = Arc::new(pki.server_config(&endpoint::server_names(listen))?);
+        let (endpoint, tcp) = bind_both(listen, &tls)?;
         let addr = endpoint.local_addr()?;
         crate::server::write_private(&state_dir.join("data.addr"), format!("{addr}\n").as_bytes())?;
         let port = DataPort {
@@ -180,16 +245,26 @@ impl DataPort {
                 handoffs: backup::Handoffs::default(),
                 shutdown: shutdown.clone(),
                 tasks: TaskTracker::new(),
+                conn_ids: Default::default(),
             }),
         };
-        tracing::info!(%addr, "port 2811 (QUIC) listening");
-        let accept = tokio::spawn(port.clone().accept_loop(endpoint));
+        tracing::info!(%addr, "port 2811 (QUIC, and TLS/TCP fallback) listening");
+        let tcp = tokio::net::TcpListener::from_std(tcp)?;
+        let tcp = tokio::spawn(tcp::accept_loop(port.clone(), tcp, tls));
+        let accept = tokio::spawn(port.clone().accept_loop(endpoint, tcp));
         Ok((port, accept))
     }
 
-    async fn accept_loop(self, endpoint: quinn::Endpoint) {
+    /// A number for a new connection.
+    fn next_conn_id(&self) -> usize {
+        self.inner
+            .conn_ids
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1
+    }
+
+    async fn accept_loop(self, endpoint: quinn::Endpoint, tcp: JoinHandle<()>) {
         let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-        let mut next_id = 0usize;
         loop {
             let permit = tokio::select! {
                 _ = self.inner.shutdown.cancelled() => break,
@@ -199,18 +274,18 @@ impl DataPort {
                 _ = self.inner.shutdown.cancelled() => break,
                 i = endpoint.accept() => match i { Some(i) => i, None => break },
             };
-            next_id += 1;
             let port = self.clone();
-            let conn_id = next_id;
+            let conn_id = self.next_conn_id();
             self.inner.tasks.spawn(async move {
                 let remote = incoming.remote_address();
-                if let Err(e) = conn::handle(port, incoming, conn_id).await {
+                if let Err(e) = conn::handle_quic(port, incoming, conn_id).await {
                     tracing::info!(%remote, "port 2811 connection ended: {e:#}");
                 }
                 drop(permit);
             });
         }
         endpoint.close(0u32.into(), b"A3 shutting down");
+        let _ = tcp.await;
         self.inner.tasks.close();
         self.inner.tasks.wait().await;
         endpoint.wait_idle().await;
@@ -237,11 +312,17 @@ impl DataPort {
         &self.inner.store
     }
 
-    /// Connected ABD ids with their remote addresses.
-    pub fn connected(&self) -> HashMap<String, SocketAddr> {
+    /// Connected ABD ids, with where they are and over what.
+    pub fn connected(&self) -> HashMap<String, Connected> {
         self.lock_agents()
             .iter()
-            .map(|(id, l)| (id.clone(), l.remote))
+            .map(|(id, l)| {
+                let c = Connected {
+                    remote: l.remote,
+                    transport: l.transport,
+                };
+                (id.clone(), c)
+            })
             .collect()
     }
 

@@ -56,7 +56,7 @@ impl RestoreWork {
         self: Arc<Self>,
         stream: u32,
         streams: u32,
-        send: &mut quinn::SendStream,
+        send: &mut wire::SendStream,
     ) -> Result<(), String> {
         if streams == 0 || streams > 64 || stream >= streams {
             return Err(format!("bad restore stream {stream} of {streams}"));

@@ -384,7 +384,7 @@ impl Fleet {
                     .with_context(|| format!("ABD '{id}': bad address {cidr:?}"))?
             }
             None => match self.dataport.connected().get(id) {
-                Some(from) => from.ip(),
+                Some(from) => from.remote.ip(),
                 None => anyhow::bail!(
                     "ABD '{id}' has no known address: it uses DHCP, has not reported its \
                      lease (vm-data/abd/assigned-ip) and is not connected; check its VM runs"

@@ -23,6 +23,7 @@ use super::log::RunLog;
 use super::{Engine, StartError, Started, attach, unix_now};
 use crate::abdssh;
 use crate::catalog::jobs::CheckRow;
+use crate::dataport::Transport;
 use crate::fleet::Held;
 use crate::poolops::{self, RUN_KEY};
 use crate::template;
@@ -196,12 +197,23 @@ impl Engine {
         let abd = held.row.id.as_str();
         let mut checks = Vec::new();
         checks.push(match self.dataport().connected().get(abd) {
-            Some(remote) => a3_check(
+            Some(c) if c.transport == Transport::Quic => a3_check(
                 abd,
                 "data port",
                 Status::Pass,
-                format!("connected to port 2811 (QUIC) from {remote}"),
+                format!("connected to port 2811 over QUIC from {}", c.remote),
                 "",
+            ),
+            Some(c) => a3_check(
+                abd,
+                "data port",
+                Status::Warn,
+                format!(
+                    "connected to port 2811 over {} from {}",
+                    c.transport, c.remote
+                ),
+                "the ABD uses the TCP fallback: open UDP 2811 from the ABD network to the A3 \
+                 for QUIC, which is faster",
             ),
             None => a3_check(
                 abd,

@@ -7,8 +7,19 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// The ALPN of the QUIC (and TLS/TCP fallback) connection on port 2811 (DESIGN.md §4).
 pub const ALPN: &[u8] = b"abd/1";
 
-/// The default UDP port of the data path.
+/// The default port of the data path: UDP for QUIC, TCP for the fallback.
 pub const DEFAULT_PORT: u16 = 2811;
+
+/// The TLS/TCP fallback for networks that drop UDP (DESIGN.md §4). TCP has no streams, so
+/// each QUIC stream becomes a TLS connection of its own, with the same client certificate;
+/// its first byte says which stream it stands for, and the frames that follow are the
+/// QUIC stream's, unchanged.
+pub mod tcp {
+    /// The connection carries the control stream (enrollment, or Hello and the jobs).
+    pub const CONTROL: u8 = b'C';
+    /// The connection carries one data stream of a job (it opens with `DataUp::Open`).
+    pub const DATA: u8 = b'D';
+}
 
 /// The largest frame either peer accepts. The biggest legitimate frames are a job carrying a
 /// whole manifest (33 bytes per block: 64 MiB covers a 1.9 TiB disk at 1 MiB blocks) and a

@@ -158,7 +158,7 @@ pub fn start_agent(a3: &A3, id: &str, cfg: &Path) -> ChildGuard {
             .stdout(Stdio::null())
             .stderr(log),
     );
-    wait_until(Duration::from_secs(30), || a3.connected(id).then_some(())).unwrap_or_else(|| {
+    wait_until(Duration::from_secs(60), || a3.connected(id).then_some(())).unwrap_or_else(|| {
         panic!(
             "agent {id} did not connect; see {}",
             cfg.with_extension("agent.log").display()
