@@ -127,7 +127,7 @@ async fn a_qemu_abd_backs_up_and_restores_a_simulated_vm_bit_exact() {
         dns.port
     );
     let a3 = A3::start_with(&scratch.path().join("a3"), &a3_ip, &config, "127.0.0.1:0");
-    a3.add_pool(&sim);
+    let pool = a3.add_pool(&sim);
     alike_sr(&sim).await;
 
     // Known content in the VM's 64 MiB disk: the start, the middle, the last MiB.
@@ -257,6 +257,29 @@ async fn a_qemu_abd_backs_up_and_restores_a_simulated_vm_bit_exact() {
         .find(|l| l.starts_with("abd-vm-data: assigned-ip="))
         .unwrap_or("(no report line)")
         .to_owned();
+
+    // The A3's diag job on the qemu ABD: SSH through the forwarded port with the host key
+    // the guest reported, the appliance's own checks, and a test disk hot-plugged through
+    // QMP that the guest reads and hashes.
+    let diag = a3.cli(&["abd", "diag", "--pool", &pool]);
+    let table = String::from_utf8_lossy(&diag.stdout).into_owned();
+    eprintln!("{table}");
+    let line = |name: &str| -> String {
+        table
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(name) || l.contains(&format!(" {name} ")))
+            .unwrap_or_else(|| panic!("no {name} line:\n{table}"))
+            .to_owned()
+    };
+    for name in ["ssh", "quic", "tcp", "reverse path", "test disk"] {
+        let l = line(name);
+        assert!(
+            l.contains("PASS"),
+            "{l}\n{table}\n{}",
+            String::from_utf8_lossy(&diag.stderr)
+        );
+    }
+    assert!(line("ip").contains("10.0.2.15"), "{table}");
 
     // The `/sim/` kill takes the qemu down behind XAPI's back; the VM, still Running,
     // gets a new one, as a crashed guest restarts.

@@ -108,7 +108,7 @@ pub fn read_boot_config(
 /// The console line reporting a `vm-data/abd/<key>` value where there is no xenstore
 /// (qemu): `abd-vm-data: <key>=<value>`; xapi-sim's qemu backend copies it into the VM's
 /// `xenstore_data`, as xenstored would.
-const CONSOLE_VM_DATA: &str = "abd-vm-data: ";
+pub const CONSOLE_VM_DATA: &str = "abd-vm-data: ";
 
 /// Tells the A3 the address through `vm-data/abd/assigned-ip`: in xenstore under Xen, else
 /// on the console.

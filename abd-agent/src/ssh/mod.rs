@@ -123,11 +123,18 @@ pub async fn start_for(
     );
     // A marked line for programs reading the console (qemu tests) or the process's stderr.
     eprintln!("abd-ssh-hostkey: {}", serving.fingerprint);
-    if let Some(xs) = xs {
-        match xs.write(XS_HOSTKEY, &serving.fingerprint) {
+    match xs {
+        Some(xs) => match xs.write(XS_HOSTKEY, &serving.fingerprint) {
             Ok(()) => tracing::info!("xenstore: {XS_HOSTKEY} = {}", serving.fingerprint),
             Err(e) => tracing::error!("xenstore: cannot write {XS_HOSTKEY}: {e:#}"),
-        }
+        },
+        // No xenstore (qemu): the console carries it, as it carries assigned-ip.
+        None => eprintln!(
+            "{}{}={}",
+            crate::init::appliance::CONSOLE_VM_DATA,
+            XS_HOSTKEY.trim_start_matches("vm-data/abd/"),
+            serving.fingerprint
+        ),
     }
     Some(serving)
 }
