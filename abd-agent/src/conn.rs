@@ -277,9 +277,9 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                 let transport = session.0.link.name();
                 tracing::info!(a3 = %cfg.a3_address, id = %cfg.id, transport, "connected to the A3");
                 backoff = Duration::from_secs(1);
-                status::set_connected(true);
+                status::set_link(Some(transport));
                 let why = serve(session).await;
-                status::set_connected(false);
+                status::set_link(None);
                 tracing::warn!("connection to the A3 lost: {why:#}");
             }
             Err(e) => tracing::warn!("{e:#}; retrying in {}s", backoff.as_secs()),

@@ -1,13 +1,12 @@
 //! What the agent is doing right now, for the SSH `status` command: when it started,
-//! whether it holds a connection to its A3, and the jobs it runs.
+//! whether it holds a connection to its A3 and over what, and the jobs it runs.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
 static STARTED: OnceLock<Instant> = OnceLock::new();
-static CONNECTED: AtomicBool = AtomicBool::new(false);
+static LINK: Mutex<Option<&'static str>> = Mutex::new(None);
 static JOBS: Mutex<BTreeMap<u64, String>> = Mutex::new(BTreeMap::new());
 
 /// Notes the agent's start; call once, early in `main`.
@@ -20,14 +19,15 @@ pub fn uptime_secs() -> f64 {
     STARTED.get_or_init(Instant::now).elapsed().as_secs_f64()
 }
 
-/// Records whether the control stream to the A3 is up.
-pub fn set_connected(up: bool) {
-    CONNECTED.store(up, Ordering::Relaxed);
+/// Records the transport of the control stream to the A3 (`QUIC`, `TLS/TCP`), or `None`
+/// when it is down.
+pub fn set_link(transport: Option<&'static str>) {
+    *LINK.lock().unwrap_or_else(|e| e.into_inner()) = transport;
 }
 
-/// Whether the control stream to the A3 is up.
-pub fn connected() -> bool {
-    CONNECTED.load(Ordering::Relaxed)
+/// The transport of the control stream to the A3, when it is up.
+pub fn link() -> Option<&'static str> {
+    *LINK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The running jobs: id and what they do.

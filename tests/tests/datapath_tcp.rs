@@ -40,6 +40,23 @@ fn transport(a3: &A3, id: &str) -> Option<String> {
         .and_then(|a| a["transport"].as_str().map(str::to_owned))
 }
 
+/// Backs `img` up through `abd` and restores it bit-exact.
+fn round_trip(a3: &A3, abd: &str, cfg: &std::path::Path, dir: &std::path::Path, img: Vec<u8>) {
+    let src = dir.join("disk.img");
+    std::fs::write(&src, &img).unwrap();
+    let v = a3.backup(abd, &src, abd, None);
+    let out = dir.join("restored.img");
+    let r = a3.restore(abd, &v, &out);
+    assert!(
+        r.status.success(),
+        "restore: {}\n{}\n{}",
+        String::from_utf8_lossy(&r.stderr),
+        std::fs::read_to_string(a3.state.with_extension("a3.log")).unwrap_or_default(),
+        std::fs::read_to_string(cfg.with_extension("agent.log")).unwrap_or_default()
+    );
+    assert_same(abd, &std::fs::read(&out).unwrap(), &img);
+}
+
 #[test]
 fn tcp_transport_backs_up_and_restores_bit_exact() {
     let dir = scratch();
@@ -62,20 +79,7 @@ fn tcp_transport_backs_up_and_restores_bit_exact() {
     let _agent = start_agent(&a3, "tcp-1", &cfg);
     assert_eq!(transport(&a3, "tcp-1").as_deref(), Some("TLS/TCP"));
 
-    let img = image(21, 12 * MIB + 777);
-    let src = dir.path().join("disk.img");
-    std::fs::write(&src, &img).unwrap();
-    let v = a3.backup("tcp-1", &src, "tcp-disk", None);
-    let out = dir.path().join("restored.img");
-    let r = a3.restore("tcp-1", &v, &out);
-    assert!(
-        r.status.success(),
-        "restore: {}\n{}\n{}",
-        String::from_utf8_lossy(&r.stderr),
-        std::fs::read_to_string(a3.state.with_extension("a3.log")).unwrap(),
-        std::fs::read_to_string(cfg.with_extension("agent.log")).unwrap()
-    );
-    assert_same("tcp-disk", &std::fs::read(&out).unwrap(), &img);
+    round_trip(&a3, "tcp-1", &cfg, dir.path(), image(21, 12 * MIB + 777));
 }
 
 /// Forwards TCP connections from `listener` to `to`, byte for byte, in threads that end
@@ -129,17 +133,6 @@ fn auto_falls_back_to_tcp_when_quic_gets_no_answer() {
         "the agent says why it fell back:\n{log}"
     );
 
-    let img = image(22, 5 * MIB + 3);
-    let src = dir.path().join("disk.img");
-    std::fs::write(&src, &img).unwrap();
-    let v = a3.backup("auto-1", &src, "auto-disk", None);
-    let out = dir.path().join("restored.img");
-    let r = a3.restore("auto-1", &v, &out);
-    assert!(
-        r.status.success(),
-        "restore: {}",
-        String::from_utf8_lossy(&r.stderr)
-    );
-    assert_same("auto-disk", &std::fs::read(&out).unwrap(), &img);
+    round_trip(&a3, "auto-1", &cfg, dir.path(), image(22, 5 * MIB + 3));
     drop(udp_hole);
 }

@@ -164,7 +164,7 @@ async fn abds_are_persistent_and_restores_are_bit_exact() {
         let id = abd["id"].as_str().unwrap();
         let status = a3.ok(&["abd", "ssh", id, "status"]);
         assert!(
-            status.contains(&format!("ABD {id}")) && status.contains("(connected)"),
+            status.contains(&format!("ABD {id}")) && status.contains("(connected over QUIC)"),
             "{status}"
         );
     }

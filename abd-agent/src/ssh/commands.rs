@@ -110,6 +110,8 @@ struct Status {
     id: String,
     a3: String,
     connected: bool,
+    /// `QUIC`, or `TLS/TCP` on the fallback, while connected.
+    transport: Option<&'static str>,
     addresses: Vec<String>,
     ssh: String,
     jobs: Vec<Job>,
@@ -140,7 +142,8 @@ fn status_text(ctx: &Context, json: bool) -> String {
     let s = Status {
         id: agent.id.clone(),
         a3: agent.a3_address.to_string(),
-        connected: status::connected(),
+        connected: status::link().is_some(),
+        transport: status::link(),
         addresses,
         ssh: ctx.listen.to_string(),
         jobs: status::jobs()
@@ -178,11 +181,9 @@ fn status_text(ctx: &Context, json: bool) -> String {
         s.version,
         s.mode,
         s.a3,
-        if s.connected {
-            "connected"
-        } else {
-            "not connected"
-        },
+        s.transport.map_or("not connected".to_owned(), |t| format!(
+            "connected over {t}"
+        )),
         s.addresses.join(", "),
         s.ssh,
         s.uptime_s,
