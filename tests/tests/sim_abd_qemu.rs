@@ -19,23 +19,11 @@ use std::time::{Duration, Instant};
 
 use a3_e2e::{built_image, wait_until};
 use abd_qemu_util::DnsServer;
-use pool_support::{A3, Sim, alike_sr, assert_nothing_left, objects, user_vms};
+use pool_support::{A3, Sim, alike_sr, assert_nothing_left, noise, objects, user_vms};
 use serde_json::Value as Json;
 
 /// How long the A3 waits for a qemu ABD to boot and connect.
 const BOOT_TIMEOUT_SECS: u64 = 900;
-
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 /// The VDI uuids of a VM's disks, by userdevice.
 fn disks(inv: &Json, vm_uuid: &str) -> Vec<String> {

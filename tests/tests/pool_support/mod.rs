@@ -442,3 +442,68 @@ pub fn assert_nothing_left(inv: &Json) {
         }
     }
 }
+
+/// Deterministic incompressible bytes (xorshift).
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// The disks of a VM in the inventory: `(userdevice, vdi uuid, size)` by userdevice.
+pub fn disks_of(inv: &Json, vm_uuid: &str) -> Vec<(String, String, u64)> {
+    let vm = objects(inv, "VM")
+        .into_iter()
+        .find(|v| v["uuid"] == vm_uuid)
+        .unwrap();
+    let vbds = objects(inv, "VBD");
+    let vdis = inv["objects"]["VDI"].clone();
+    let mut out: Vec<_> = vm["VBDs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| {
+            let vbd = vbds
+                .iter()
+                .find(|b| b["uuid"].is_string() && vbd_ref_is(inv, b, r))?;
+            if vbd["type"] != "Disk" {
+                return None;
+            }
+            let vdi = &vdis[vbd["VDI"].as_str()?];
+            Some((
+                vbd["userdevice"].as_str()?.to_owned(),
+                vdi["uuid"].as_str()?.to_owned(),
+                vdi["virtual_size"]
+                    .as_u64()
+                    .or_else(|| vdi["virtual_size"].as_str()?.parse().ok())?,
+            ))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn vbd_ref_is(inv: &Json, vbd: &Json, r: &Json) -> bool {
+    inv["objects"]["VBD"][r.as_str().unwrap_or("")]["uuid"] == vbd["uuid"]
+}
+
+/// The VM record of `uuid`.
+pub fn vm_by_uuid(inv: &Json, uuid: &str) -> Json {
+    objects(inv, "VM")
+        .into_iter()
+        .find(|v| v["uuid"] == uuid)
+        .unwrap()
+}
+
+/// A number XAPI sends as a JSON number or a string.
+pub fn num(v: &Json) -> u64 {
+    v.as_u64()
+        .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+        .unwrap_or(0)
+}
