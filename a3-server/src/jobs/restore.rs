@@ -96,10 +96,20 @@ async fn over_original(
                 d.virtual_size
             );
         }
-        write_disk(e, s, spec.version, d, &vdi, log).await?;
+        write_disk(e, s, spec.version, d, &vdi, log)
+            .await
+            .with_context(|| {
+                format!(
+                    "disk {} of VM '{}' is now partly overwritten: restore it again before \
+                     starting the VM",
+                    d.name, meta.name_label
+                )
+            })?;
     }
     if spec.start {
-        start(s, &vm).await?;
+        start(s, &vm)
+            .await
+            .with_context(|| format!("VM '{}' is restored but did not start", meta.name_label))?;
     }
     Ok(meta.vm_uuid.clone())
 }
@@ -159,11 +169,46 @@ async fn as_new_vm(
         .unwrap_or_default()
         .to_owned();
     log.info(&format!("created VM '{name}'"));
+    // A failure part-way removes what this restore made: the VM and every disk created
+    // for it, attached yet or not. Nothing half-restored stays in the pool.
+    let mut vdis = Vec::new();
+    if let Err(err) = add_devices(e, s, spec, meta, &vm, &sr, &tag, log, &mut vdis).await {
+        log.warn(&format!("removing the half-restored VM '{name}'"));
+        if let Err(c) = remove_half_restored(s, &vm, &vdis).await {
+            log.warn(&format!(
+                "could not remove all of '{name}': {c}; remove it by hand"
+            ));
+        }
+        return Err(err);
+    }
+    if spec.start {
+        start(s, &vm)
+            .await
+            .with_context(|| format!("VM '{name}' is restored but did not start"))?;
+        log.info(&format!("VM '{name}' started"));
+    }
+    Ok(poolops::text(&poolops::record(s, "VM", &vm).await?, "uuid").to_owned())
+}
+
+/// Creates the new VM's disks (written from the version), VBDs and VIFs; `vdis` gets every
+/// disk created, for the caller to remove on failure.
+#[allow(clippy::too_many_arguments)]
+async fn add_devices(
+    e: &Engine,
+    s: &Session,
+    spec: &RestoreSpec,
+    meta: &VmMetadata,
+    vm: &str,
+    sr: &str,
+    tag: &Value,
+    log: &RunLog,
+    vdis: &mut Vec<String>,
+) -> anyhow::Result<()> {
     for d in &meta.disks {
         let vdi_rec: Vec<(&str, Value)> = vec![
             ("name_label", Value::from(&d.vdi_name)),
             ("name_description", Value::from(&d.vdi_description)),
-            ("SR", Value::from(&sr)),
+            ("SR", Value::from(sr)),
             ("virtual_size", Value::from(d.virtual_size.to_string())),
             ("type", Value::from("user")),
             ("sharable", Value::Bool(false)),
@@ -187,9 +232,10 @@ async fn as_new_vm(
             .as_str()
             .unwrap_or_default()
             .to_owned();
+        vdis.push(vdi.clone());
         write_disk(e, s, spec.version, d, &vdi, log).await?;
         let vbd_rec: Vec<(&str, Value)> = vec![
-            ("VM", Value::from(&vm)),
+            ("VM", Value::from(vm)),
             ("VDI", Value::from(&vdi)),
             ("userdevice", Value::from(&d.userdevice)),
             ("bootable", Value::Bool(d.bootable)),
@@ -229,7 +275,7 @@ async fn as_new_vm(
         };
         log.info(&format!("network interface {} → {how}", vif.device));
         let vif_rec: Vec<(&str, Value)> = vec![
-            ("VM", Value::from(&vm)),
+            ("VM", Value::from(vm)),
             ("network", Value::from(&net)),
             ("device", Value::from(&vif.device)),
             // A new MAC: the original VM may still be running with its own.
@@ -250,13 +296,17 @@ async fn as_new_vm(
         )
         .await?;
     }
-    if spec.start {
-        start(s, &vm).await?;
-        log.info(&format!("VM '{name}' started"));
-    }
-    Ok(poolops::text(&poolops::record(s, "VM", &vm).await?, "uuid").to_owned())
+    Ok(())
 }
 
+/// Removes a half-restored VM and the disks made for it.
+async fn remove_half_restored(s: &Session, vm: &str, vdis: &[String]) -> anyhow::Result<()> {
+    poolops::destroy_vm(s, vm, true).await?;
+    for vdi in vdis {
+        s.call("VDI.destroy", &[Value::from(vdi)]).await?;
+    }
+    Ok(())
+}
 async fn start(s: &Session, vm: &str) -> anyhow::Result<()> {
     s.call(
         "VM.start",

@@ -1,0 +1,156 @@
+//! VM restores beyond the default: over the original VM (refused while it runs), started
+//! afterwards, as a new VM on another SR, and a restore that meets a corrupt chunk, which
+//! fails naming it and leaves no half-restored VM or disk in the pool.
+
+mod pool_support;
+
+use a3_shared::xapi_wire::Value;
+use pool_support::{
+    A3, Sim, alike_sr, assert_nothing_left, disks_of, noise, objects, user_vms, vm_by_uuid,
+};
+
+/// The chunk files of an A3's store.
+fn chunk_files(state: &std::path::Path) -> Vec<std::path::PathBuf> {
+    fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.extension().is_none() {
+                out.push(p);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&state.join("store").join("chunks"), &mut out);
+    out
+}
+
+fn restored_vms(inv: &serde_json::Value, name: &str) -> Vec<serde_json::Value> {
+    objects(inv, "VM")
+        .into_iter()
+        .filter(|v| {
+            v["name_label"]
+                .as_str()
+                .is_some_and(|n| n.starts_with(&format!("{name} (restored ")))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restores_in_place_to_another_sr_and_never_leave_half_a_vm() {
+    let scratch = tempfile::Builder::new()
+        .prefix("a3-restore-")
+        .tempdir()
+        .unwrap();
+    let (base, a3_ip) = pool_support::addresses();
+    let sim = Sim::start(&scratch.path().join("sim"), &base, 2, 1, "4MiB");
+    let a3 = A3::start(&scratch.path().join("a3"), &a3_ip);
+    a3.add_pool(&sim);
+    alike_sr(&sim).await;
+    let s = sim.session().await;
+
+    let inv = sim.inventory().await;
+    let (uuid, name) = user_vms(&inv)[0].clone();
+    let (_, vdi, _) = disks_of(&inv, &uuid)[0].clone();
+    let vm_ref = a3_server::poolops::by_uuid(&s, "VM", &uuid).await.unwrap();
+    if vm_by_uuid(&inv, &uuid)["power_state"] != "Running" {
+        s.call(
+            "VM.start",
+            &[Value::from(vm_ref.as_str()), false.into(), false.into()],
+        )
+        .await
+        .unwrap();
+    }
+    sim.write_vdi(&vdi, 0, noise(5, 3 << 20)).await;
+    let backed_up = sim.vdi_data(&vdi).await;
+    a3.backup(&[&name], 1)
+        .unwrap_or_else(|e| panic!("backup: {e}\nA3 log: {}", a3.log_path().display()));
+    let version = a3.versions(&name)[0]["id"].to_string();
+    // The guest goes on writing after the backup.
+    sim.write_vdi(&vdi, 1 << 20, noise(6, 1 << 20)).await;
+    let changed = sim.vdi_data(&vdi).await;
+    assert_ne!(changed, backed_up);
+
+    // Over the running original: refused with the fix, nothing written.
+    let out = a3.cli(&["restore", &version, "--in-place"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a running VM cannot be overwritten");
+    assert!(err.contains("is Running: shut it down"), "{err}");
+    assert!(sim.vdi_data(&vdi).await == changed, "the disk is untouched");
+
+    // Halted: written back in place, then started; no VM added.
+    s.call("VM.hard_shutdown", &[Value::from(vm_ref.as_str())])
+        .await
+        .unwrap();
+    let vm_count = objects(&sim.inventory().await, "VM").len();
+    a3.ok(&["restore", &version, "--in-place", "--start"]);
+    let inv = sim.inventory().await;
+    assert!(sim.vdi_data(&vdi).await == backed_up, "in place: bit-exact");
+    assert_eq!(vm_by_uuid(&inv, &uuid)["power_state"], "Running");
+    assert_eq!(objects(&inv, "VM").len(), vm_count, "no VM added");
+    assert_nothing_left(&inv);
+
+    // As a new VM on the SR that is not the pool's default.
+    let default_sr = objects(&inv, "pool")[0]["default_SR"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let other = inv["objects"]["SR"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .find(|(r, sr)| {
+            **r != default_sr
+                && sr["name_label"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("Local storage on "))
+        })
+        .map(|(_, sr)| sr.clone())
+        .expect("a second local SR");
+    let other_name = other["name_label"].as_str().unwrap();
+    a3.ok(&["restore", &version, "--sr", other_name]);
+    let inv = sim.inventory().await;
+    let new = restored_vms(&inv, &name);
+    assert_eq!(new.len(), 1, "one restored VM");
+    let new_uuid = new[0]["uuid"].as_str().unwrap();
+    let (_, new_vdi, _) = disks_of(&inv, new_uuid)[0].clone();
+    let new_vdi_rec = objects(&inv, "VDI")
+        .into_iter()
+        .find(|v| v["uuid"] == new_vdi)
+        .unwrap();
+    let sr_of = &inv["objects"]["SR"][new_vdi_rec["SR"].as_str().unwrap()];
+    assert_eq!(sr_of["uuid"], other["uuid"], "the disk is on --sr");
+    assert!(
+        sim.vdi_data(&new_vdi).await == backed_up,
+        "new VM: bit-exact"
+    );
+    let r = a3_server::poolops::by_uuid(&s, "VM", new_uuid)
+        .await
+        .unwrap();
+    a3_server::poolops::destroy_vm(&s, &r, false).await.unwrap();
+
+    // A corrupt chunk: the restore fails, says so, and takes its half-made VM away.
+    let vdis_before = objects(&sim.inventory().await, "VDI").len();
+    for chunk in chunk_files(&a3.state) {
+        let mut bytes = std::fs::read(&chunk).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x55;
+        std::fs::write(&chunk, bytes).unwrap();
+    }
+    let out = a3.cli(&["restore", &version]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a corrupt chunk fails the restore");
+    assert!(
+        err.contains("corrupt"),
+        "the error names the corruption: {err}"
+    );
+    let inv = sim.inventory().await;
+    assert!(restored_vms(&inv, &name).is_empty(), "no half-restored VM");
+    assert_eq!(
+        objects(&inv, "VDI").len(),
+        vdis_before,
+        "no disk of the failed restore is left"
+    );
+    assert_nothing_left(&inv);
+}
