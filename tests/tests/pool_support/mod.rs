@@ -190,10 +190,34 @@ fn log_file(path: &Path) -> std::fs::File {
 
 /// Writes a small ABD template XVA (the real `ova.xml`, a 1 MiB disk) to `path`.
 pub fn template_xva(path: &Path) {
+    template_xva_version(path, abd_image::recipe::TEMPLATE_VERSION);
+}
+
+/// A small template XVA tagged `abd_template_version` = `version`, as a newer build of the
+/// A3 would carry.
+pub fn template_xva_version(path: &Path, version: &str) {
     let file = std::fs::File::create(path).unwrap();
     let size = 1 << 20;
-    let mut xva =
-        a3_shared::xva::XvaWriter::new(file, &abd_image::template::template_ova(size)).unwrap();
+    let mut ova = abd_image::template::template_ova(size);
+    let Value::Struct(top) = &mut ova else {
+        panic!("ova.xml is a struct")
+    };
+    let Some(Value::Array(objects)) = top.get_mut("objects") else {
+        panic!("ova.xml has objects")
+    };
+    for o in objects.iter_mut() {
+        let is_vm = o.get_str("class") == Some("VM");
+        if let (true, Value::Struct(o)) = (is_vm, o)
+            && let Some(Value::Struct(vm)) = o.get_mut("snapshot")
+            && let Some(Value::Struct(other)) = vm.get_mut("other_config")
+        {
+            other.insert(
+                abd_image::template::VERSION_KEY.to_owned(),
+                Value::String(version.to_owned()),
+            );
+        }
+    }
+    let mut xva = a3_shared::xva::XvaWriter::new(file, &ova).unwrap();
     xva.write_disk(abd_image::template::DISK_REF, size, |off, buf| {
         buf.fill((off >> 20) as u8 + 1);
         Ok(())
