@@ -112,6 +112,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         verify_runs: Default::default(),
         engine,
         sr,
+        metrics: Default::default(),
     };
     let app = api::router(state.clone());
     let stop = shutdown.clone();

@@ -1,6 +1,7 @@
 //! VM restores beyond the default: over the original VM (refused while it runs), started
 //! afterwards, as a new VM on another SR, and a restore that meets a corrupt chunk, which
-//! fails naming it and leaves no half-restored VM or disk in the pool.
+//! fails naming it and leaves no half-restored VM or disk in the pool. On the way, the
+//! A3's `/metrics` after the backup.
 
 mod pool_support;
 
@@ -67,6 +68,22 @@ async fn restores_in_place_to_another_sr_and_never_leave_half_a_vm() {
     a3.backup(&[&name], 1)
         .unwrap_or_else(|e| panic!("backup: {e}\nA3 log: {}", a3.log_path().display()));
     let version = a3.versions(&name)[0]["id"].to_string();
+    // The figures for Prometheus, behind the API token.
+    assert_eq!(a3.http_get("/metrics", false).await.0, 401);
+    let (status, metrics) = a3.http_get("/metrics", true).await;
+    assert_eq!(status, 200, "{metrics}");
+    for line in [
+        "a3_store_versions 1",
+        "a3_runs{kind=\"backup\",state=\"succeeded\"} 1",
+        "a3_abds_connected{transport=\"QUIC\"} 1",
+        "a3_abd_vms{state=\"idle\"} 1",
+        "a3_pools 1",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no {line:?} in:\n{metrics}"
+        );
+    }
     // The guest goes on writing after the backup.
     sim.write_vdi(&vdi, 1 << 20, noise(6, 1 << 20)).await;
     let changed = sim.vdi_data(&vdi).await;

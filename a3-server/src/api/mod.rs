@@ -9,6 +9,7 @@ pub mod disks;
 pub mod fleet;
 pub mod hosts;
 pub mod jobs;
+pub mod metrics;
 pub mod pools;
 pub mod sr;
 pub mod store;
@@ -50,6 +51,8 @@ pub struct AppState {
     pub engine: crate::jobs::Engine,
     /// Each pool's `Alike_SR`.
     pub sr: crate::sr::SrService,
+    /// The store's figures for `/metrics`, walked at most once a minute.
+    pub metrics: metrics::StoreStatsCache,
 }
 
 /// An API failure: an HTTP status and a message that names the thing and the fix.
@@ -123,6 +126,7 @@ pub fn router(state: AppState) -> Router {
         .merge(store::routes())
         .merge(jobs::routes())
         .merge(fleet::routes())
+        .merge(metrics::routes())
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state)
 }

@@ -259,6 +259,23 @@ impl Catalog {
             .map_err(|e| self.error(e))
     }
 
+    /// How many runs there are of each job kind and state: `(kind, state, count)`.
+    pub fn run_counts(&self) -> Result<Vec<(String, String, u64)>, CatalogError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare(
+                "SELECT j.kind, r.state, COUNT(*) FROM runs r JOIN jobs j ON j.id = r.job
+                 GROUP BY j.kind, r.state ORDER BY j.kind, r.state",
+            )
+            .map_err(|e| self.error(e))?;
+        stmt.query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64))
+        })
+        .map_err(|e| self.error(e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| self.error(e))
+    }
+
     /// The runs still marked running (after a crash: the interrupted ones).
     pub fn runs_running(&self) -> Result<Vec<RunRow>, CatalogError> {
         let conn = self.lock();

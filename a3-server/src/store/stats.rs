@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use super::{Space, Store, StoreError};
 
 /// The store's figures.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StoreStats {
     /// Committed versions.
     pub versions: u64,

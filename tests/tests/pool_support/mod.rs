@@ -345,6 +345,26 @@ impl A3 {
             .clone()
     }
 
+    /// `GET path` on the A3's API, with the token when `authorized`: (status, body).
+    pub async fn http_get(&self, path: &str, authorized: bool) -> (u16, String) {
+        let url = std::fs::read_to_string(self.state.join("api.url")).unwrap();
+        // Plain HTTP on loopback; reqwest wants a TLS config all the same.
+        let (tls, _) = a3_server::xapi::tls::pinned_client_config(None);
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .no_proxy()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        let mut req = http.get(format!("{}{path}", url.trim()));
+        if authorized {
+            let token = std::fs::read_to_string(self.state.join("api.token")).unwrap();
+            req = req.bearer_auth(token.trim());
+        }
+        let resp = req.send().await.unwrap();
+        (resp.status().as_u16(), resp.text().await.unwrap())
+    }
+
     /// Runs `backup run` to its end; Ok(stdout) or Err(stderr).
     pub fn backup(&self, vms: &[&str], concurrency: usize) -> Result<String, String> {
         let mut args = vec!["backup", "run"];
