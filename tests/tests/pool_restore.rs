@@ -171,3 +171,64 @@ async fn restores_in_place_to_another_sr_and_never_leave_half_a_vm() {
     );
     assert_nothing_left(&inv);
 }
+
+/// A version restores into another pool the A3 manages: a new VM there, its disk
+/// bit-exact, its network interfaces mapped onto that pool's networks, and started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restores_into_another_pool() {
+    let scratch = tempfile::Builder::new()
+        .prefix("a3-restore-pool-")
+        .tempdir()
+        .unwrap();
+    let (base, a3_ip) = pool_support::addresses();
+    let (other_base, _) = pool_support::addresses();
+    let sim = Sim::start(&scratch.path().join("sim"), &base, 1, 1, "4MiB");
+    let other = Sim::start(&scratch.path().join("other"), &other_base, 1, 1, "4MiB");
+    let a3 = A3::start(&scratch.path().join("a3"), &a3_ip);
+    a3.add_pool(&sim);
+    let other_pool = a3.add_pool(&other);
+    alike_sr(&sim).await;
+
+    let inv = sim.inventory().await;
+    let (uuid, name) = user_vms(&inv)[0].clone();
+    let (_, vdi, _) = disks_of(&inv, &uuid)[0].clone();
+    sim.write_vdi(&vdi, 0, noise(7, 2 << 20)).await;
+    let backed_up = sim.vdi_data(&vdi).await;
+    // Both pools hold a VM of that name: the uuid says which.
+    a3.backup(&[&uuid], 1)
+        .unwrap_or_else(|e| panic!("backup: {e}\nA3 log: {}", a3.log_path().display()));
+    let version = a3.versions(&uuid)[0]["id"].to_string();
+
+    a3.ok(&["restore", &version, "--pool", &other_pool, "--start"]);
+    let there = other.inventory().await;
+    let new = restored_vms(&there, &name);
+    assert_eq!(new.len(), 1, "one restored VM in the other pool");
+    assert_eq!(new[0]["power_state"], "Running");
+    let (_, new_vdi, _) = disks_of(&there, new[0]["uuid"].as_str().unwrap())[0].clone();
+    assert!(
+        other.vdi_data(&new_vdi).await == backed_up,
+        "bit-exact in the other pool"
+    );
+    let vifs = |inv: &serde_json::Value, vm: &serde_json::Value| -> Vec<String> {
+        vm["VIFs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let vif = &inv["objects"]["VIF"][r.as_str().unwrap()];
+                let net = &inv["objects"]["network"][vif["network"].as_str().unwrap()];
+                net["name_label"].as_str().unwrap().to_owned()
+            })
+            .collect()
+    };
+    assert_eq!(
+        vifs(&there, &new[0]),
+        vifs(&inv, &vm_by_uuid(&inv, &uuid)),
+        "each interface on the other pool's network of the same name"
+    );
+    assert!(
+        restored_vms(&sim.inventory().await, &name).is_empty(),
+        "nothing restored into the source pool"
+    );
+    assert_nothing_left(&there);
+}
