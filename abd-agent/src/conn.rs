@@ -83,7 +83,7 @@ pub struct Control {
 
 impl Control {
     /// Closes the link, and waits for QUIC's close to go out.
-    async fn close(self, why: &'static [u8]) {
+    pub async fn close(self, why: &'static [u8]) {
         let Control {
             link,
             endpoint,
@@ -92,12 +92,15 @@ impl Control {
         } = self;
         wire::finish(&mut send).await;
         drop(recv);
-        if let Link::Quic(conn) = &link {
-            conn.close(0u32.into(), why);
-        }
-        if let Some(endpoint) = endpoint {
-            endpoint.wait_idle().await;
-        }
+        close_link(&link, endpoint, why).await;
+    }
+}
+
+/// Closes `link` and waits for QUIC's close to go out.
+async fn close_link(link: &Link, endpoint: Option<quinn::Endpoint>, why: &'static [u8]) {
+    link.close(why);
+    if let Some(endpoint) = endpoint {
+        endpoint.wait_idle().await;
     }
 }
 
@@ -122,7 +125,7 @@ async fn connect_quic(cfg: &AgentConfig, tls: rustls::ClientConfig) -> anyhow::R
 }
 
 /// Connects over the TLS/TCP fallback.
-async fn connect_tcp(cfg: &AgentConfig, tls: rustls::ClientConfig) -> anyhow::Result<Control> {
+pub async fn connect_tcp(cfg: &AgentConfig, tls: rustls::ClientConfig) -> anyhow::Result<Control> {
     let dialer = TcpDialer::new(cfg.a3_address, &cfg.server_name, cfg.bind, tls)?;
     let (send, recv) = dialer.open(a3_shared::proto::tcp::CONTROL).await?;
     Ok(Control {
@@ -258,12 +261,7 @@ pub async fn serve(session: Session) -> anyhow::Error {
         }
     };
     jobs.abort_all(&format!("{why:#}"));
-    if let Link::Quic(conn) = &link {
-        conn.close(0u32.into(), b"bye");
-    }
-    if let Some(endpoint) = endpoint {
-        endpoint.wait_idle().await;
-    }
+    close_link(&link, endpoint, b"bye").await;
     why
 }
 

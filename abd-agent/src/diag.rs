@@ -15,9 +15,8 @@ use serde::Serialize;
 
 use crate::bootcfg::{Addressing, BootConfig};
 use crate::identity::Identity;
-use crate::link::TcpDialer;
 use crate::net::dns;
-use crate::{conn, device, tls, wire};
+use crate::{conn, device, tls};
 
 /// How long each network probe may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -347,22 +346,18 @@ async fn tcp_check(cfg: &BootConfig) -> Check {
     }
 }
 
-/// A TLS/TCP fallback handshake with the pinned CA; the control stream is named and
-/// closed at once.
+/// A TLS/TCP fallback handshake with the pinned CA, as the agent connects; the control
+/// stream is closed at once.
 async fn tcp_handshake(cfg: &BootConfig) -> anyhow::Result<()> {
     let identity = match &cfg.agent.state_dir {
         Some(dir) => Identity::load_or_create(dir)?,
         None => anyhow::bail!("no state dir for the agent's key"),
     };
     let tls = tls::client_config(&cfg.agent.ca_pin, &identity)?;
-    let dialer = TcpDialer::new(
-        cfg.agent.a3_address,
-        &cfg.agent.server_name,
-        cfg.agent.bind,
-        tls,
-    )?;
-    let (mut send, _recv) = dialer.open(a3_shared::proto::tcp::CONTROL).await?;
-    wire::finish(&mut send).await;
+    conn::connect_tcp(&cfg.agent, tls)
+        .await?
+        .close(b"diag")
+        .await;
     Ok(())
 }
 

@@ -42,6 +42,13 @@ impl Link {
         }
     }
 
+    /// Closes the connection (QUIC); a TCP stream closes when its halves are dropped.
+    pub fn close(&self, why: &'static [u8]) {
+        if let Link::Quic(conn) = self {
+            conn.close(0u32.into(), why);
+        }
+    }
+
     /// The transport's name, for logs and the status.
     pub fn name(&self) -> &'static str {
         match self {

@@ -2,7 +2,7 @@
 //! binaries, running them as child processes that die with the test, and waiting on
 //! conditions with deadlines instead of sleeping.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
@@ -95,4 +95,21 @@ pub fn wait_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Opt
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The chunk files in an A3's store (quarantined ones excluded).
+pub fn chunk_files(state: &Path) -> Vec<PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.extension().is_none() {
+                out.push(p);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&state.join("store").join("chunks"), &mut out);
+    out
 }

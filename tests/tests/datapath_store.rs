@@ -2,9 +2,8 @@
 
 mod datapath_util;
 
-use datapath_util::{
-    A3, Rng, assert_same, cbt_bitmap, chunk_files, chunk_path, scratch, start_agent,
-};
+use a3_e2e::chunk_files;
+use datapath_util::{A3, Rng, assert_same, cbt_bitmap, chunk_path, scratch, start_agent};
 
 const MIB: usize = 1 << 20;
 /// The data path's block size: what one chunk covers.

@@ -5,27 +5,11 @@
 
 mod pool_support;
 
+use a3_e2e::chunk_files;
 use a3_shared::xapi_wire::Value;
 use pool_support::{
     A3, Sim, alike_sr, assert_nothing_left, disks_of, noise, objects, user_vms, vm_by_uuid,
 };
-
-/// The chunk files of an A3's store.
-fn chunk_files(state: &std::path::Path) -> Vec<std::path::PathBuf> {
-    fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
-        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                walk(&p, out);
-            } else if p.extension().is_none() {
-                out.push(p);
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(&state.join("store").join("chunks"), &mut out);
-    out
-}
 
 fn restored_vms(inv: &serde_json::Value, name: &str) -> Vec<serde_json::Value> {
     objects(inv, "VM")

@@ -98,12 +98,6 @@ pub struct Connected {
     pub transport: Transport,
 }
 
-impl std::fmt::Display for Connected {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} ({})", self.remote, self.transport)
-    }
-}
-
 /// A job's A3-side work, found by data streams through the job id.
 #[derive(Clone)]
 enum Active {

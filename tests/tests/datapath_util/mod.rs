@@ -332,23 +332,6 @@ pub fn verify_store(state: &Path) -> a3_server::store::VerifyReport {
         .unwrap()
 }
 
-/// The chunk files in an A3's store (quarantined ones excluded).
-pub fn chunk_files(state: &Path) -> Vec<PathBuf> {
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                walk(&p, out);
-            } else if p.extension().is_none() {
-                out.push(p);
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(&state.join("store").join("chunks"), &mut out);
-    out
-}
-
 /// Where the store keeps the chunk of `block`.
 pub fn chunk_path(state: &Path, block: &[u8]) -> PathBuf {
     let hex = a3_shared::chunk::BlockId::of(block).to_hex();

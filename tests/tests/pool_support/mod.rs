@@ -128,13 +128,7 @@ impl Sim {
 
     /// `METHOD /sim/{path}` with an optional body; the JSON answer.
     pub async fn control(&self, method: &str, path: &str, body: Vec<u8>) -> (u16, Vec<u8>) {
-        let (tls, _) = a3_server::xapi::tls::pinned_client_config(None);
-        let http = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls)
-            .no_proxy()
-            .timeout(Duration::from_secs(60))
-            .build()
-            .unwrap();
+        let http = http_client();
         let url = format!("https://{}:{}/sim/{path}", self.address, self.port);
         let req = match method {
             "GET" => http.get(url),
@@ -224,6 +218,18 @@ pub fn template_xva_version(path: &Path, version: &str) {
     })
     .unwrap();
     xva.finish().unwrap();
+}
+
+/// An HTTP client for the simulator's `/sim/` (HTTPS, any certificate: the test made the
+/// simulator) and the A3's API (plain HTTP on loopback), with no proxy.
+fn http_client() -> reqwest::Client {
+    let (tls, _) = a3_server::xapi::tls::pinned_client_config(None);
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .no_proxy()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
 }
 
 /// A running A3 on its own loopback address.
@@ -348,15 +354,7 @@ impl A3 {
     /// `GET path` on the A3's API, with the token when `authorized`: (status, body).
     pub async fn http_get(&self, path: &str, authorized: bool) -> (u16, String) {
         let url = std::fs::read_to_string(self.state.join("api.url")).unwrap();
-        // Plain HTTP on loopback; reqwest wants a TLS config all the same.
-        let (tls, _) = a3_server::xapi::tls::pinned_client_config(None);
-        let http = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls)
-            .no_proxy()
-            .timeout(Duration::from_secs(60))
-            .build()
-            .unwrap();
-        let mut req = http.get(format!("{}{path}", url.trim()));
+        let mut req = http_client().get(format!("{}{path}", url.trim()));
         if authorized {
             let token = std::fs::read_to_string(self.state.join("api.token")).unwrap();
             req = req.bearer_auth(token.trim());
