@@ -29,11 +29,10 @@ pub mod fleet;
 pub mod inventory;
 pub mod jobs;
 pub mod pki;
-pub mod poolops;
 pub mod server;
 pub mod sr;
 pub mod store;
-pub mod template;
+pub mod util;
 pub mod xapi;
 
 /// Installs rustls's `ring` provider as the process default (every TLS and QUIC endpoint

@@ -140,7 +140,7 @@ async fn startup_upkeep(
     if let Err(e) = crate::jobs::recovery::recover(&engine).await {
         tracing::error!("recovery of interrupted runs failed: {e:#}");
     }
-    crate::template::upkeep(
+    crate::fleet::template::upkeep(
         engine.catalog().clone(),
         engine.inventory().clone(),
         config,

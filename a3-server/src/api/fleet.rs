@@ -141,16 +141,16 @@ async fn set_ips(
                 .connect(&pool)
                 .await
                 .map_err(|e| ApiError::bad_request(e.to_string()))?;
-            let nets = crate::poolops::all_records(&s, "network").await;
+            let nets = crate::xapi::ops::all_records(&s, "network").await;
             s.logout().await;
             let nets = nets.map_err(|e| ApiError::bad_request(e.to_string()))?;
             nets.iter()
                 .map(|(_, r)| r)
                 .find(|r| {
-                    crate::poolops::text(r, "uuid") == n
-                        || crate::poolops::text(r, "name_label") == n
+                    crate::xapi::ops::text(r, "uuid") == n
+                        || crate::xapi::ops::text(r, "name_label") == n
                 })
-                .map(|r| crate::poolops::text(r, "uuid").to_owned())
+                .map(|r| crate::xapi::ops::text(r, "uuid").to_owned())
                 .ok_or_else(|| ApiError::not_found(format!("no network '{n}' in pool {pool}")))?
         }
         None => {
@@ -159,10 +159,10 @@ async fn set_ips(
                 .connect(&pool)
                 .await
                 .map_err(|e| ApiError::bad_request(e.to_string()))?;
-            let net = crate::poolops::management_network(&s).await;
+            let net = crate::xapi::ops::management_network(&s).await;
             s.logout().await;
             let (_, rec) = net.map_err(|e| ApiError::bad_request(e.to_string()))?;
-            crate::poolops::text(&rec, "uuid").to_owned()
+            crate::xapi::ops::text(&rec, "uuid").to_owned()
         }
     };
     if let Some(gw) = &list.gateway {

@@ -7,6 +7,7 @@
 //! are never overwritten by a sync: only first contact and `host trust` set them.
 //! Passwords are not stored here (see `inventory::secrets`).
 
+use crate::util::clock::unix_now;
 use std::collections::{HashMap, HashSet};
 
 use rusqlite::{Connection, OptionalExtension, ToSql, Transaction, params};
@@ -334,13 +335,6 @@ pub struct HostAccess {
     pub pin: Option<Fingerprint>,
 }
 
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 impl Catalog {
     /// Records a newly added pool and its hosts (or refreshes a known one, keeping pins).
     pub fn record_pool(&self, pool: &NewPool<'_>) -> Result<(), CatalogError> {
@@ -359,7 +353,7 @@ impl Catalog {
                 pool.record.master,
                 pool.port,
                 pool.username,
-                now()
+                unix_now()
             ],
         )
         .map_err(|e| self.error(e))?;
@@ -369,7 +363,7 @@ impl Catalog {
                 tx.execute(
                     "UPDATE hosts SET cert_sha256 = ?2, pinned_at = ?3
                      WHERE uuid = ?1 AND cert_sha256 IS NULL",
-                    params![host.uuid, pin.to_string(), now()],
+                    params![host.uuid, pin.to_string(), unix_now()],
                 )
                 .map_err(|e| self.error(e))?;
             }
@@ -391,7 +385,7 @@ impl Catalog {
             update_pool(tx, pool_uuid, pool)?;
             tx.execute(
                 "UPDATE pools SET synced_at = ?2 WHERE uuid = ?1",
-                params![pool_uuid, now()],
+                params![pool_uuid, unix_now()],
             )?;
             for (r, h) in &objects.hosts {
                 upsert_host(tx, pool_uuid, r, h)?;
@@ -568,7 +562,7 @@ impl Catalog {
         self.lock()
             .execute(
                 "UPDATE hosts SET cert_sha256 = ?2, pinned_at = ?3 WHERE uuid = ?1",
-                params![host_uuid, fingerprint.to_string(), now()],
+                params![host_uuid, fingerprint.to_string(), unix_now()],
             )
             .map(drop)
             .map_err(|e| self.error(e))

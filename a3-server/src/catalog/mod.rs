@@ -10,6 +10,7 @@ pub mod abds;
 pub mod inventory;
 pub mod ip_pool;
 pub mod jobs;
+pub mod run_log;
 pub mod sr;
 pub mod versions;
 

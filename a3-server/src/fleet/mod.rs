@@ -5,17 +5,18 @@
 //! came from is no longer the one the A3 carries.
 //!
 //! - [`bootcfg`]: the `vm-data/abd/*` keys and the A3's DNS servers.
+//! - [`template`]: the ABD template in each pool's `Alike_SR`.
 //!
 //! An ABD whose agent is not connected when claimed (it crashed, or its VM stopped) is
 //! restarted with a fresh enrollment token; if it still does not connect it is destroyed
 //! and a new one provisioned.
 
 pub mod bootcfg;
+pub mod template;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use a3_shared::xapi_wire::Value;
 use anyhow::Context;
 
 use crate::catalog::Catalog;
@@ -23,10 +24,10 @@ use crate::catalog::abd_fleet::AbdVmRow;
 use crate::config::Config;
 use crate::dataport::DataPort;
 use crate::inventory::Inventory;
-use crate::jobs::log::RunLog;
-use crate::poolops::{self, ABD_KEY, HIDE_KEY, TEMPLATE_VERSION_KEY};
-use crate::template;
+use crate::catalog::run_log::RunLog;
+use crate::xapi::ops::{self, ABD_KEY, HIDE_KEY, TEMPLATE_VERSION_KEY};
 use crate::xapi::Session;
+use crate::xapi::create::VifSpec;
 
 /// The memory of an ABD VM.
 pub const ABD_MEMORY: i64 = 128 << 20;
@@ -133,7 +134,7 @@ impl Fleet {
             .vm_uuid
             .as_deref()
             .ok_or_else(|| anyhow::anyhow!("it has no VM"))?;
-        let vm_ref = poolops::by_uuid(s, "VM", vm_uuid).await?;
+        let vm_ref = ops::by_uuid(s, "VM", vm_uuid).await?;
         if self.dataport.connected().contains_key(&row.id) {
             return Ok(vm_ref);
         }
@@ -141,14 +142,14 @@ impl Fleet {
             "ABD '{}' is not connected: restarting its VM with a new enrollment token",
             row.id
         ));
-        let rec = poolops::record(s, "VM", &vm_ref).await?;
-        if poolops::text(&rec, "power_state") != "Halted" {
-            poolops::call(s, "VM.hard_shutdown", &[&vm_ref]).await?;
+        let rec = ops::record(s, "VM", &vm_ref).await?;
+        if ops::text(&rec, "power_state") != "Halted" {
+            ops::vm_hard_shutdown(s, &vm_ref).await?;
         }
         // The whole boot config again: the A3 may have restarted on another port 2811
         // address or DNS list since; the ABD keeps its addressing.
         let key =
-            |k: &str| poolops::map_key(&rec, "xenstore_data", &format!("{}/{k}", bootcfg::XS_DIR));
+            |k: &str| ops::map_key(&rec, "xenstore_data", &format!("{}/{k}", bootcfg::XS_DIR));
         let addressing = match key("ip") {
             None | Some("dhcp") => bootcfg::Addressing::Dhcp,
             Some(cidr) => bootcfg::Addressing::Static {
@@ -157,19 +158,8 @@ impl Fleet {
             },
         };
         let boot = self.boot_config(&row.id, addressing)?;
-        s.call(
-            "VM.set_xenstore_data",
-            &[
-                Value::from(&vm_ref),
-                poolops::map_value(&boot.xenstore_data()),
-            ],
-        )
-        .await?;
-        s.call(
-            "VM.start",
-            &[Value::from(&vm_ref), Value::Bool(false), Value::Bool(false)],
-        )
-        .await?;
+        ops::vm_set_xenstore_data(s, &vm_ref, &boot.xenstore_data()).await?;
+        ops::vm_start(s, &vm_ref).await?;
         self.wait_connected(&row.id).await?;
         Ok(vm_ref)
     }
@@ -187,12 +177,12 @@ impl Fleet {
         let ip = self.catalog.abd_ip_take(pool_uuid, &id)?;
         let (network_ref, network_uuid) = match &ip {
             Some(ip) => (
-                poolops::by_uuid(s, "network", &ip.network_uuid).await?,
+                ops::by_uuid(s, "network", &ip.network_uuid).await?,
                 ip.network_uuid.clone(),
             ),
             None => {
-                let (r, n) = poolops::management_network(s).await?;
-                (r, poolops::text(&n, "uuid").to_owned())
+                let (r, n) = ops::management_network(s).await?;
+                (r, ops::text(&n, "uuid").to_owned())
             }
         };
         let addressing = match &ip {
@@ -214,7 +204,7 @@ impl Fleet {
             template_version: version.to_owned(),
             state: "provisioning".into(),
             busy_run: Some(run),
-            created_at: crate::jobs::unix_now(),
+            created_at: crate::util::clock::unix_now(),
         };
         if let Err(e) = self.catalog.abd_vm_insert(&row) {
             self.catalog.abd_vm_remove(&id)?;
@@ -256,67 +246,32 @@ impl Fleet {
         addressing: bootcfg::Addressing,
     ) -> anyhow::Result<String> {
         let id = &row.id;
-        let vm = poolops::call(s, "VM.clone", &[template_ref, &format!("ABD {id}")])
-            .await?
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        let rec = poolops::record(s, "VM", &vm).await?;
+        let vm = ops::vm_clone(s, template_ref, &format!("ABD {id}")).await?;
+        let rec = ops::record(s, "VM", &vm).await?;
         self.catalog
-            .abd_vm_set_vm(id, poolops::text(&rec, "uuid"))?;
-        s.call(
-            "VM.set_is_a_template",
-            &[Value::from(&vm), Value::Bool(false)],
-        )
-        .await?;
-        poolops::tag(s, "VM", &vm, ABD_KEY, id).await?;
-        poolops::tag(s, "VM", &vm, HIDE_KEY, "true").await?;
+            .abd_vm_set_vm(id, ops::text(&rec, "uuid"))?;
+        ops::vm_set_is_a_template(s, &vm, false).await?;
+        ops::tag(s, "VM", &vm, ABD_KEY, id).await?;
+        ops::tag(s, "VM", &vm, HIDE_KEY, "true").await?;
         // Only the template carries the version tag: template lookups must not find ABDs.
-        let _ = poolops::call(
-            s,
-            "VM.remove_from_other_config",
-            &[&vm, TEMPLATE_VERSION_KEY],
-        )
-        .await;
-        if poolops::int(&rec, "memory_static_max") != ABD_MEMORY {
-            let m = Value::from(ABD_MEMORY.to_string());
-            s.call(
-                "VM.set_memory_limits",
-                &[Value::from(&vm), m.clone(), m.clone(), m.clone(), m],
-            )
-            .await?;
+        let _ = ops::untag(s, "VM", &vm, TEMPLATE_VERSION_KEY).await;
+        if ops::int(&rec, "memory_static_max") != ABD_MEMORY {
+            ops::vm_set_memory(s, &vm, ABD_MEMORY).await?;
         }
-        for vif in poolops::refs(&rec, "VIFs") {
-            poolops::call(s, "VIF.destroy", &[&vif]).await?;
+        for vif in ops::refs(&rec, "VIFs") {
+            ops::vif_destroy(s, &vif).await?;
         }
-        let vif = [
-            ("VM", Value::from(&vm)),
-            ("network", Value::from(network_ref)),
-            ("device", Value::from("0")),
-            ("MAC", Value::from("")),
-            ("MTU", Value::from("1500")),
-            ("other_config", Value::empty_struct()),
-            ("qos_algorithm_type", Value::from("")),
-            ("qos_algorithm_params", Value::empty_struct()),
-        ];
-        s.call(
-            "VIF.create",
-            &[Value::Struct(
-                vif.into_iter().map(|(k, v)| (k.into(), v)).collect(),
-            )],
-        )
+        VifSpec {
+            vm: vm.clone(),
+            network: network_ref.to_owned(),
+            device: "0".into(),
+            mtu: 1500,
+        }
+        .create(s)
         .await?;
         let boot = self.boot_config(id, addressing)?;
-        s.call(
-            "VM.set_xenstore_data",
-            &[Value::from(&vm), poolops::map_value(&boot.xenstore_data())],
-        )
-        .await?;
-        s.call(
-            "VM.start",
-            &[Value::from(&vm), Value::Bool(false), Value::Bool(false)],
-        )
-        .await?;
+        ops::vm_set_xenstore_data(s, &vm, &boot.xenstore_data()).await?;
+        ops::vm_start(s, &vm).await?;
         self.wait_connected(id).await?;
         Ok(vm)
     }
@@ -368,13 +323,13 @@ impl Fleet {
         })?;
         let (s, _) = self.inventory.connect(&row.pool_uuid).await?;
         let rec = async {
-            let vm = poolops::by_uuid(&s, "VM", vm_uuid).await?;
-            poolops::record(&s, "VM", &vm).await
+            let vm = ops::by_uuid(&s, "VM", vm_uuid).await?;
+            ops::record(&s, "VM", &vm).await
         }
         .await;
         s.logout().await;
         let rec = rec.with_context(|| format!("ABD '{id}': reading its VM {vm_uuid}"))?;
-        let key = |k: &str| poolops::map_key(&rec, "xenstore_data", k).map(str::to_owned);
+        let key = |k: &str| ops::map_key(&rec, "xenstore_data", k).map(str::to_owned);
         let reported = key(&format!("{}/assigned-ip", bootcfg::XS_DIR))
             .or_else(|| (row.ip != "dhcp").then(|| row.ip.clone()));
         let ip: std::net::IpAddr = match reported {
@@ -435,8 +390,8 @@ impl Fleet {
     /// Destroys the VM (and disks) of an ABD row, revokes its credential, forgets it.
     pub async fn destroy_row(&self, s: &Session, row: &AbdVmRow) -> anyhow::Result<()> {
         if let Some(uuid) = &row.vm_uuid {
-            match poolops::by_uuid(s, "VM", uuid).await {
-                Ok(vm) => poolops::destroy_vm(s, &vm, false).await?,
+            match ops::by_uuid(s, "VM", uuid).await {
+                Ok(vm) => ops::destroy_vm(s, &vm, false).await?,
                 Err(crate::xapi::XapiError::HandleInvalid { .. }) => {}
                 Err(crate::xapi::XapiError::Api { code, .. }) if code == "UUID_INVALID" => {}
                 Err(e) => return Err(e.into()),

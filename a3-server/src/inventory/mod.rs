@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::catalog::inventory::{HostRow, NewPool, PoolRow};
 use crate::catalog::{Catalog, CatalogError};
-use crate::xapi::records::{HostRecord, PoolRecord};
+use crate::xapi::records::HostRecord;
 use crate::xapi::transport::BadAddress;
 use crate::xapi::{Credentials, Endpoint, EventWatcher, Session, Timeouts, XapiError};
 
@@ -161,7 +161,7 @@ impl Inventory {
                 .await?;
         let session = Arc::new(reached.session);
         let port = session.endpoint().port;
-        let (pool_ref, pool) = first_pool(&session).await?;
+        let (pool_ref, pool) = crate::xapi::ops::the_pool(&session).await?;
         let hosts = session.get_all_records::<HostRecord>().await?;
 
         // Pin every member: those just contacted, the known ones keep their pin, and the
@@ -309,17 +309,4 @@ impl Inventory {
     fn lock_watchers(&self) -> std::sync::MutexGuard<'_, HashMap<String, CancellationToken>> {
         self.watchers.lock().unwrap_or_else(|p| p.into_inner())
     }
-}
-
-async fn first_pool(session: &Session) -> Result<(String, PoolRecord), XapiError> {
-    session
-        .get_all_records::<PoolRecord>()
-        .await?
-        .into_iter()
-        .next()
-        .ok_or_else(|| XapiError::Unexpected {
-            host: session.endpoint().to_string(),
-            method: "pool.get_all_records".into(),
-            detail: "the host reports no pool".into(),
-        })
 }

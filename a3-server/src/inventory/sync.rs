@@ -21,8 +21,8 @@ pub const EVENT_CLASSES: &[&str] = &["pool", "host", "vm", "vbd", "vdi", "sr", "
 
 /// Reads every object the inventory keeps, with the calls running side by side.
 pub async fn fetch(session: &Session) -> Result<(PoolRecord, PoolObjects), XapiError> {
-    let (pools, hosts, vms, vbds, vdis, srs, networks, vifs) = tokio::try_join!(
-        session.get_all_records::<PoolRecord>(),
+    let ((_, pool), hosts, vms, vbds, vdis, srs, networks, vifs) = tokio::try_join!(
+        crate::xapi::ops::the_pool(session),
         session.get_all_records::<HostRecord>(),
         session.get_all_records::<VmRecord>(),
         session.get_all_records::<VbdRecord>(),
@@ -31,14 +31,7 @@ pub async fn fetch(session: &Session) -> Result<(PoolRecord, PoolObjects), XapiE
         session.get_all_records::<NetworkRecord>(),
         session.get_all_records::<VifRecord>(),
     )?;
-    let (_, pool) = pools
-        .into_iter()
-        .next()
-        .ok_or_else(|| XapiError::Unexpected {
-            host: session.endpoint().to_string(),
-            method: "pool.get_all_records".into(),
-            detail: "the host reports no pool".into(),
-        })?;
+
     Ok((
         pool,
         PoolObjects {

@@ -1,11 +1,11 @@
 //! Disks plugged into an ABD: a VDI attached read-only at the ABD's next free slot, tagged
 //! with the run so that recovery finds it after a crash.
 
-use a3_shared::xapi_wire::Value;
 use anyhow::Context;
 
-use crate::poolops::{self, RUN_KEY};
+use crate::xapi::ops::{self, RUN_KEY};
 use crate::xapi::Session;
+use crate::xapi::create::{VbdMode, VbdSpec};
 
 /// Attaches `vdi` read-only to the ABD VM `abd_vm` (named `abd` in messages) and plugs it;
 /// returns the VBD and the device id the agent finds it under (`xvdb`). A VBD that cannot
@@ -17,43 +17,26 @@ pub async fn read_only(
     vdi: &str,
     run: i64,
 ) -> anyhow::Result<(String, String)> {
-    let userdevice = poolops::call(s, "VM.get_allowed_VBD_devices", &[abd_vm])
+    let userdevice = ops::vm_allowed_vbd_devices(s, abd_vm)
         .await?
-        .as_array()
-        .and_then(|a| a.iter().filter_map(Value::as_str).find(|u| *u != "0"))
-        .map(str::to_owned)
+        .into_iter()
+        .find(|u| u != "0")
         .with_context(|| format!("ABD '{abd}' has no free disk slot"))?;
-    let device = poolops::device_name(&userdevice)
+    let device = ops::device_name(&userdevice)
         .with_context(|| format!("userdevice {userdevice} has no xvd name"))?;
-    let record: Vec<(&str, Value)> = vec![
-        ("VM", Value::from(abd_vm)),
-        ("VDI", Value::from(vdi)),
-        ("userdevice", Value::from(&userdevice)),
-        ("bootable", Value::Bool(false)),
-        ("mode", Value::from("RO")),
-        ("type", Value::from("Disk")),
-        ("empty", Value::Bool(false)),
-        ("unpluggable", Value::Bool(true)),
-        (
-            "other_config",
-            poolops::map_value(&[(RUN_KEY, run.to_string())]),
-        ),
-        ("qos_algorithm_type", Value::from("")),
-        ("qos_algorithm_params", Value::empty_struct()),
-    ];
-    let vbd = s
-        .call(
-            "VBD.create",
-            &[Value::Struct(
-                record.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
-            )],
-        )
-        .await?
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    if let Err(e) = poolops::call(s, "VBD.plug", &[&vbd]).await {
-        if let Err(undo) = poolops::remove_vbd(s, &vbd).await {
+    let vbd = VbdSpec {
+        vm: abd_vm.to_owned(),
+        vdi: vdi.to_owned(),
+        userdevice,
+        bootable: false,
+        mode: VbdMode::ReadOnly,
+        unpluggable: true,
+        other_config: vec![(RUN_KEY.to_owned(), run.to_string())],
+    }
+    .create(s)
+    .await?;
+    if let Err(e) = ops::vbd_plug(s, &vbd).await {
+        if let Err(undo) = ops::remove_vbd(s, &vbd).await {
             tracing::warn!(vbd, "removing the VBD that did not plug: {undo}");
         }
         return Err(e.into());

@@ -17,12 +17,12 @@ use std::time::Duration;
 use a3_shared::proto::{CbtBitmap, Manifest};
 use anyhow::{Context, bail};
 
-use super::log::RunLog;
+use crate::catalog::run_log::RunLog;
 use super::metadata::{self, VmMetadata};
 use super::{Engine, attach};
 use crate::dataport::{DiskBackupRequest, JobState};
 use crate::fleet::Held;
-use crate::poolops::{self, NULL_REF, RUN_KEY};
+use crate::xapi::ops::{self, NULL_REF, RUN_KEY};
 use crate::store::VersionId;
 use crate::xapi::Session;
 
@@ -56,7 +56,7 @@ pub async fn backup_vm(
     let mut created = Created::default();
     let result = snapshot_and_stream(e, s, run, t, held, log, &mut created).await;
     for vbd in created.vbds.drain(..) {
-        if let Err(err) = poolops::remove_vbd(s, &vbd).await {
+        if let Err(err) = ops::remove_vbd(s, &vbd).await {
             log.warn(&format!(
                 "{}: removing VBD {vbd} from the ABD: {err}",
                 t.name
@@ -69,20 +69,20 @@ pub async fn backup_vm(
     match &result {
         Ok(_) => {
             // After the commit: keep only the CBT metadata of each snapshot disk.
-            let rec = poolops::record(s, "VM", &snap).await?;
+            let rec = ops::record(s, "VM", &snap).await?;
             for vdi in snapshot_vdis(s, &rec).await?.into_values() {
-                poolops::call(s, "VDI.data_destroy", &[&vdi])
+                ops::vdi_data_destroy(s, &vdi)
                     .await
                     .with_context(|| format!("VDI.data_destroy of snapshot disk {vdi}"))?;
             }
-            poolops::destroy_vm(s, &snap, true).await?;
+            ops::destroy_vm(s, &snap, true).await?;
             log.info(&format!(
                 "{}: snapshot removed, CBT metadata kept for the next incremental",
                 t.name
             ));
         }
         Err(_) => {
-            if let Err(err) = poolops::destroy_vm(s, &snap, false).await {
+            if let Err(err) = ops::destroy_vm(s, &snap, false).await {
                 log.warn(&format!("{}: removing the snapshot: {err}", t.name));
             } else {
                 log.info(&format!("{}: snapshot and its disks removed", t.name));
@@ -102,8 +102,8 @@ async fn snapshot_and_stream(
     log: &RunLog,
     created: &mut Created,
 ) -> anyhow::Result<i64> {
-    let vm = poolops::by_uuid(s, "VM", &t.uuid).await?;
-    let rec = poolops::record(s, "VM", &vm).await?;
+    let vm = ops::by_uuid(s, "VM", &t.uuid).await?;
+    let rec = ops::record(s, "VM", &vm).await?;
     let mut meta = metadata::capture(s, &t.pool_uuid, &rec).await?;
     if meta.disks.is_empty() {
         bail!("VM '{}' has no disk to back up", t.name);
@@ -111,27 +111,19 @@ async fn snapshot_and_stream(
     // CBT on every disk; a disk where it was off has no chain to an earlier version.
     let mut fresh_cbt = Vec::new();
     for d in &meta.disks {
-        let vdi = poolops::by_uuid(s, "VDI", &d.vdi_uuid).await?;
-        let r = poolops::record(s, "VDI", &vdi).await?;
-        if !poolops::flag(&r, "cbt_enabled") {
-            poolops::call(s, "VDI.enable_cbt", &[&vdi]).await?;
+        let vdi = ops::by_uuid(s, "VDI", &d.vdi_uuid).await?;
+        let r = ops::record(s, "VDI", &vdi).await?;
+        if !ops::flag(&r, "cbt_enabled") {
+            ops::vdi_enable_cbt(s, &vdi).await?;
             log.info(&format!("{}: CBT enabled on disk {}", t.name, d.name));
             fresh_cbt.push(d.name.clone());
         }
     }
     log.info(&format!("{}: taking a snapshot", t.name));
-    let snap = poolops::call(
-        s,
-        "VM.snapshot",
-        &[&vm, &format!("{} a3-run-{run}", t.name)],
-    )
-    .await?
-    .as_str()
-    .unwrap_or_default()
-    .to_owned();
+    let snap = ops::vm_snapshot(s, &vm, &format!("{} a3-run-{run}", t.name)).await?;
     created.snapshot = Some(snap.clone());
-    poolops::tag(s, "VM", &snap, RUN_KEY, &run.to_string()).await?;
-    let snap_rec = poolops::record(s, "VM", &snap).await?;
+    ops::tag(s, "VM", &snap, RUN_KEY, &run.to_string()).await?;
+    let snap_rec = ops::record(s, "VM", &snap).await?;
     let snap_vdis = snapshot_vdis(s, &snap_rec).await?;
 
     let subject = t.uuid.clone();
@@ -191,10 +183,10 @@ async fn snapshot_and_stream(
             })
             .await?;
         let manifest = wait_disk(e, run, &t.uuid, job).await?;
-        poolops::remove_vbd(s, &vbd).await?;
+        ops::remove_vbd(s, &vbd).await?;
         created.vbds.retain(|v| v != &vbd);
         d.cbt_base_uuid =
-            Some(poolops::text(&poolops::record(s, "VDI", &snap_vdi).await?, "uuid").to_owned());
+            Some(ops::text(&ops::record(s, "VDI", &snap_vdi).await?, "uuid").to_owned());
         manifests.push((d.name.clone(), manifest));
     }
 
@@ -248,7 +240,7 @@ async fn incremental_base(
     let Some(base_uuid) = &prev.cbt_base_uuid else {
         return full(format!("version {version} kept no CBT metadata"));
     };
-    let base_ref = match poolops::by_uuid(s, "VDI", base_uuid).await {
+    let base_ref = match ops::by_uuid(s, "VDI", base_uuid).await {
         Ok(r) if !r.is_empty() && r != NULL_REF => r,
         _ => {
             log.warn(&format!(
@@ -259,8 +251,8 @@ async fn incremental_base(
             return Ok((None, None));
         }
     };
-    let bitmap = match poolops::call(s, "VDI.list_changed_blocks", &[&base_ref, snap_vdi]).await {
-        Ok(v) => v.as_str().unwrap_or_default().to_owned(),
+    let bitmap = match ops::vdi_list_changed_blocks(s, &base_ref, snap_vdi).await {
+        Ok(v) => v,
         Err(err) => {
             log.warn(&format!(
                 "{}: disk {}: CBT chain broken (VDI.list_changed_blocks from version {version}: \
@@ -301,14 +293,14 @@ async fn incremental_base(
 /// The snapshot's disk VDIs by userdevice.
 async fn snapshot_vdis(
     s: &Session,
-    snap: &poolops::Record,
+    snap: &ops::Record,
 ) -> anyhow::Result<HashMap<String, String>> {
     let mut out = HashMap::new();
-    for vbd in poolops::refs(snap, "VBDs") {
-        let b = poolops::record(s, "VBD", &vbd).await?;
-        let vdi = poolops::text(&b, "VDI");
-        if poolops::text(&b, "type") == "Disk" && vdi != NULL_REF && !vdi.is_empty() {
-            out.insert(poolops::text(&b, "userdevice").to_owned(), vdi.to_owned());
+    for vbd in ops::refs(snap, "VBDs") {
+        let b = ops::record(s, "VBD", &vbd).await?;
+        let vdi = ops::text(&b, "VDI");
+        if ops::text(&b, "type") == "Disk" && vdi != NULL_REF && !vdi.is_empty() {
+            out.insert(ops::text(&b, "userdevice").to_owned(), vdi.to_owned());
         }
     }
     Ok(out)

@@ -16,18 +16,19 @@
 
 use std::time::{Duration, Instant};
 
-use a3_shared::xapi_wire::Value;
+use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use super::log::RunLog;
-use super::{Engine, StartError, Started, attach, unix_now};
+use crate::catalog::run_log::RunLog;
+use super::{Engine, StartError, Started, attach};
+use crate::util::clock::unix_now;
 use crate::abdssh;
 use crate::catalog::jobs::CheckRow;
 use crate::dataport::Transport;
 use crate::fleet::Held;
-use crate::poolops::{self, RUN_KEY};
-use crate::template;
+use crate::xapi::ops::{self, RUN_KEY};
 use crate::xapi::Session;
+use crate::xapi::create::VdiSpec;
 
 /// The test disk's size: big enough for a throughput figure, small enough to be quick.
 pub const TEST_DISK_BYTES: u64 = 16 << 20;
@@ -310,7 +311,11 @@ impl Engine {
         let mut vbd = None;
         let mut vdi = None;
         let outcome = async {
-            let sr = template::alike_sr(s, self.catalog(), pool_uuid).await?;
+            let sr = crate::sr::alike_sr(s, self.catalog(), pool_uuid)
+                .await?
+                .with_context(|| {
+                    format!("pool {pool_uuid} has no Alike_SR yet (see `a3-server sr status`)")
+                })?;
             let created = create_test_vdi(s, &sr, run).await?;
             vdi = Some(created.clone());
             attach::import_raw(
@@ -337,12 +342,12 @@ impl Engine {
         }
         .await;
         if let Some(vbd) = vbd
-            && let Err(e) = poolops::remove_vbd(s, &vbd).await
+            && let Err(e) = ops::remove_vbd(s, &vbd).await
         {
             tracing::warn!(abd, "removing the test disk's VBD: {e}");
         }
         if let Some(vdi) = vdi
-            && let Err(e) = poolops::destroy_vdi(s, &vdi).await
+            && let Err(e) = ops::destroy_vdi(s, &vdi).await
         {
             tracing::warn!(abd, "destroying the test disk: {e}");
         }
@@ -401,37 +406,15 @@ fn test_pattern(run: i64) -> Vec<u8> {
 
 /// A new VDI on `sr` for the test disk, tagged with the run.
 async fn create_test_vdi(s: &Session, sr: &str, run: i64) -> anyhow::Result<String> {
-    let record: Vec<(&str, Value)> = vec![
-        (
-            "name_label",
-            Value::from(format!("A3 diag test disk (run {run})")),
-        ),
-        (
-            "name_description",
-            Value::from("created by the A3's ABD diag job; removed when it ends"),
-        ),
-        ("SR", Value::from(sr)),
-        ("virtual_size", Value::from(TEST_DISK_BYTES.to_string())),
-        ("type", Value::from("user")),
-        ("sharable", Value::Bool(false)),
-        ("read_only", Value::Bool(false)),
-        (
-            "other_config",
-            poolops::map_value(&[(RUN_KEY, run.to_string())]),
-        ),
-        ("xenstore_data", Value::empty_struct()),
-        ("sm_config", Value::empty_struct()),
-        ("tags", Value::Array(vec![])),
-    ];
-    let vdi = s
-        .call(
-            "VDI.create",
-            &[Value::Struct(
-                record.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
-            )],
-        )
-        .await?;
-    Ok(vdi.as_str().unwrap_or_default().to_owned())
+    Ok(VdiSpec {
+        name_label: format!("A3 diag test disk (run {run})"),
+        name_description: "created by the A3's ABD diag job; removed when it ends".into(),
+        sr: sr.to_owned(),
+        virtual_size: TEST_DISK_BYTES,
+        other_config: vec![(RUN_KEY.to_owned(), run.to_string())],
+    }
+    .create(s)
+    .await?)
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::poolops::{self, NULL_REF, Record};
+use crate::xapi::ops::{self, NULL_REF, Record};
 use crate::xapi::{Session, XapiError};
 
 /// A version's metadata (the `versions.metadata` JSON of a VM version).
@@ -81,66 +81,66 @@ pub struct VifMeta {
 /// Reads the VM `vm` (record `rec`) and its disks and interfaces.
 pub async fn capture(s: &Session, pool_uuid: &str, rec: &Record) -> Result<VmMetadata, XapiError> {
     let mut disks = Vec::new();
-    for vbd in poolops::refs(rec, "VBDs") {
-        let b = poolops::record(s, "VBD", &vbd).await?;
-        let vdi = poolops::text(&b, "VDI");
-        if poolops::text(&b, "type") != "Disk" || vdi == NULL_REF || vdi.is_empty() {
+    for vbd in ops::refs(rec, "VBDs") {
+        let b = ops::record(s, "VBD", &vbd).await?;
+        let vdi = ops::text(&b, "VDI");
+        if ops::text(&b, "type") != "Disk" || vdi == NULL_REF || vdi.is_empty() {
             continue;
         }
-        let userdevice = poolops::text(&b, "userdevice").to_owned();
-        let Some(name) = poolops::device_name(&userdevice) else {
+        let userdevice = ops::text(&b, "userdevice").to_owned();
+        let Some(name) = ops::device_name(&userdevice) else {
             continue;
         };
-        let d = poolops::record(s, "VDI", vdi).await?;
-        let sr = poolops::record(s, "SR", poolops::text(&d, "SR")).await?;
+        let d = ops::record(s, "VDI", vdi).await?;
+        let sr = ops::record(s, "SR", ops::text(&d, "SR")).await?;
         disks.push(DiskMeta {
             name,
             userdevice,
-            bootable: poolops::flag(&b, "bootable"),
-            mode: poolops::text(&b, "mode").to_owned(),
-            vdi_uuid: poolops::text(&d, "uuid").to_owned(),
-            vdi_name: poolops::text(&d, "name_label").to_owned(),
-            vdi_description: poolops::text(&d, "name_description").to_owned(),
-            virtual_size: poolops::int(&d, "virtual_size") as u64,
-            sr_uuid: poolops::text(&sr, "uuid").to_owned(),
+            bootable: ops::flag(&b, "bootable"),
+            mode: ops::text(&b, "mode").to_owned(),
+            vdi_uuid: ops::text(&d, "uuid").to_owned(),
+            vdi_name: ops::text(&d, "name_label").to_owned(),
+            vdi_description: ops::text(&d, "name_description").to_owned(),
+            virtual_size: ops::int(&d, "virtual_size") as u64,
+            sr_uuid: ops::text(&sr, "uuid").to_owned(),
             cbt_base_uuid: None,
         });
     }
     disks.sort_by(|a, b| a.name.cmp(&b.name));
     let mut vifs = Vec::new();
-    for vif in poolops::refs(rec, "VIFs") {
-        let v = poolops::record(s, "VIF", &vif).await?;
-        let n = poolops::record(s, "network", poolops::text(&v, "network")).await?;
+    for vif in ops::refs(rec, "VIFs") {
+        let v = ops::record(s, "VIF", &vif).await?;
+        let n = ops::record(s, "network", ops::text(&v, "network")).await?;
         vifs.push(VifMeta {
-            device: poolops::text(&v, "device").to_owned(),
-            mac: poolops::text(&v, "MAC").to_owned(),
-            mtu: poolops::int(&v, "MTU"),
-            network_uuid: poolops::text(&n, "uuid").to_owned(),
-            network_name: poolops::text(&n, "name_label").to_owned(),
+            device: ops::text(&v, "device").to_owned(),
+            mac: ops::text(&v, "MAC").to_owned(),
+            mtu: ops::int(&v, "MTU"),
+            network_uuid: ops::text(&n, "uuid").to_owned(),
+            network_name: ops::text(&n, "name_label").to_owned(),
         });
     }
     vifs.sort_by(|a, b| a.device.cmp(&b.device));
     Ok(VmMetadata {
         pool_uuid: pool_uuid.to_owned(),
-        vm_uuid: poolops::text(rec, "uuid").to_owned(),
-        name_label: poolops::text(rec, "name_label").to_owned(),
-        name_description: poolops::text(rec, "name_description").to_owned(),
+        vm_uuid: ops::text(rec, "uuid").to_owned(),
+        name_label: ops::text(rec, "name_label").to_owned(),
+        name_description: ops::text(rec, "name_description").to_owned(),
         memory: [
-            poolops::int(rec, "memory_static_min"),
-            poolops::int(rec, "memory_static_max"),
-            poolops::int(rec, "memory_dynamic_min"),
-            poolops::int(rec, "memory_dynamic_max"),
+            ops::int(rec, "memory_static_min"),
+            ops::int(rec, "memory_static_max"),
+            ops::int(rec, "memory_dynamic_min"),
+            ops::int(rec, "memory_dynamic_max"),
         ],
-        vcpus_max: poolops::int(rec, "VCPUs_max"),
-        vcpus_at_startup: poolops::int(rec, "VCPUs_at_startup"),
-        platform: poolops::string_map(rec, "platform"),
-        hvm_boot_policy: poolops::text(rec, "HVM_boot_policy").to_owned(),
-        hvm_boot_params: poolops::string_map(rec, "HVM_boot_params"),
+        vcpus_max: ops::int(rec, "VCPUs_max"),
+        vcpus_at_startup: ops::int(rec, "VCPUs_at_startup"),
+        platform: ops::string_map(rec, "platform"),
+        hvm_boot_policy: ops::text(rec, "HVM_boot_policy").to_owned(),
+        hvm_boot_params: ops::string_map(rec, "HVM_boot_params"),
         pv: [
-            poolops::text(rec, "PV_bootloader").to_owned(),
-            poolops::text(rec, "PV_kernel").to_owned(),
-            poolops::text(rec, "PV_ramdisk").to_owned(),
-            poolops::text(rec, "PV_args").to_owned(),
+            ops::text(rec, "PV_bootloader").to_owned(),
+            ops::text(rec, "PV_kernel").to_owned(),
+            ops::text(rec, "PV_ramdisk").to_owned(),
+            ops::text(rec, "PV_args").to_owned(),
         ],
         disks,
         vifs,

@@ -7,7 +7,6 @@
 //! - [`restore`]: the restore of a version as a new VM or over the original;
 //! - [`recovery`]: clean-up after a crash;
 //! - [`metadata`]: the VM metadata a version carries;
-//! - [`log`]: a run's log.
 //!
 //! A backup run of N VMs with concurrency C holds at most C ABDs at once
 //! ([`crate::fleet`]); an ABD returns to idle when its VM is done, and the next VM reuses
@@ -16,7 +15,6 @@
 pub mod attach;
 pub mod backup;
 pub mod diag;
-pub mod log;
 pub mod metadata;
 pub mod recovery;
 pub mod restore;
@@ -28,24 +26,13 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::Catalog;
+use crate::util::clock::unix_now;
 use crate::catalog::inventory::VmRow;
 use crate::config::Config;
 use crate::dataport::DataPort;
 use crate::fleet::Fleet;
 use crate::inventory::Inventory;
-use log::RunLog;
-
-/// Unix seconds now.
-pub fn unix_now() -> i64 {
-    unix_now_ms() / 1000
-}
-
-/// Unix milliseconds now.
-pub fn unix_now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
+use crate::catalog::run_log::RunLog;
 
 /// Why a job cannot start.
 #[derive(Debug, thiserror::Error)]

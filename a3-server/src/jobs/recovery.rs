@@ -9,8 +9,8 @@
 use std::collections::HashSet;
 
 use super::Engine;
-use super::log::RunLog;
-use crate::poolops::{self, RUN_KEY};
+use crate::catalog::run_log::RunLog;
+use crate::xapi::ops::{self, RUN_KEY};
 
 /// What recovery did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -49,32 +49,32 @@ pub async fn recover(e: &Engine) -> anyhow::Result<Recovered> {
             }
         };
         let clean = async {
-            for (vbd, rec) in poolops::all_records(&s, "VBD").await? {
-                if poolops::map_key(&rec, "other_config", RUN_KEY).is_some_and(|r| ids.contains(r))
+            for (vbd, rec) in ops::all_records(&s, "VBD").await? {
+                if ops::map_key(&rec, "other_config", RUN_KEY).is_some_and(|r| ids.contains(r))
                 {
-                    poolops::remove_vbd(&s, &vbd).await?;
+                    ops::remove_vbd(&s, &vbd).await?;
                     done.vbds += 1;
                 }
             }
-            for (vm, rec) in poolops::all_records(&s, "VM").await? {
-                let tagged = poolops::map_key(&rec, "other_config", RUN_KEY)
+            for (vm, rec) in ops::all_records(&s, "VM").await? {
+                let tagged = ops::map_key(&rec, "other_config", RUN_KEY)
                     .is_some_and(|r| ids.contains(r));
-                let name = poolops::text(&rec, "name_label");
-                let named = poolops::flag(&rec, "is_a_snapshot")
+                let name = ops::text(&rec, "name_label");
+                let named = ops::flag(&rec, "is_a_snapshot")
                     && ids
                         .iter()
                         .any(|id| name.ends_with(&format!(" a3-run-{id}")));
                 if tagged || named {
-                    poolops::destroy_vm(&s, &vm, false).await?;
+                    ops::destroy_vm(&s, &vm, false).await?;
                     done.vms += 1;
                 }
             }
             // Disks of a half-restored VM created before it had a VBD.
-            for (vdi, rec) in poolops::all_records(&s, "VDI").await? {
-                if poolops::map_key(&rec, "other_config", RUN_KEY).is_some_and(|r| ids.contains(r))
-                    && poolops::refs(&rec, "VBDs").is_empty()
+            for (vdi, rec) in ops::all_records(&s, "VDI").await? {
+                if ops::map_key(&rec, "other_config", RUN_KEY).is_some_and(|r| ids.contains(r))
+                    && ops::refs(&rec, "VBDs").is_empty()
                 {
-                    poolops::destroy_vdi(&s, &vdi).await?;
+                    ops::destroy_vdi(&s, &vdi).await?;
                 }
             }
             for row in broken_abds.iter().filter(|a| a.pool_uuid == pool) {
@@ -99,7 +99,7 @@ pub async fn recover(e: &Engine) -> anyhow::Result<Recovered> {
         }
         log.error(&reason);
         e.catalog()
-            .run_fail_interrupted(run.id, &reason, super::unix_now())?;
+            .run_fail_interrupted(run.id, &reason, crate::util::clock::unix_now())?;
         for abd in e.catalog().abd_vm_list(None)? {
             if abd.busy_run == Some(run.id) && abd.state == "busy" {
                 e.fleet().release(&abd.id)?;

@@ -8,16 +8,16 @@
 //! crash left half-restored.
 
 use a3_shared::chunk::BlockId;
-use a3_shared::xapi_wire::Value;
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
-use super::log::RunLog;
+use crate::catalog::run_log::RunLog;
 use super::metadata::{DiskMeta, VmMetadata};
 use super::{Engine, attach};
-use crate::poolops::{self, RUN_KEY};
+use crate::xapi::ops::{self, RUN_KEY};
 use crate::store::{Store, VersionId};
 use crate::xapi::Session;
+use crate::xapi::create::{VbdMode, VbdSpec, VdiSpec, VifSpec, VmSpec};
 
 /// What to restore, where.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -73,11 +73,11 @@ async fn over_original(
     meta: &VmMetadata,
     log: &RunLog,
 ) -> anyhow::Result<String> {
-    let vm = poolops::by_uuid(s, "VM", &meta.vm_uuid)
+    let vm = ops::by_uuid(s, "VM", &meta.vm_uuid)
         .await
         .with_context(|| format!("the original VM {} is not in this pool", meta.vm_uuid))?;
-    let rec = poolops::record(s, "VM", &vm).await?;
-    let state = poolops::text(&rec, "power_state");
+    let rec = ops::record(s, "VM", &vm).await?;
+    let state = ops::text(&rec, "power_state");
     if state != "Halted" {
         bail!(
             "VM '{}' is {state}: shut it down before restoring over its disks, or restore as a new VM",
@@ -85,10 +85,10 @@ async fn over_original(
         );
     }
     for d in &meta.disks {
-        let vdi = poolops::by_uuid(s, "VDI", &d.vdi_uuid)
+        let vdi = ops::by_uuid(s, "VDI", &d.vdi_uuid)
             .await
             .with_context(|| format!("disk {} (VDI {}) no longer exists", d.name, d.vdi_uuid))?;
-        let size = poolops::int(&poolops::record(s, "VDI", &vdi).await?, "virtual_size") as u64;
+        let size = ops::int(&ops::record(s, "VDI", &vdi).await?, "virtual_size") as u64;
         if size != d.virtual_size {
             bail!(
                 "disk {} is now {size} bytes, the version's is {}; restore as a new VM",
@@ -123,51 +123,23 @@ async fn as_new_vm(
     log: &RunLog,
 ) -> anyhow::Result<String> {
     let sr = target_sr(s, spec.sr.as_deref()).await?;
-    let tag = poolops::map_value(&[(RUN_KEY, run.to_string())]);
-    let date = chrono_like_date(crate::jobs::unix_now());
+    let tag = vec![(RUN_KEY.to_owned(), run.to_string())];
+    let date = chrono_like_date(crate::util::clock::unix_now());
     let name = format!("{} (restored {date})", meta.name_label);
-    let m = |x: i64| Value::from(x.to_string());
-    let rec: Vec<(&str, Value)> = vec![
-        ("name_label", Value::from(&name)),
-        ("name_description", Value::from(&meta.name_description)),
-        ("user_version", Value::from("1")),
-        ("is_a_template", Value::Bool(false)),
-        ("affinity", Value::from(poolops::NULL_REF)),
-        ("memory_static_min", m(meta.memory[0])),
-        ("memory_static_max", m(meta.memory[1])),
-        ("memory_dynamic_min", m(meta.memory[2])),
-        ("memory_dynamic_max", m(meta.memory[3])),
-        ("memory_target", m(meta.memory[3])),
-        ("VCPUs_max", m(meta.vcpus_max)),
-        ("VCPUs_at_startup", m(meta.vcpus_at_startup)),
-        ("VCPUs_params", Value::empty_struct()),
-        ("actions_after_shutdown", Value::from("destroy")),
-        ("actions_after_reboot", Value::from("restart")),
-        ("actions_after_crash", Value::from("restart")),
-        ("PV_bootloader", Value::from(&meta.pv[0])),
-        ("PV_kernel", Value::from(&meta.pv[1])),
-        ("PV_ramdisk", Value::from(&meta.pv[2])),
-        ("PV_args", Value::from(&meta.pv[3])),
-        ("PV_bootloader_args", Value::from("")),
-        ("PV_legacy_args", Value::from("")),
-        ("HVM_boot_policy", Value::from(&meta.hvm_boot_policy)),
-        ("HVM_boot_params", poolops::map_value(&meta.hvm_boot_params)),
-        ("platform", poolops::map_value(&meta.platform)),
-        ("PCI_bus", Value::from("")),
-        ("other_config", tag.clone()),
-        ("recommendations", Value::from("")),
-    ];
-    let vm = s
-        .call(
-            "VM.create",
-            &[Value::Struct(
-                rec.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
-            )],
-        )
-        .await?
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let vm = VmSpec {
+        name_label: name.clone(),
+        name_description: meta.name_description.clone(),
+        memory: meta.memory,
+        vcpus_max: meta.vcpus_max,
+        vcpus_at_startup: meta.vcpus_at_startup,
+        pv: meta.pv.clone(),
+        hvm_boot_policy: meta.hvm_boot_policy.clone(),
+        hvm_boot_params: meta.hvm_boot_params.clone(),
+        platform: meta.platform.clone(),
+        other_config: tag.clone(),
+    }
+    .create(s)
+    .await?;
     log.info(&format!("created VM '{name}'"));
     // A failure part-way removes what this restore made: the VM and every disk created
     // for it, attached yet or not. Nothing half-restored stays in the pool.
@@ -187,7 +159,7 @@ async fn as_new_vm(
             .with_context(|| format!("VM '{name}' is restored but did not start"))?;
         log.info(&format!("VM '{name}' started"));
     }
-    Ok(poolops::text(&poolops::record(s, "VM", &vm).await?, "uuid").to_owned())
+    Ok(ops::text(&ops::record(s, "VM", &vm).await?, "uuid").to_owned())
 }
 
 /// Creates the new VM's disks (written from the version), VBDs and VIFs; `vdis` gets every
@@ -200,100 +172,59 @@ async fn add_devices(
     meta: &VmMetadata,
     vm: &str,
     sr: &str,
-    tag: &Value,
+    tag: &[(String, String)],
     log: &RunLog,
     vdis: &mut Vec<String>,
 ) -> anyhow::Result<()> {
     for d in &meta.disks {
-        let vdi_rec: Vec<(&str, Value)> = vec![
-            ("name_label", Value::from(&d.vdi_name)),
-            ("name_description", Value::from(&d.vdi_description)),
-            ("SR", Value::from(sr)),
-            ("virtual_size", Value::from(d.virtual_size.to_string())),
-            ("type", Value::from("user")),
-            ("sharable", Value::Bool(false)),
-            ("read_only", Value::Bool(false)),
-            ("other_config", tag.clone()),
-            ("xenstore_data", Value::empty_struct()),
-            ("sm_config", Value::empty_struct()),
-            ("tags", Value::Array(vec![])),
-        ];
-        let vdi = s
-            .call(
-                "VDI.create",
-                &[Value::Struct(
-                    vdi_rec
-                        .into_iter()
-                        .map(|(k, v)| (k.to_owned(), v))
-                        .collect(),
-                )],
-            )
-            .await?
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
+        let vdi = VdiSpec {
+            name_label: d.vdi_name.clone(),
+            name_description: d.vdi_description.clone(),
+            sr: sr.to_owned(),
+            virtual_size: d.virtual_size,
+            other_config: tag.to_vec(),
+        }
+        .create(s)
+        .await?;
         vdis.push(vdi.clone());
         write_disk(e, s, spec.version, d, &vdi, log).await?;
-        let vbd_rec: Vec<(&str, Value)> = vec![
-            ("VM", Value::from(vm)),
-            ("VDI", Value::from(&vdi)),
-            ("userdevice", Value::from(&d.userdevice)),
-            ("bootable", Value::Bool(d.bootable)),
-            ("mode", Value::from(&d.mode)),
-            ("type", Value::from("Disk")),
-            ("empty", Value::Bool(false)),
-            ("other_config", Value::empty_struct()),
-            ("qos_algorithm_type", Value::from("")),
-            ("qos_algorithm_params", Value::empty_struct()),
-        ];
-        s.call(
-            "VBD.create",
-            &[Value::Struct(
-                vbd_rec
-                    .into_iter()
-                    .map(|(k, v)| (k.to_owned(), v))
-                    .collect(),
-            )],
-        )
+        VbdSpec {
+            vm: vm.to_owned(),
+            vdi,
+            userdevice: d.userdevice.clone(),
+            bootable: d.bootable,
+            mode: VbdMode::parse(&d.mode),
+            unpluggable: true,
+            other_config: vec![],
+        }
+        .create(s)
         .await?;
     }
-    let networks = poolops::all_records(s, "network").await?;
+    let networks = ops::all_records(s, "network").await?;
     for vif in &meta.vifs {
         let by_uuid = networks
             .iter()
-            .find(|(_, n)| poolops::text(n, "uuid") == vif.network_uuid);
+            .find(|(_, n)| ops::text(n, "uuid") == vif.network_uuid);
         let by_name = networks
             .iter()
-            .find(|(_, n)| poolops::text(n, "name_label") == vif.network_name);
+            .find(|(_, n)| ops::text(n, "name_label") == vif.network_name);
         let (net, how) = match (by_uuid, by_name) {
             (Some((r, _)), _) => (r.clone(), "the same network"),
             (None, Some((r, _))) => (r.clone(), "the network of the same name"),
             (None, None) => (
-                poolops::management_network(s).await?.0,
+                ops::management_network(s).await?.0,
                 "the management network (no network of that uuid or name here)",
             ),
         };
         log.info(&format!("network interface {} → {how}", vif.device));
-        let vif_rec: Vec<(&str, Value)> = vec![
-            ("VM", Value::from(vm)),
-            ("network", Value::from(&net)),
-            ("device", Value::from(&vif.device)),
-            // A new MAC: the original VM may still be running with its own.
-            ("MAC", Value::from("")),
-            ("MTU", Value::from(vif.mtu.max(576).to_string())),
-            ("other_config", Value::empty_struct()),
-            ("qos_algorithm_type", Value::from("")),
-            ("qos_algorithm_params", Value::empty_struct()),
-        ];
-        s.call(
-            "VIF.create",
-            &[Value::Struct(
-                vif_rec
-                    .into_iter()
-                    .map(|(k, v)| (k.to_owned(), v))
-                    .collect(),
-            )],
-        )
+        // A new MAC: the original VM may still be running with its own.
+        VifSpec {
+            vm: vm.to_owned(),
+            network: net,
+            device: vif.device.clone(),
+            mtu: vif.mtu.max(576),
+        }
+        .create(s)
         .await?;
     }
     Ok(())
@@ -301,43 +232,38 @@ async fn add_devices(
 
 /// Removes a half-restored VM and the disks made for it.
 async fn remove_half_restored(s: &Session, vm: &str, vdis: &[String]) -> anyhow::Result<()> {
-    poolops::destroy_vm(s, vm, true).await?;
+    ops::destroy_vm(s, vm, true).await?;
     for vdi in vdis {
-        s.call("VDI.destroy", &[Value::from(vdi)]).await?;
+        ops::destroy_vdi(s, vdi).await?;
     }
     Ok(())
 }
 async fn start(s: &Session, vm: &str) -> anyhow::Result<()> {
-    s.call(
-        "VM.start",
-        &[Value::from(vm), Value::Bool(false), Value::Bool(false)],
-    )
-    .await?;
-    Ok(())
+    Ok(ops::vm_start(s, vm).await?)
 }
 
 /// The SR by uuid or name; the pool's default SR when none is given.
 async fn target_sr(s: &Session, sr: Option<&str>) -> anyhow::Result<String> {
-    let all = poolops::all_records(s, "SR").await?;
+    let all = ops::all_records(s, "SR").await?;
     match sr {
         Some(want) => all
             .iter()
-            .find(|(_, r)| poolops::text(r, "uuid") == want)
+            .find(|(_, r)| ops::text(r, "uuid") == want)
             .or_else(|| {
                 all.iter()
-                    .find(|(_, r)| poolops::text(r, "name_label") == want)
+                    .find(|(_, r)| ops::text(r, "name_label") == want)
             })
             .map(|(r, _)| r.clone())
             .with_context(|| {
                 format!("no SR '{want}' in the target pool; see `a3-server pool list`")
             }),
         None => {
-            let pools = poolops::all_records(s, "pool").await?;
+            let pools = ops::all_records(s, "pool").await?;
             let default = pools
                 .first()
-                .map(|(_, p)| poolops::text(p, "default_SR").to_owned())
+                .map(|(_, p)| ops::text(p, "default_SR").to_owned())
                 .unwrap_or_default();
-            if default.is_empty() || default == poolops::NULL_REF {
+            if default.is_empty() || default == ops::NULL_REF {
                 bail!("the target pool has no default SR: name one with --sr");
             }
             Ok(default)

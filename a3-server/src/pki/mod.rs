@@ -14,6 +14,7 @@
 pub mod ca;
 pub mod verifier;
 
+use crate::util::clock::unix_now;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -128,7 +129,7 @@ impl Pki {
     pub fn begin_enrollment(&self, id: &str) -> Result<String, PkiError> {
         let token = hex::encode(rand::random::<[u8; 32]>());
         self.catalog
-            .abd_begin_enrollment(id, &hash_token(&token), now())?;
+            .abd_begin_enrollment(id, &hash_token(&token), unix_now())?;
         self.accepted.revoke(id);
         Ok(token)
     }
@@ -144,7 +145,7 @@ impl Pki {
         let fp = fingerprint(&cert);
         if !self
             .catalog
-            .abd_complete_enrollment(id, &hash_token(token), &fp, now())?
+            .abd_complete_enrollment(id, &hash_token(token), &fp, unix_now())?
         {
             return Err(PkiError::TokenRefused(id.to_owned()));
         }
@@ -155,7 +156,7 @@ impl Pki {
     /// Revokes `id`. False when no such ABD is enrolled or enrolling.
     pub fn revoke(&self, id: &str) -> Result<bool, PkiError> {
         self.accepted.revoke(id);
-        Ok(self.catalog.abd_revoke(id, now())?)
+        Ok(self.catalog.abd_revoke(id, unix_now())?)
     }
 }
 
@@ -164,11 +165,6 @@ fn hash_token(token: &str) -> String {
     hex::encode(sha2::Sha256::digest(token.trim().as_bytes()))
 }
 
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
 
 #[cfg(test)]
 mod tests {

@@ -15,13 +15,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use a3_shared::xapi_wire::{Struct, Value};
+use a3_shared::xapi_wire::Value;
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::{Catalog, CatalogError};
 use crate::inventory::{Inventory, InventoryError};
-use crate::poolops;
-use crate::xapi::records::{HostRecord, PoolRecord};
+use crate::xapi::ops;
+use crate::xapi::records::HostRecord;
 use crate::xapi::{Session, XapiError};
 
 use super::EXPORT;
@@ -57,6 +57,14 @@ pub enum SrError {
     /// The catalog failed.
     #[error(transparent)]
     Catalog(#[from] CatalogError),
+    /// Some hosts' PBDs did not unplug.
+    #[error("pool {pool}: Alike_SR did not unplug everywhere: {}", failures.join("; "))]
+    Unplug {
+        /// The pool's uuid.
+        pool: String,
+        /// Each failure, naming its host.
+        failures: Vec<String>,
+    },
     /// The A3's NFS server did not start, so there is nothing for the hosts to mount.
     #[error(
         "the A3's NFS server is not running ({0}); fix the cause and restart the A3 \
@@ -194,17 +202,7 @@ impl SrService {
         session: &Session,
         pool_uuid: &str,
     ) -> Result<Option<String>, SrError> {
-        let Some(uuid) = self.catalog.alike_sr(pool_uuid)? else {
-            return Ok(None);
-        };
-        match by_uuid(session, &uuid).await {
-            Ok(r) => Ok(Some(r)),
-            Err(e) if is_gone(&e) => Ok(None),
-            Err(e) => Err(SrError::Xapi {
-                pool: pool_uuid.to_owned(),
-                source: e,
-            }),
-        }
+        alike_sr(session, &self.catalog, pool_uuid).await
     }
 
     /// A pool was just added: creates its `Alike_SR` (or finds it) and plugs it everywhere.
@@ -245,10 +243,7 @@ impl SrService {
                 .map_err(xapi)?;
             self.plug(&session, pool_uuid, &sr_ref, &sr_uuid, address)
                 .await?;
-            session
-                .call_async("SR.scan", &[Value::from(&sr_ref)])
-                .await
-                .map_err(xapi)?;
+            ops::sr_scan(&session, &sr_ref).await.map_err(xapi)?;
             self.read_status(&session, pool_uuid).await.map_err(xapi)
         }
         .await;
@@ -312,7 +307,7 @@ impl SrService {
             let Some(sr_ref) = self.sr_ref(&session, pool_uuid).await? else {
                 return Ok(0);
             };
-            let master = master_ref(&session).await.map_err(xapi)?;
+            let master = ops::the_pool(&session).await.map_err(xapi)?.1.master;
             let mut plugged: Vec<(String, Pbd)> = pbds_of(&session, &sr_ref)
                 .await
                 .map_err(xapi)?
@@ -326,18 +321,17 @@ impl SrService {
                 failures.extend(halt_abds(&session).await.map_err(xapi)?);
             }
             for (pbd, p) in &plugged {
-                if let Err(e) = session.call_async("PBD.unplug", &[Value::from(pbd)]).await {
+                if let Err(e) = ops::pbd_unplug(&session, pbd).await {
                     failures.push(format!("{}: {e}", describe_host(&hosts, &p.host)));
                 }
             }
             if failures.is_empty() {
                 Ok(plugged.len())
             } else {
-                Err(xapi(XapiError::Unexpected {
-                    host: session.endpoint().to_string(),
-                    method: "PBD.unplug".into(),
-                    detail: failures.join("; "),
-                }))
+                Err(SrError::Unplug {
+                    pool: pool_uuid.to_owned(),
+                    failures,
+                })
             }
         }
         .await;
@@ -479,13 +473,7 @@ impl SrService {
         }
         let server = address.to_string();
         // Adopt an Alike_SR on this export (the catalog was lost, or the pool re-added).
-        for (sr_ref, sr) in session
-            .call("SR.get_all_records", &[])
-            .await?
-            .as_struct()
-            .into_iter()
-            .flatten()
-        {
+        for (sr_ref, sr) in &ops::all_records(session, "SR").await? {
             let ours = sr.get_str("type") == Some("nfs")
                 && sr.get_str("name_label") == Some(SR_NAME)
                 && pbds_of(session, sr_ref)
@@ -503,43 +491,16 @@ impl SrService {
                 return Ok((sr_ref.clone(), uuid));
             }
         }
-        let master = master_ref(session).await?;
-        let device_config: Struct = [
-            ("server".to_owned(), Value::from(server.as_str())),
-            ("serverpath".to_owned(), Value::from(EXPORT)),
-        ]
-        .into_iter()
-        .collect();
-        let created = session
-            .call_async(
-                "SR.create",
-                &[
-                    Value::from(&master),
-                    Value::Struct(device_config),
-                    Value::from("0"),
-                    Value::from(SR_NAME),
-                    Value::from(SR_DESCRIPTION),
-                    Value::from("nfs"),
-                    Value::from("user"),
-                    Value::from(true),
-                    Value::empty_struct(),
-                ],
-            )
-            .await?;
-        let sr_ref = created
-            .as_str()
-            .ok_or_else(|| XapiError::Unexpected {
-                host: session.endpoint().to_string(),
-                method: "SR.create".into(),
-                detail: format!("returned a {}, not an SR ref", created.kind()),
-            })?
-            .to_owned();
-        let uuid = session
-            .call("SR.get_uuid", &[Value::from(&sr_ref)])
-            .await?
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
+        let (_, pool) = ops::the_pool(session).await?;
+        let (sr_ref, uuid) = ops::sr_create_nfs(
+            session,
+            &pool.master,
+            &server,
+            EXPORT,
+            SR_NAME,
+            SR_DESCRIPTION,
+        )
+        .await?;
         self.record(pool_uuid, &uuid);
         tracing::info!(pool = pool_uuid, sr = uuid, %server, "Alike_SR created");
         Ok((sr_ref, uuid))
@@ -558,7 +519,7 @@ impl SrService {
             pool: pool_uuid.to_owned(),
             source,
         };
-        let master = master_ref(session).await.map_err(xapi)?;
+        let master = ops::the_pool(session).await.map_err(xapi)?.1.master;
         let mut unplugged: Vec<(String, Pbd)> = pbds_of(session, sr_ref)
             .await
             .map_err(xapi)?
@@ -572,7 +533,7 @@ impl SrService {
         let hosts = host_names(session).await.map_err(xapi)?;
         let mut failures = Vec::new();
         for (pbd, p) in &unplugged {
-            match session.call_async("PBD.plug", &[Value::from(pbd)]).await {
+            match ops::pbd_plug(session, pbd).await {
                 Ok(_) => {
                     tracing::info!(pool = pool_uuid, host = %describe_host(&hosts, &p.host), "Alike_SR plugged")
                 }
@@ -595,9 +556,7 @@ impl SrService {
     }
 
     fn record(&self, pool_uuid: &str, sr_uuid: &str) {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
+        let now = crate::util::clock::unix_now();
         if let Err(e) = self.catalog.set_alike_sr(pool_uuid, sr_uuid, now) {
             // The SR exists in the pool; the next ensure adopts it by its export.
             tracing::error!(
@@ -630,6 +589,26 @@ impl SrService {
     }
 }
 
+/// The ref of the pool's `Alike_SR` on `session` (a session on that pool): the SR whose uuid
+/// the catalog records; `None` when the A3 has not created it yet, or it is gone.
+pub async fn alike_sr(
+    session: &Session,
+    catalog: &Catalog,
+    pool_uuid: &str,
+) -> Result<Option<String>, SrError> {
+    let Some(uuid) = catalog.alike_sr(pool_uuid)? else {
+        return Ok(None);
+    };
+    match by_uuid(session, &uuid).await {
+        Ok(r) => Ok(Some(r)),
+        Err(e) if is_gone(&e) => Ok(None),
+        Err(e) => Err(SrError::Xapi {
+            pool: pool_uuid.to_owned(),
+            source: e,
+        }),
+    }
+}
+
 /// Whether an error says the SR does not exist (any more).
 fn is_gone(e: &XapiError) -> bool {
     match e {
@@ -640,35 +619,21 @@ fn is_gone(e: &XapiError) -> bool {
 }
 
 async fn by_uuid(session: &Session, uuid: &str) -> Result<String, XapiError> {
-    let r = session.call("SR.get_by_uuid", &[Value::from(uuid)]).await?;
-    Ok(r.as_str().unwrap_or_default().to_owned())
-}
-
-async fn master_ref(session: &Session) -> Result<String, XapiError> {
-    let pools = session.get_all_records::<PoolRecord>().await?;
-    pools
-        .into_iter()
-        .next()
-        .map(|(_, p)| p.master)
-        .ok_or_else(|| XapiError::Unexpected {
-            host: session.endpoint().to_string(),
-            method: "pool.get_all_records".into(),
-            detail: "the host reports no pool".into(),
-        })
+    ops::by_uuid(session, "SR", uuid).await
 }
 
 /// The SR's PBDs, as (ref, record).
 /// Halts the pool's running ABD VMs; returns the failures, naming each ABD.
 async fn halt_abds(session: &Session) -> Result<Vec<String>, XapiError> {
     let mut failures = Vec::new();
-    for (vm, rec) in poolops::all_records(session, "VM").await? {
-        let Some(abd) = poolops::map_key(&rec, "other_config", poolops::ABD_KEY) else {
+    for (vm, rec) in ops::all_records(session, "VM").await? {
+        let Some(abd) = ops::map_key(&rec, "other_config", ops::ABD_KEY) else {
             continue;
         };
-        if poolops::text(&rec, "power_state") != "Running" {
+        if ops::text(&rec, "power_state") != "Running" {
             continue;
         }
-        match poolops::call(session, "VM.hard_shutdown", &[&vm]).await {
+        match ops::vm_hard_shutdown(session, &vm).await {
             Ok(_) => tracing::info!(abd, "ABD halted: its disk is on Alike_SR"),
             Err(e) => failures.push(format!("halting ABD '{abd}': {e}")),
         }
@@ -677,11 +642,9 @@ async fn halt_abds(session: &Session) -> Result<Vec<String>, XapiError> {
 }
 
 async fn pbds_of(session: &Session, sr_ref: &str) -> Result<Vec<(String, Pbd)>, XapiError> {
-    let all = session.call("PBD.get_all_records", &[]).await?;
-    Ok(all
-        .as_struct()
-        .into_iter()
-        .flatten()
+    Ok(ops::all_records(session, "PBD")
+        .await?
+        .iter()
         .map(|(r, v)| (r.clone(), Pbd::from_value(v)))
         .filter(|(_, p)| p.sr == sr_ref)
         .collect())

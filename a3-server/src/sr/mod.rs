@@ -10,7 +10,7 @@ pub mod dirfs;
 pub mod lifecycle;
 pub mod portmap;
 
-pub use lifecycle::{HostPbd, PoolSr, SR_NAME, SrError, SrService};
+pub use lifecycle::{HostPbd, PoolSr, SR_NAME, SrError, SrService, alike_sr};
 
 use std::net::IpAddr;
 use std::path::Path;

@@ -493,11 +493,6 @@ fn version_info(row: VersionRow) -> VersionInfo {
     }
 }
 
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
 
 #[cfg(test)]
 mod tests;

@@ -180,7 +180,7 @@ impl BackupSession {
         }
         let id = store.inner.catalog.version_insert(
             &self.subject,
-            super::unix_now(),
+            crate::util::clock::unix_now(),
             &metadata.to_string(),
             &rows,
         )?;

@@ -7,6 +7,9 @@
 //! - [`session`]: a logged-in session; re-login on `SESSION_INVALID`, `Async.*` calls
 //!   awaited through their task.
 //! - [`records`]: typed records of the classes the A3 reads.
+//! - [`ops`]: one typed function per call of the pool workflow, and helpers on raw
+//!   records; nothing outside this module names an XAPI method.
+//! - [`create`]: the specs of the VMs, VDIs, VBDs and VIFs the A3 creates.
 //! - [`events`]: the `event.from` watcher.
 //! - [`error`]: [`XapiError`], typed per XAPI error code.
 //!
@@ -22,8 +25,10 @@
 //! # let _ = (pin, vms); Ok(()) }
 //! ```
 
+pub mod create;
 pub mod error;
 pub mod events;
+pub mod ops;
 pub mod records;
 pub mod session;
 pub mod tls;

@@ -176,7 +176,9 @@ impl Session {
         Ok(current.clone())
     }
 
-    async fn await_task(
+    /// Waits up to `timeout` for `task` (which `method` started) to end: its result, or
+    /// its error as a typed error.
+    pub async fn await_task(
         &self,
         method: &str,
         task: &str,

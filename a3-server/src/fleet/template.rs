@@ -12,11 +12,9 @@ use a3_shared::xva::{XvaSink, read_xva};
 use crate::catalog::Catalog;
 use crate::catalog::abd_fleet::TemplateRow;
 use crate::config::Config;
-use crate::poolops::{self, HIDE_KEY, TEMPLATE_VERSION_KEY};
+use crate::xapi::ops::{self, HIDE_KEY, TEMPLATE_VERSION_KEY};
 use crate::xapi::{Session, XapiError};
 
-/// The name of the A3's SR in every pool.
-pub const SR_NAME: &str = "Alike_SR";
 /// How long an import may take.
 const IMPORT_TIMEOUT: Duration = Duration::from_secs(1800);
 
@@ -44,6 +42,9 @@ pub enum TemplateError {
     /// XAPI failed.
     #[error(transparent)]
     Xapi(#[from] XapiError),
+    /// The pool's `Alike_SR` could not be looked up.
+    #[error(transparent)]
+    Sr(#[from] crate::sr::SrError),
     /// The upload failed.
     #[error("uploading the ABD template to {host}: {detail}")]
     Upload {
@@ -113,7 +114,7 @@ pub fn read_version(path: &Path) -> Result<String, TemplateError> {
                 .find(|o| o.get_str("class") == Some("VM"))
                 .and_then(|o| o.get("snapshot"));
             self.0 = vm
-                .and_then(|vm| poolops::map_key(vm, "other_config", TEMPLATE_VERSION_KEY))
+                .and_then(|vm| ops::map_key(vm, "other_config", TEMPLATE_VERSION_KEY))
                 .map(str::to_owned);
             Err(STOP.into())
         }
@@ -139,27 +140,6 @@ pub fn read_version(path: &Path) -> Result<String, TemplateError> {
     })
 }
 
-/// The ref of the pool's `Alike_SR`: the one the catalog records ([`crate::sr`]), else the
-/// pool's SR of that name.
-pub async fn alike_sr(
-    s: &Session,
-    catalog: &Catalog,
-    pool_uuid: &str,
-) -> Result<String, TemplateError> {
-    if let Some(uuid) = catalog.alike_sr(pool_uuid)?
-        && let Ok(r) = poolops::by_uuid(s, "SR", &uuid).await
-    {
-        return Ok(r);
-    }
-    let found = poolops::call(s, "SR.get_by_name_label", &[SR_NAME]).await?;
-    found
-        .as_array()
-        .and_then(|a| a.first())
-        .and_then(Value::as_str)
-        .map(str::to_owned)
-        .ok_or_else(|| TemplateError::NoSr(pool_uuid.to_owned()))
-}
-
 /// Makes sure the pool has the carried template: returns its ref, importing it when the
 /// pool has none, or an older one (the older template is destroyed after the import).
 pub async fn ensure(
@@ -171,26 +151,28 @@ pub async fn ensure(
     // The pool's templates of any version, by their tag.
     let mut current = None;
     let mut older = Vec::new();
-    for (r, vm) in poolops::all_records(s, "VM").await? {
-        if !poolops::flag(&vm, "is_a_template") {
+    for (r, vm) in ops::all_records(s, "VM").await? {
+        if !ops::flag(&vm, "is_a_template") {
             continue;
         }
-        match poolops::map_key(&vm, "other_config", TEMPLATE_VERSION_KEY) {
+        match ops::map_key(&vm, "other_config", TEMPLATE_VERSION_KEY) {
             Some(v) if v == carried.version => current = Some((r, vm)),
             Some(_) => older.push(r),
             None => {}
         }
     }
     let (template, uuid) = match current {
-        Some((r, vm)) => (r, poolops::text(&vm, "uuid").to_owned()),
+        Some((r, vm)) => (r, ops::text(&vm, "uuid").to_owned()),
         None => {
-            let sr = alike_sr(s, catalog, pool_uuid).await?;
+            let sr = crate::sr::alike_sr(s, catalog, pool_uuid)
+                .await?
+                .ok_or_else(|| TemplateError::NoSr(pool_uuid.to_owned()))?;
             tracing::info!(pool = pool_uuid, version = %carried.version, "importing the ABD template");
             let r = import(s, &sr, &carried.path).await?;
             // Hidden and tagged, whatever the XVA said.
-            poolops::tag(s, "VM", &r, HIDE_KEY, "true").await?;
-            poolops::tag(s, "VM", &r, TEMPLATE_VERSION_KEY, &carried.version).await?;
-            let uuid = poolops::text(&poolops::record(s, "VM", &r).await?, "uuid").to_owned();
+            ops::tag(s, "VM", &r, HIDE_KEY, "true").await?;
+            ops::tag(s, "VM", &r, TEMPLATE_VERSION_KEY, &carried.version).await?;
+            let uuid = ops::text(&ops::record(s, "VM", &r).await?, "uuid").to_owned();
             (r, uuid)
         }
     };
@@ -198,11 +180,11 @@ pub async fn ensure(
         pool_uuid: pool_uuid.to_owned(),
         vm_uuid: uuid,
         version: carried.version.clone(),
-        imported_at: crate::jobs::unix_now(),
+        imported_at: crate::util::clock::unix_now(),
     })?;
     for r in older {
         tracing::info!(pool = pool_uuid, template = %r, "removing an older ABD template");
-        poolops::destroy_vm(s, &r, false).await?;
+        ops::destroy_vm(s, &r, false).await?;
     }
     Ok(template)
 }
@@ -217,11 +199,7 @@ async fn import(s: &Session, sr: &str, path: &Path) -> Result<String, TemplateEr
     };
     // xapi takes the task to report through as `task_id`; a host without `task.create`
     // (the simulator) creates one itself and names it in the answer.
-    let task = match poolops::call(s, "task.create", &["ABD template import", "A3"]).await {
-        Ok(v) => v.as_str().map(str::to_owned),
-        Err(XapiError::Api { code, .. }) if code == "MESSAGE_METHOD_UNKNOWN" => None,
-        Err(e) => return Err(e.into()),
-    };
+    let task = ops::task_create(s, "ABD template import").await?;
     let file = tokio::fs::File::open(path)
         .await
         .map_err(|e| upload(format!("{}: {e}", path.display())))?;
@@ -263,8 +241,8 @@ async fn import(s: &Session, sr: &str, path: &Path) -> Result<String, TemplateEr
         .or(named)
         .or_else(|| Some(body.trim().to_owned()).filter(|b| b.starts_with("OpaqueRef:")))
         .ok_or_else(|| upload(format!("the answer names no task: {:?}", body.trim())))?;
-    let result = poolops::await_task(s, &task, IMPORT_TIMEOUT).await;
-    let _ = poolops::call(s, "task.destroy", &[&task]).await;
+    let result = s.await_task("import", &task, IMPORT_TIMEOUT).await;
+    ops::task_destroy(s, &task).await;
     let result = result?;
     let vm = match &result {
         Value::Array(a) => a.first().and_then(Value::as_str),

@@ -1,7 +1,7 @@
 //! A run's log: each step with a timestamp, in the catalog (so `job log` shows it after a
 //! restart) and in the A3's own log.
 
-use crate::catalog::Catalog;
+use super::Catalog;
 
 /// The log of one run.
 #[derive(Clone)]
@@ -42,7 +42,7 @@ impl RunLog {
     fn write(&self, level: &str, message: &str) {
         if let Err(e) = self
             .catalog
-            .run_log(self.run, super::unix_now_ms(), level, message)
+            .run_log(self.run, crate::util::clock::unix_now_ms(), level, message)
         {
             tracing::error!(run = self.run, "cannot write the run's log: {e}");
         }
