@@ -8,6 +8,7 @@
 //! - `xenstore`: the xenstore wire protocol the ABD speaks over `/dev/xen/xenbus`.
 //! - the port-2811 protocol (messages, framing, state machines), block hashing and chunk
 //!   encoding, spoken by the A3 and the ABD agent.
+//! - `tls`: the handshake-signature checks of every certificate verifier (ring).
 //! - `durable`: the crash-safe private file write both binaries use; the one module here
 //!   that touches the file system (its header says why).
 //!
@@ -20,6 +21,7 @@ pub mod durable;
 pub mod formats;
 pub mod portmap;
 pub mod proto;
+pub mod tls;
 pub mod vhd;
 pub mod xapi_wire;
 pub mod xenstore;
