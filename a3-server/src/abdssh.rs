@@ -55,7 +55,7 @@ impl A3Key {
         let pem = key
             .to_openssh(russh::keys::ssh_key::LineEnding::LF)
             .context("cannot encode the A3's SSH key")?;
-        crate::server::write_private(&path, pem.as_bytes())?;
+        a3_shared::durable::write_private(&path, pem.as_bytes())?;
         let a3 = A3Key { key: Arc::new(key) };
         // The public half, for admins who want to reach an ABD with OpenSSH.
         std::fs::write(path.with_extension("pub"), a3.public_line() + "\n")

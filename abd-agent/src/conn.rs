@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use a3_shared::proto::{A3Msg, AgentMsg, MAX_FRAME_LEN, PROTOCOL_VERSION};
+use a3_shared::proto::{A3Msg, AgentMsg, MAX_FRAME_LEN, PROTOCOL_VERSION, transport};
 use anyhow::{Context, bail};
 
 use crate::config::{AgentConfig, Transport};
@@ -16,35 +16,6 @@ use crate::{jobs, status, tls, wire};
 
 /// Control messages are small except jobs carrying a manifest.
 const MAX_CONTROL_FRAME: usize = MAX_FRAME_LEN;
-
-/// Transport settings for bulk transfer on loopback and LAN.
-///
-/// - Windows: the agent keeps at most 8 MiB written but unacknowledged (backup), and
-///   accepts (restore) 4 MiB per stream and 12 MiB per connection. A LAN's bandwidth-delay
-///   product (10 Gbit/s × 1 ms ≈ 1.25 MB) fits many times over, loopback more so, and the
-///   sums stay inside the 48 MiB the agent may use in a 128 MiB VM. DESIGN.md §7 measured
-///   ~500 MB/s with 16/64 MiB windows; wider ones only add memory.
-/// - MTU: discovery may grow datagrams up to 8952 bytes (9000-byte jumbo frames minus IP
-///   and UDP headers). Per-packet costs (header protection, ACK processing, syscalls) are a
-///   large share of QUIC's CPU; fewer, bigger packets cut them where the path allows, and
-///   discovery falls back to what the path carries.
-/// - Liveness: a keep-alive every 2 s and an idle timeout of 10 s, so that a dead peer
-///   fails its jobs within seconds rather than minutes.
-pub fn transport() -> quinn::TransportConfig {
-    let mut t = quinn::TransportConfig::default();
-    t.stream_receive_window(quinn::VarInt::from_u32(4 << 20))
-        .receive_window(quinn::VarInt::from_u32(12 << 20))
-        .send_window(8 << 20)
-        .max_concurrent_bidi_streams(quinn::VarInt::from_u32(64))
-        .keep_alive_interval(Some(Duration::from_secs(2)))
-        .max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(
-            10_000,
-        ))));
-    let mut mtu = quinn::MtuDiscoveryConfig::default();
-    mtu.upper_bound(8952);
-    t.mtu_discovery_config(Some(mtu));
-    t
-}
 
 /// A client endpoint with 4 MiB socket buffers (the kernel may clamp them to
 /// `net.core.[rw]mem_max`), so bursts at line rate are not dropped in the socket.
@@ -109,7 +80,7 @@ async fn connect_quic(cfg: &AgentConfig, tls: rustls::ClientConfig) -> anyhow::R
     let mut client = quinn::ClientConfig::new(Arc::new(
         quinn::crypto::rustls::QuicClientConfig::try_from(tls)?,
     ));
-    client.transport_config(Arc::new(transport()));
+    client.transport_config(Arc::new(transport::transport(transport::Side::Agent)));
     let endpoint = endpoint(cfg.bind, cfg.a3_address)?;
     let conn = endpoint
         .connect_with(client, cfg.a3_address, &cfg.server_name)?

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use a3_shared::proto::transport;
 use anyhow::Context;
 use serde::Serialize;
 
@@ -301,7 +302,7 @@ async fn quic_handshake(cfg: &BootConfig) -> anyhow::Result<()> {
     let mut client = quinn::ClientConfig::new(Arc::new(
         quinn::crypto::rustls::QuicClientConfig::try_from(tls)?,
     ));
-    client.transport_config(Arc::new(conn::transport()));
+    client.transport_config(Arc::new(transport::transport(transport::Side::Agent)));
     let bind: SocketAddr = (Ipv4Addr::UNSPECIFIED, 0).into();
     let endpoint = quinn::Endpoint::client(bind)?;
     let connection = endpoint

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use a3_shared::durable;
 use anyhow::Context;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
@@ -51,7 +52,7 @@ impl Identity {
 
     /// Keeps the certificate the A3 issued.
     pub fn save_cert(&mut self, der: Vec<u8>) -> anyhow::Result<()> {
-        write_private(&self.dir.join("client.crt"), &der)?;
+        durable::write_private(&self.dir.join("client.crt"), &der)?;
         self.cert = Some(CertificateDer::from(der));
         Ok(())
     }
@@ -66,54 +67,17 @@ impl Identity {
 /// first, and returns the one on disk: two keys written in turn would leave the key of one
 /// beside the certificate enrolled for the other.
 fn create_key_once(path: &Path) -> anyhow::Result<rcgen::KeyPair> {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
     let key = rcgen::KeyPair::generate()?;
-    let tmp = path.with_extension(format!(
-        "new{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .with_context(|| format!("{}: cannot write", tmp.display()))?;
-        f.write_all(key.serialize_pem().as_bytes())?;
-        f.sync_all()?;
-    }
-    // A hard link is created only where no file is: the first key to land wins.
-    let linked = std::fs::hard_link(&tmp, path);
-    let _ = std::fs::remove_file(&tmp);
-    match linked {
+    // `create_private` lands a file only where none is: the first key to land wins.
+    match durable::create_private(path, key.serialize_pem().as_bytes()) {
         Ok(()) => Ok(key),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+        Err(e) if e.source.kind() == std::io::ErrorKind::AlreadyExists => {
             let pem = std::fs::read_to_string(path)
                 .with_context(|| format!("{}: cannot read", path.display()))?;
             Ok(rcgen::KeyPair::from_pem(&pem)?)
         }
-        Err(e) => Err(e).with_context(|| format!("{}: cannot write", path.display())),
+        Err(e) => Err(e.into()),
     }
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("{}: cannot write", tmp.display()))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot write", path.display()))
 }
 
 #[cfg(test)]

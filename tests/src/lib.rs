@@ -1,9 +1,9 @@
 //! Helpers for the cross-crate end-to-end tests in `tests/tests/`: finding the workspace's
-//! binaries, running them as child processes that die with the test, and waiting on
-//! conditions with deadlines instead of sleeping.
+//! binaries, running them as child processes that die with the test (an A3 among them),
+//! and waiting on conditions with deadlines instead of sleeping.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// The path of a workspace binary (`a3-server`, `abd-agent`, `xapi-sim`), built beside the
@@ -81,6 +81,76 @@ impl Drop for ChildGuard {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Starts `a3-server serve` on `state` (created if missing), with its HTTP API on
+/// 127.0.0.1:0, port 2811 on `data_listen` (e.g. `127.0.1.201:0`) and the config file
+/// `config` if any, logging to [`a3_log`]; waits until port 2811 is bound and the CLI
+/// reaches the API.
+pub fn start_a3(state: &Path, data_listen: &str, config: Option<&Path>) -> ChildGuard {
+    std::fs::create_dir_all(state).unwrap();
+    // Left by an earlier run on this state dir; the new server writes its own.
+    let _ = std::fs::remove_file(state.join("api.url"));
+    let _ = std::fs::remove_file(state.join("data.addr"));
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(a3_log(state))
+        .unwrap();
+    let mut cmd = Command::new(bin("a3-server"));
+    cmd.args(["serve", "--state-dir"]).arg(state).args([
+        "--http-listen",
+        "127.0.0.1:0",
+        "--data-listen",
+        data_listen,
+    ]);
+    if let Some(config) = config {
+        cmd.arg("--config").arg(config);
+    }
+    let child = ChildGuard::spawn(
+        cmd.env_remove("A3_CONFIG")
+            .env_remove("A3_API")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log),
+    );
+    // The server writes `data.addr` after `api.url`, once port 2811 is bound.
+    wait_until(Duration::from_secs(30), || {
+        (state.join("data.addr").exists() && a3_cli(state, &["abd", "list"]).status.success())
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("A3 did not start; see {}", a3_log(state).display()));
+    child
+}
+
+/// The log of the A3 [`start_a3`] started on `state`.
+pub fn a3_log(state: &Path) -> PathBuf {
+    state.with_extension("a3.log")
+}
+
+/// Runs `a3-server --state-dir STATE ARGS` (no config or API from the environment).
+pub fn a3_cli(state: &Path, args: &[&str]) -> Output {
+    Command::new(bin("a3-server"))
+        .arg("--state-dir")
+        .arg(state)
+        .args(args)
+        .env_remove("A3_CONFIG")
+        .env_remove("A3_API")
+        .output()
+        .unwrap()
+}
+
+/// Runs the A3 CLI, asserting success; its stdout.
+pub fn a3_ok(state: &Path, args: &[&str]) -> String {
+    let out = a3_cli(state, args);
+    assert!(
+        out.status.success(),
+        "a3-server {args:?} failed: {}\n{}\n(A3 log: {})",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout),
+        a3_log(state).display()
+    );
+    String::from_utf8(out.stdout).unwrap()
 }
 
 /// Polls `f` every 20 ms until it returns `Some`, or `None` after `timeout`.

@@ -6,117 +6,17 @@
 //! simulator, or a `/sim/` kill, leaving no process behind.
 
 mod datapath_util;
+mod pool_support;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{ChildStdout, Command, Stdio};
+use std::path::Path;
 use std::time::Duration;
 
-use a3_e2e::{ChildGuard, bin};
-use a3_server::xapi::{Credentials, Endpoint, Session, Timeouts, Transport};
+use a3_server::xapi::Session;
 use a3_shared::xapi_wire::Value;
 use datapath_util::A3;
+use pool_support::{Sim, wait_until_async};
 use serde_json::Value as Json;
-
-const PASSWORD: &str = "abd-process-secret";
-
-/// A `xapi-sim serve --abd-agent` process on a state dir that outlives it.
-struct Sim {
-    child: ChildGuard,
-    _stdout: BufReader<ChildStdout>,
-    dir: PathBuf,
-    address: String,
-    port: u16,
-}
-
-impl Sim {
-    fn start(dir: &Path, address: &str) -> Sim {
-        let mut child = ChildGuard::spawn(
-            Command::new(bin("xapi-sim"))
-                .args(["serve", "--hosts", "1", "--vms", "2", "--port", "0"])
-                .args(["--address", address, "--password", PASSWORD])
-                .args(["--disk-size", "6MiB", "--state-dir"])
-                .arg(dir)
-                .arg("--abd-agent")
-                .arg(bin("abd-agent"))
-                .stdout(Stdio::piped())
-                .stderr(
-                    std::fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(dir.with_extension("sim.log"))
-                        .unwrap(),
-                ),
-        );
-        let mut stdout = BufReader::new(child.child.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        let ready: Json = serde_json::from_str(&line)
-            .unwrap_or_else(|e| panic!("xapi-sim did not print its ready line ({e}): {line:?}"));
-        Sim {
-            child,
-            _stdout: stdout,
-            dir: dir.to_owned(),
-            address: ready["master"].as_str().unwrap().to_owned(),
-            port: ready["port"].as_u64().unwrap() as u16,
-        }
-    }
-
-    async fn session(&self) -> Session {
-        let transport = Transport::new(
-            Endpoint::new(&self.address, self.port),
-            None,
-            Timeouts::default(),
-        )
-        .unwrap();
-        let creds = Credentials {
-            username: "root".into(),
-            password: PASSWORD.into(),
-        };
-        Session::login(transport, creds).await.unwrap()
-    }
-
-    /// A `/sim/` control request.
-    async fn control(&self, method: reqwest::Method, path: &str) -> reqwest::Response {
-        let (tls, _) = a3_server::xapi::tls::pinned_client_config(None);
-        let http = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls)
-            .no_proxy()
-            .build()
-            .unwrap();
-        let url = format!("https://{}:{}/sim/{path}", self.address, self.port);
-        let resp = http
-            .request(method, &url)
-            .basic_auth("root", Some(PASSWORD))
-            .send()
-            .await
-            .unwrap();
-        assert!(resp.status().is_success(), "{url}: {}", resp.status());
-        resp
-    }
-
-    /// The directory the backend keeps for a running ABD.
-    fn vm_dir(&self, uuid: &str) -> PathBuf {
-        self.dir.join("abd").join(uuid)
-    }
-}
-
-/// Polls `f` every 50 ms until it yields, panicking with `what` after `secs` seconds.
-async fn until<T, F: Future<Output = Option<T>>>(
-    secs: u64,
-    what: &str,
-    mut f: impl FnMut() -> F,
-) -> T {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// The enrollment file `a3-server abd enroll` writes, as `key = "value"` pairs.
 fn enroll(a3: &A3, id: &str, dir: &Path) -> BTreeMap<String, String> {
@@ -209,40 +109,43 @@ async fn abd_vms_run_as_agent_processes() {
     let fixed = enroll(&a3, "abd-fixed", scratch.path());
     let leased = enroll(&a3, "abd-leased", scratch.path());
     let sim_dir = scratch.path().join("sim");
-    std::fs::create_dir_all(&sim_dir).unwrap();
     let sim_addr = format!("127.0.2.{}", 20 + pid % 200);
-    let sim = Sim::start(&sim_dir, &sim_addr);
+    let mut sim = Sim::start(&sim_dir, &sim_addr, 1, 2, "6MiB");
     let s = sim.session().await;
 
     // Two ABDs: a static address from the A3's list, and DHCP from the simulator.
     let vm_fixed = start_abd(&s, "ABD fixed", &fixed, &format!("{static_ip}/24")).await;
     let vm_leased = start_abd(&s, "ABD leased", &leased, "dhcp").await;
-    let from = until(60, "the static ABD connects", || async {
+    let from = wait_until_async(Duration::from_secs(60), || async {
         connected_from(&a3, "abd-fixed")
     })
-    .await;
+    .await
+    .expect("timed out: the static ABD connects");
     assert!(
         from.starts_with(&format!("{static_ip}:")),
         "connected from {from}"
     );
-    let assigned = until(30, "assigned-ip of the static ABD", || {
+    let assigned = wait_until_async(Duration::from_secs(30), || {
         xenstore_key(&s, &vm_fixed, "vm-data/abd/assigned-ip")
     })
-    .await;
+    .await
+    .expect("timed out: assigned-ip of the static ABD");
     assert_eq!(assigned, format!("{static_ip}/24"));
-    let lease = until(60, "assigned-ip of the DHCP ABD", || {
+    let lease = wait_until_async(Duration::from_secs(60), || {
         xenstore_key(&s, &vm_leased, "vm-data/abd/assigned-ip")
     })
-    .await;
+    .await
+    .expect("timed out: assigned-ip of the DHCP ABD");
     assert!(
         lease.starts_with("127.0.4.") && lease.ends_with("/24"),
         "{lease}"
     );
     let lease_ip = lease.trim_end_matches("/24").to_owned();
-    let from = until(60, "the DHCP ABD connects", || async {
+    let from = wait_until_async(Duration::from_secs(60), || async {
         connected_from(&a3, "abd-leased")
     })
-    .await;
+    .await
+    .expect("timed out: the DHCP ABD connects");
     assert!(
         from.starts_with(&format!("{lease_ip}:")),
         "connected from {from}"
@@ -285,11 +188,12 @@ async fn abd_vms_run_as_agent_processes() {
     let vbd = str_call(&s, "VBD.create", &[Value::Struct(vbd_rec)]).await;
     s.call("VBD.plug", &[vbd.as_str().into()]).await.unwrap();
     let fixed_uuid = str_call(&s, "VM.get_uuid", &[vm_fixed.as_str().into()]).await;
-    let xvdb = sim.vm_dir(&fixed_uuid).join("dev/xvdb");
-    until(30, "dev/xvdb appears", || async {
+    let xvdb = sim.abd_dir(&fixed_uuid).join("dev/xvdb");
+    wait_until_async(Duration::from_secs(30), || async {
         xvdb.exists().then_some(())
     })
-    .await;
+    .await
+    .expect("timed out: dev/xvdb appears");
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(
         std::fs::metadata(&xvdb).unwrap().permissions().mode() & 0o777,
@@ -305,12 +209,7 @@ async fn abd_vms_run_as_agent_processes() {
         "restore: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let want = sim
-        .control(reqwest::Method::GET, &format!("vdis/{snap_uuid}/data"))
-        .await
-        .bytes()
-        .await
-        .unwrap();
+    let want = sim.vdi_data(&snap_uuid).await;
     let got = std::fs::read(&restored).unwrap();
     assert_eq!(got.len(), want.len());
     assert!(
@@ -338,11 +237,12 @@ async fn abd_vms_run_as_agent_processes() {
     }
     let rw_vbd = str_call(&s, "VBD.create", &[Value::Struct(rw_rec)]).await;
     s.call("VBD.plug", &[rw_vbd.as_str().into()]).await.unwrap();
-    let xvdc = sim.vm_dir(&fixed_uuid).join("dev/xvdc");
-    until(30, "dev/xvdc appears", || async {
+    let xvdc = sim.abd_dir(&fixed_uuid).join("dev/xvdc");
+    wait_until_async(Duration::from_secs(30), || async {
         xvdc.exists().then_some(())
     })
-    .await;
+    .await
+    .expect("timed out: dev/xvdc appears");
     let out = a3.restore("abd-fixed", &version, Path::new("xvdc"));
     assert!(
         out.status.success(),
@@ -352,16 +252,12 @@ async fn abd_vms_run_as_agent_processes() {
     s.call("VBD.unplug", &[rw_vbd.as_str().into()])
         .await
         .unwrap();
-    until(30, "dev/xvdc disappears", || async {
+    wait_until_async(Duration::from_secs(30), || async {
         (!xvdc.exists()).then_some(())
     })
-    .await;
-    let written = sim
-        .control(reqwest::Method::GET, &format!("vdis/{blank_uuid}/data"))
-        .await
-        .bytes()
-        .await
-        .unwrap();
+    .await
+    .expect("timed out: dev/xvdc disappears");
+    let written = sim.vdi_data(&blank_uuid).await;
     assert!(
         written == want,
         "the VDI restored through xvdc differs from the snapshot"
@@ -371,52 +267,47 @@ async fn abd_vms_run_as_agent_processes() {
         .unwrap();
 
     s.call("VBD.unplug", &[vbd.as_str().into()]).await.unwrap();
-    until(30, "dev/xvdb disappears", || async {
+    wait_until_async(Duration::from_secs(30), || async {
         (!xvdb.exists()).then_some(())
     })
-    .await;
+    .await
+    .expect("timed out: dev/xvdb disappears");
     s.call("VBD.destroy", &[vbd.as_str().into()]).await.unwrap();
 
     // kill -9 behind XAPI's back: the VM restarts its agent, which reconnects.
-    let killed = sim
-        .control(reqwest::Method::POST, &format!("vms/{fixed_uuid}/kill"))
-        .await
-        .json::<Json>()
-        .await
-        .unwrap()["pid"]
-        .as_u64()
-        .unwrap() as u32;
-    until(30, "the killed agent is gone and another runs", || async {
+    let killed = sim.kill_agent(&fixed_uuid).await;
+    wait_until_async(Duration::from_secs(30), || async {
         let pids = agent_pids(&sim_dir);
         (!pids.contains(&killed) && pids.len() == 2).then_some(())
     })
-    .await;
-    until(60, "the restarted agent reconnects", || async {
+    .await
+    .expect("timed out: the killed agent is gone and another runs");
+    wait_until_async(Duration::from_secs(60), || async {
         connected_from(&a3, "abd-fixed").filter(|f| f.starts_with(&format!("{static_ip}:")))
     })
-    .await;
+    .await
+    .expect("timed out: the restarted agent reconnects");
 
     // A simulator restart: its agents go with it, and come back with the same lease.
     drop(s);
-    let Sim { mut child, .. } = sim;
-    child
-        .terminate(Duration::from_secs(30))
-        .expect("xapi-sim stops on SIGTERM");
+    sim.stop();
     assert_eq!(
         agent_pids(&sim_dir),
         Vec::<u32>::new(),
         "agents outlived the simulator"
     );
-    let sim = Sim::start(&sim_dir, &sim_addr);
+    let sim = Sim::start(&sim_dir, &sim_addr, 1, 2, "6MiB");
     let s = sim.session().await;
-    until(60, "both agents respawn", || async {
+    wait_until_async(Duration::from_secs(60), || async {
         (agent_pids(&sim_dir).len() == 2).then_some(())
     })
-    .await;
-    let again = until(60, "the DHCP ABD reconnects", || async {
+    .await
+    .expect("timed out: both agents respawn");
+    let again = wait_until_async(Duration::from_secs(60), || async {
         connected_from(&a3, "abd-leased").filter(|f| f.starts_with(&format!("{lease_ip}:")))
     })
-    .await;
+    .await
+    .expect("timed out: the DHCP ABD reconnects");
     assert!(again.starts_with("127.0.4."));
 
     // Shutdown stops the processes, frees the lease and removes the VM's directory.
@@ -426,17 +317,20 @@ async fn abd_vms_run_as_agent_processes() {
     s.call("VM.hard_shutdown", &[vm_leased.as_str().into()])
         .await
         .unwrap();
-    until(30, "no agent runs after shutdown", || async {
+    wait_until_async(Duration::from_secs(30), || async {
         agent_pids(&sim_dir).is_empty().then_some(())
     })
-    .await;
-    until(10, "the VM directory is removed", || async {
-        (!sim.vm_dir(&fixed_uuid).exists()).then_some(())
+    .await
+    .expect("timed out: no agent runs after shutdown");
+    wait_until_async(Duration::from_secs(10), || async {
+        (!sim.abd_dir(&fixed_uuid).exists()).then_some(())
     })
-    .await;
-    until(30, "the A3 sees both ABDs gone", || async {
+    .await
+    .expect("timed out: the VM directory is removed");
+    wait_until_async(Duration::from_secs(30), || async {
         (connected_from(&a3, "abd-fixed").is_none() && connected_from(&a3, "abd-leased").is_none())
             .then_some(())
     })
-    .await;
+    .await
+    .expect("timed out: the A3 sees both ABDs gone");
 }

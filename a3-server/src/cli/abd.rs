@@ -197,7 +197,7 @@ pub async fn run(cmd: AbdCommand, api: &ApiClient) -> anyhow::Result<()> {
                 token: &answer.token,
             };
             let text = toml::to_string(&file)?;
-            crate::server::write_private(&out, text.as_bytes())?;
+            a3_shared::durable::write_private(&out, text.as_bytes())?;
             println!(
                 "ABD '{}' enrolling: agent config written to {} (one-time token inside; \
                  start `abd-agent run --config {}`)",

@@ -97,3 +97,16 @@ impl ApiClient {
             .with_context(|| format!("A3 API {path}: unexpected answer"))
     }
 }
+
+/// Percent-encodes a query value: RFC 3986 unreserved characters pass, every other byte
+/// becomes `%XX`.
+pub fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

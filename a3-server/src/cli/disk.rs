@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use clap::Subcommand;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::client::ApiClient;
+use super::client::{ApiClient, urlencode};
 use super::host::{print_json, print_table};
 use crate::api::disks::{BackupBody, RestoreBody};
 use crate::dataport::storage::VersionInfo;
@@ -204,15 +204,4 @@ async fn follow(api: &ApiClient, d: Dispatched, what: &str) -> anyhow::Result<St
         // (a CBT incremental takes a few tenths of a second) from waiting on the CLI.
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }

@@ -7,7 +7,7 @@ use anyhow::bail;
 use clap::Subcommand;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
-use super::client::ApiClient;
+use super::client::{ApiClient, urlencode};
 use super::host::{print_json, print_table};
 use crate::api::jobs::{JobDetail, JobSummary, VersionView};
 use crate::catalog::jobs::{CheckRow, LogLine};
@@ -312,15 +312,4 @@ pub fn print_checks(checks: &[CheckRow]) {
             .collect();
         print_table(&["BY", "CHECK", "STATUS", "DETAIL", "REMEDY"], rows);
     }
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }

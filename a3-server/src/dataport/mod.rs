@@ -227,7 +227,10 @@ impl DataPort {
         let tls = Arc::new(pki.server_config(&endpoint::server_names(listen))?);
         let (endpoint, tcp) = bind_both(listen, &tls)?;
         let addr = endpoint.local_addr()?;
-        crate::server::write_private(&state_dir.join("data.addr"), format!("{addr}\n").as_bytes())?;
+        a3_shared::durable::write_private(
+            &state_dir.join("data.addr"),
+            format!("{addr}\n").as_bytes(),
+        )?;
         let port = DataPort {
             inner: Arc::new(Inner {
                 addr,

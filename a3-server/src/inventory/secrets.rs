@@ -48,7 +48,8 @@ impl Secrets {
             .mode(0o700)
             .create(&self.dir)
             .map_err(|e| err(&e))?;
-        crate::server::write_private(&path, password.as_bytes()).map_err(|e| err(&e))
+        a3_shared::durable::write_private(&path, password.as_bytes())
+            .map_err(|e| err(&format_args!("cannot {}: {}", e.step, e.source)))
     }
 
     /// Reads a pool's password.

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use a3_shared::durable::{WriteError, write_private};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SignatureAlgorithm,
@@ -65,8 +66,12 @@ impl Ca {
         let cert = ca_params().self_signed(&key).map_err(PkiError::Rcgen)?;
         // The key first: a crash between the two writes leaves a key without a certificate,
         // which the next start reports instead of silently replacing the CA.
-        write_private(&key_path, key.serialize_pem().as_bytes())?;
-        write_private(&cert_path, cert.pem().as_bytes())?;
+        let written = |e: WriteError| PkiError::Io {
+            path: e.path,
+            source: e.source,
+        };
+        write_private(&key_path, key.serialize_pem().as_bytes()).map_err(written)?;
+        write_private(&cert_path, cert.pem().as_bytes()).map_err(written)?;
         Ok(Ca {
             cert_der: cert.der().clone(),
             issuer: Issuer::new(ca_params(), key),
@@ -167,11 +172,4 @@ pub fn pem_to_der(pem: &str) -> Option<CertificateDer<'static>> {
         .decode(body)
         .ok()
         .map(CertificateDer::from)
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), PkiError> {
-    crate::server::write_private(path, bytes).map_err(|e| PkiError::Io {
-        path: path.to_owned(),
-        source: std::io::Error::other(format!("{e:#}")),
-    })
 }

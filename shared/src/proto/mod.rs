@@ -5,7 +5,8 @@
 //! - [`frame`]: length-prefixed postcard framing, incremental ("need more bytes" is normal);
 //! - [`messages`]: what travels on the control stream and the data streams;
 //! - [`plan`]: which blocks a backup reads (CBT bitmap, base manifest);
-//! - [`assemble`]: the A3's "need" bookkeeping and the manifest being built.
+//! - [`assemble`]: the A3's "need" bookkeeping and the manifest being built;
+//! - [`transport`]: the QUIC transport settings of each end.
 //!
 //! The runtimes (the A3's `dataport`, the agent) own the sockets and the clock; everything
 //! here is deterministic and tested in memory (see the two-peer harness in `harness`).
@@ -14,6 +15,7 @@ pub mod consts;
 pub mod frame;
 pub mod messages;
 pub mod plan;
+pub mod transport;
 
 #[cfg(test)]
 mod harness;

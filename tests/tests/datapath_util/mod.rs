@@ -28,61 +28,24 @@ pub struct A3 {
 }
 
 impl A3 {
-    /// Starts `a3-server serve` on `data_listen` (e.g. `127.0.1.201:0`) and waits until
-    /// its API answers.
+    /// Starts `a3-server serve` (no config file) on `data_listen` (e.g. `127.0.1.201:0`)
+    /// and waits until its API answers.
     pub fn start(state: &Path, data_listen: &str) -> A3 {
-        let _ = std::fs::remove_file(state.join("api.url"));
-        let _ = std::fs::remove_file(state.join("data.addr"));
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(state.with_extension("a3.log"))
-            .unwrap();
-        let child = ChildGuard::spawn(
-            Command::new(bin("a3-server"))
-                .args(["serve", "--state-dir"])
-                .arg(state)
-                .args(["--http-listen", "127.0.0.1:0", "--data-listen", data_listen])
-                .stdout(Stdio::null())
-                .stderr(log),
-        );
-        let a3 = A3 {
+        A3 {
             state: state.to_owned(),
             data_listen: data_listen.to_owned(),
-            child,
-        };
-        wait_until(Duration::from_secs(30), || {
-            (a3.state.join("data.addr").exists() && a3.cli(&["abd", "list"]).status.success())
-                .then_some(())
-        })
-        .unwrap_or_else(|| {
-            panic!(
-                "A3 did not start; see {}",
-                state.with_extension("a3.log").display()
-            )
-        });
-        a3
+            child: a3_e2e::start_a3(state, data_listen, None),
+        }
     }
 
     /// Runs `a3-server --state-dir S ARGS`.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(bin("a3-server"))
-            .arg("--state-dir")
-            .arg(&self.state)
-            .args(args)
-            .output()
-            .unwrap()
+        a3_e2e::a3_cli(&self.state, args)
     }
 
     /// Runs the CLI and returns stdout, panicking with stderr on failure.
     pub fn ok(&self, args: &[&str]) -> String {
-        let out = self.cli(args);
-        assert!(
-            out.status.success(),
-            "a3-server {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        a3_e2e::a3_ok(&self.state, args)
     }
 
     /// Enrolls `id` and returns the agent config path.

@@ -11,7 +11,7 @@ use std::process::{ChildStdout, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use a3_e2e::{ChildGuard, bin, wait_until};
+use a3_e2e::{ChildGuard, bin};
 use a3_server::xapi::{Credentials, Endpoint, Session, Timeouts, Transport};
 use a3_shared::xapi_wire::Value;
 use serde_json::Value as Json;
@@ -165,12 +165,21 @@ impl Sim {
         assert!(status < 300, "{}", String::from_utf8_lossy(&body));
     }
 
-    /// SIGKILLs an ABD VM's agent process behind XAPI's back.
-    pub async fn kill_agent(&self, vm_uuid: &str) {
+    /// SIGKILLs an ABD VM's agent process behind XAPI's back; the pid it had.
+    pub async fn kill_agent(&self, vm_uuid: &str) -> u32 {
         let (status, body) = self
             .control("POST", &format!("vms/{vm_uuid}/kill"), vec![])
             .await;
         assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        let answer: Json = serde_json::from_slice(&body).unwrap();
+        let pid = answer["pid"].as_u64();
+        pid.unwrap_or_else(|| panic!("no pid in the kill answer: {answer}")) as u32
+    }
+
+    /// The directory the process backend keeps for a running ABD VM (its xenstore socket,
+    /// its plugged disks under `dev/`).
+    pub fn abd_dir(&self, vm_uuid: &str) -> PathBuf {
+        self.dir.join("abd").join(vm_uuid)
     }
 }
 
@@ -263,61 +272,26 @@ impl A3 {
         std::fs::create_dir_all(state).unwrap();
         let config = state.with_extension("toml");
         std::fs::write(&config, config_text).unwrap();
-        let _ = std::fs::remove_file(state.join("api.url"));
-        let child = ChildGuard::spawn(
-            Command::new(bin("a3-server"))
-                .args(["serve", "--state-dir"])
-                .arg(state)
-                .arg("--config")
-                .arg(&config)
-                .args(["--http-listen", "127.0.0.1:0"])
-                .args(["--data-listen", data_listen])
-                .env_remove("A3_API")
-                .env("RUST_LOG", "info")
-                .stdout(Stdio::null())
-                .stderr(log_file(&state.with_extension("a3.log"))),
-        );
-        let a3 = A3 {
+        A3 {
             state: state.to_owned(),
             ip: ip.to_owned(),
-            child,
-        };
-        wait_until(Duration::from_secs(30), || {
-            (a3.state.join("api.url").exists() && a3.cli(&["abd", "list"]).status.success())
-                .then_some(())
-        })
-        .unwrap_or_else(|| panic!("A3 did not start; see {}", a3.log_path().display()));
-        a3
+            child: a3_e2e::start_a3(state, data_listen, Some(&config)),
+        }
     }
 
     /// Its log file.
     pub fn log_path(&self) -> PathBuf {
-        self.state.with_extension("a3.log")
+        a3_e2e::a3_log(&self.state)
     }
 
     /// Runs the CLI.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(bin("a3-server"))
-            .args(args)
-            .arg("--state-dir")
-            .arg(&self.state)
-            .env_remove("A3_CONFIG")
-            .env_remove("A3_API")
-            .output()
-            .unwrap()
+        a3_e2e::a3_cli(&self.state, args)
     }
 
     /// Runs the CLI, asserting success; its stdout.
     pub fn ok(&self, args: &[&str]) -> String {
-        let out = self.cli(args);
-        assert!(
-            out.status.success(),
-            "a3-server {args:?} failed: {}\n{}\n(A3 log: {})",
-            String::from_utf8_lossy(&out.stderr),
-            String::from_utf8_lossy(&out.stdout),
-            self.log_path().display()
-        );
-        String::from_utf8(out.stdout).unwrap()
+        a3_e2e::a3_ok(&self.state, args)
     }
 
     /// Runs the CLI with `--json`, asserting success.
