@@ -61,7 +61,8 @@ where
         NFSPROC3_SYMLINK => handle(context, message, nfsproc3_symlink).await,
         NFSPROC3_READLINK => handle(context, message, nfsproc3_readlink).await,
         NFSPROC3_COMMIT => handle(context, message, nfsproc3_commit).await,
-        NFSPROC3_MKNOD | NFSPROC3_LINK => {
+        NFSPROC3_LINK => handle(context, message, nfsproc3_link).await,
+        NFSPROC3_MKNOD => {
             warn!("Unimplemented message {proc}");
             message.into_error_reply(accept_stat_data::PROC_UNAVAIL)
         }
@@ -954,6 +955,65 @@ where
                     },
                 },
             ))
+        }
+    }
+}
+
+async fn nfsproc3_link<T>(context: RPCContext<T>, xid: u32, args: LINK3args<'_>) -> LINK3res
+where
+    T: NfsFileSystem,
+{
+    let fail = |stat, file_attributes, linkdir_wcc| {
+        LINK3res::Err((
+            stat,
+            LINK3resfail {
+                file_attributes,
+                linkdir_wcc,
+            },
+        ))
+    };
+    if !matches!(context.vfs.capabilities(), VFSCapabilities::ReadWrite) {
+        warn!("No write capabilities.");
+        return fail(
+            nfsstat3::NFS3ERR_ROFS,
+            post_op_attr::None,
+            wcc_data::default(),
+        );
+    }
+    let (id, dirid) = match (
+        context.file_handle_converter.fh_from_nfs(&args.file),
+        context.file_handle_converter.fh_from_nfs(&args.link.dir),
+    ) {
+        (Ok(id), Ok(dirid)) => (id, dirid),
+        (Err(stat), _) | (_, Err(stat)) => {
+            warn!("cannot resolve fh: {stat}");
+            return fail(stat, post_op_attr::None, wcc_data::default());
+        }
+    };
+    let before = match get_wcc_attr(&context, &dirid).await {
+        Ok(v) => pre_op_attr::Some(v),
+        Err(stat) => {
+            warn!("Cannot stat directory {xid} --> {stat}");
+            return fail(stat, post_op_attr::None, wcc_data::default());
+        }
+    };
+    let result = context.vfs.link(&id, &dirid, &args.link.name).await;
+    let file_attributes = nfs_option_from_result(context.vfs.getattr(&id).await);
+    let linkdir_wcc = wcc_data {
+        before,
+        after: nfs_option_from_result(context.vfs.getattr(&dirid).await),
+    };
+    match result {
+        Ok(()) => {
+            debug!("link success {xid}");
+            LINK3res::Ok(LINK3resok {
+                file_attributes,
+                linkdir_wcc,
+            })
+        }
+        Err(stat) => {
+            debug!("link error {xid} --> {stat}");
+            fail(stat, file_attributes, linkdir_wcc)
         }
     }
 }

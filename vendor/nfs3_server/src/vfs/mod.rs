@@ -320,4 +320,15 @@ pub trait NfsFileSystem: NfsReadFileSystem {
         offset: u64,
         count: u32,
     ) -> impl Future<Output = Result<(), nfsstat3>> + Send;
+
+    /// Makes `linkname` in `dirid` a hard link to `id` (NFSPROC3_LINK, RFC 1813 §3.3.15).
+    /// File systems without hard links keep this default, `NFS3ERR_NOTSUPP`.
+    fn link(
+        &self,
+        _id: &Self::Handle,
+        _dirid: &Self::Handle,
+        _linkname: &filename3<'_>,
+    ) -> impl Future<Output = Result<(), nfsstat3>> + Send {
+        async { Err(nfsstat3::NFS3ERR_NOTSUPP) }
+    }
 }
