@@ -1,12 +1,28 @@
-//! The A3 SR's NFS server against a client nobody here wrote: Debian's `libnfs-utils`
-//! (`nfs-ls`, `nfs-cp`), given `nfs://<ip>/alike/...` URLs without `nfsport`/`mountport`, so
-//! that libnfs finds MOUNT and NFS through the portmapper on 111, as XCP-ng's mount does.
+//! The A3 SR's NFS server against clients nobody here wrote:
+//! - Debian's `libnfs-utils` (`nfs-ls`, `nfs-cp`), given `nfs://<ip>/alike/...` URLs without
+//!   `nfsport`/`mountport`, so that libnfs finds MOUNT and NFS through the portmapper on 111,
+//!   as XCP-ng's mount does;
+//! - libtirpc's `rpcinfo` and `showmount`, as XCP-ng's SM probes a server, in a network
+//!   namespace whose UDP port 111 is blocked (the only test here where the A3 runs in a
+//!   namespace of its own);
+//! - the `nfs3_client` crate, for LINK and READDIR.
 
+use std::io::ErrorKind;
 use std::net::{IpAddr, UdpSocket};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use nfs3_client::Nfs3Client;
+use nfs3_client::Nfs3ConnectionBuilder;
+use nfs3_client::nfs3_types::nfs3::{
+    GETATTR3args, LINK3args, LINK3res, LOOKUP3args, Nfs3Option, Nfs3Result, READ3args,
+    READDIR3args, cookieverf3, diropargs3, filename3, nfs_fh3, nfsstat3,
+};
+use nfs3_client::nfs3_types::rpc::{auth_unix, opaque_auth};
+use nfs3_client::nfs3_types::xdr_codec::Opaque;
+use nfs3_client::tokio::TokioConnector;
 use tokio_util::sync::CancellationToken;
 
 /// Starts the SR server on a free 127.0.1.N (other tests may hold some), returning the address.
@@ -31,7 +47,7 @@ fn run(program: &str, args: &[&str]) -> Output {
         .args(args)
         .output()
         .unwrap_or_else(|e| {
-            panic!("cannot run {program} (cargo xtask test installs libnfs-utils): {e}")
+            panic!("cannot run {program} (cargo xtask test installs it: xtask/src/setup.rs TEST_TOOLS): {e}")
         })
 }
 
@@ -124,4 +140,310 @@ async fn libnfs_lists_and_copies_through_the_portmapper() {
         .expect("the ports are free after a shutdown");
     again.cancel();
     task.await.unwrap();
+}
+
+/// Runs `f` on a thread of its own in a new network namespace where only `lo` is up and an
+/// nftables rule counts and drops every UDP datagram to port 111. Sockets opened by that
+/// thread, by threads it starts and by processes it runs all live in the namespace, so the
+/// A3 there may take any 127.0.1.N; the namespace goes when the thread ends.
+fn in_netns_without_udp_111<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let thread = std::thread::spawn(move || {
+        // unshare(2) moves the calling thread only; the test harness's threads stay put.
+        // SAFETY: plain system call with no memory arguments.
+        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+            panic!(
+                "unshare(CLONE_NEWNET): {} (the test needs root)",
+                std::io::Error::last_os_error()
+            );
+        }
+        ok("ip", &["link", "set", "lo", "up"]);
+        ok("nft", &["add", "table", "inet", "a3test"]);
+        let chain = "{ type filter hook output priority 0 ; }";
+        ok("nft", &["add", "chain", "inet", "a3test", "out", chain]);
+        ok(
+            "nft",
+            &[
+                "add", "rule", "inet", "a3test", "out", "udp", "dport", "111", "counter", "drop",
+            ],
+        );
+        f()
+    });
+    thread
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+/// UDP datagrams to port 111 the namespace's rule has dropped so far.
+fn udp_111_dropped() -> u64 {
+    let rules = ok("nft", &["list", "chain", "inet", "a3test", "out"]);
+    let count = rules
+        .split_whitespace()
+        .skip_while(|w| *w != "packets")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no packet counter in {rules}"));
+    count.parse().unwrap()
+}
+
+/// `program args`, killed after a minute: a probe that hangs fails the test instead of
+/// hanging it.
+fn probe(program: &str, args: &[&str]) -> String {
+    let mut all = vec!["60", program];
+    all.extend(args);
+    ok("timeout", &all)
+}
+
+/// The rows of a table printed by `rpcinfo`, split on whitespace, without its header.
+fn rows(table: &str) -> Vec<Vec<String>> {
+    table
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().map(str::to_owned).collect())
+        .collect()
+}
+
+/// What XCP-ng's SM runs before it mounts an NFS SR (xapi-project/sm `libs/sm/nfs.py`:
+/// `rpcinfo -s`, `showmount --no-headers -e`), and the other libtirpc probes, all answered
+/// over TCP: not one datagram reaches UDP port 111.
+#[test]
+fn sm_probes_answer_over_tcp_alone() {
+    let sr = tempfile::tempdir().unwrap();
+    let dir = sr.path().to_owned();
+    in_netns_without_udp_111(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let ip: IpAddr = "127.0.1.5".parse().unwrap();
+            let shutdown = CancellationToken::new();
+            let task = a3_server::sr::start(ip, &dir, shutdown.clone())
+                .await
+                .expect("the SR server starts in its own namespace");
+            let checks = tokio::task::spawn_blocking(move || {
+                let host = ip.to_string();
+                let listed = rows(&probe("rpcinfo", &["-p", &host]));
+                for row in [
+                    ["100000", "4", "tcp", "111", "portmapper"],
+                    ["100000", "2", "udp", "111", "portmapper"],
+                    ["100003", "3", "tcp", "2049", "nfs"],
+                    ["100005", "3", "tcp", "2049", "mountd"],
+                ] {
+                    assert!(listed.iter().any(|r| r == &row), "rpcinfo -p: {listed:?}");
+                }
+
+                // SM's parse: the line naming nfs, its second column split on commas.
+                let services = probe("rpcinfo", &["-s", &host]);
+                let nfs = services
+                    .lines()
+                    .find(|l| l.find("nfs").is_some_and(|at| at > 0))
+                    .unwrap_or_else(|| panic!("rpcinfo -s lists no nfs: {services}"));
+                let nfs: Vec<&str> = nfs.split_whitespace().collect();
+                assert_eq!(nfs, ["100003", "3", "tcp", "nfs", "superuser"]);
+                let pmap = rows(&services)
+                    .into_iter()
+                    .find(|r| r[0] == "100000")
+                    .unwrap();
+                let mut versions: Vec<&str> = pmap[1].split(',').collect();
+                versions.sort();
+                assert_eq!(versions, ["2", "3", "4"], "rpcinfo -s: {services}");
+
+                for (service, prog) in [("nfs", 100_003), ("mountd", 100_005)] {
+                    let ready = probe("rpcinfo", &["-t", &host, service, "3"]);
+                    assert_eq!(
+                        ready.trim(),
+                        format!("program {prog} version 3 ready and waiting")
+                    );
+                }
+
+                let exports = probe("showmount", &["--no-headers", "-e", &host]);
+                let first = exports.split_whitespace().next();
+                assert_eq!(first, Some(a3_server::sr::EXPORT), "showmount: {exports}");
+
+                assert_eq!(udp_111_dropped(), 0, "a probe fell back to UDP 111");
+                // The rule does see UDP to 111: the kernel refuses a datagram sent here (so a
+                // probe trying UDP fails at once, it does not hang) and counts it.
+                let sock = UdpSocket::bind((ip, 0)).unwrap();
+                let sent = sock.send_to(&[0; 40], (ip, 111));
+                assert_eq!(sent.map_err(|e| e.kind()), Err(ErrorKind::PermissionDenied));
+                assert_eq!(udp_111_dropped(), 1);
+            })
+            .await;
+            shutdown.cancel();
+            task.await.unwrap();
+            checks.unwrap();
+        });
+    });
+}
+
+fn fname(n: &str) -> filename3<'static> {
+    filename3(Opaque::owned(n.as_bytes().to_vec()))
+}
+
+/// A READDIR's names and file ids, all pages.
+async fn readdir<IO>(nfs: &mut Nfs3Client<IO>, dir: &nfs_fh3) -> Vec<(String, u64)>
+where
+    IO: nfs3_client::io::AsyncRead + nfs3_client::io::AsyncWrite + Send,
+{
+    let (mut cookie, mut cookieverf, mut out) = (0, cookieverf3::default(), Vec::new());
+    loop {
+        let args = READDIR3args {
+            dir: dir.clone(),
+            cookie,
+            cookieverf,
+            count: 512,
+        };
+        let Nfs3Result::Ok(ok) = nfs.readdir(&args).await.unwrap() else {
+            panic!("READDIR failed");
+        };
+        for e in &ok.reply.entries.0 {
+            out.push((String::from_utf8_lossy(&e.name.0).into_owned(), e.fileid));
+            cookie = e.cookie;
+        }
+        cookieverf = ok.cookieverf;
+        if ok.reply.eof {
+            return out;
+        }
+    }
+}
+
+/// SM's hard-link check (`SharedFileSR._check_hardlinks`: `os.link(test, test + ".new")`)
+/// done with NFSPROC3_LINK by a client nobody here wrote (the `nfs3_client` crate), and the
+/// `.` and `..` entries Linux's nfsd lists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hard_link_and_dot_entries_over_nfs() {
+    let sr = tempfile::tempdir().unwrap();
+    std::fs::create_dir(sr.path().join("sr-uuid")).unwrap();
+    std::fs::write(sr.path().join("sr-uuid/test"), b"linked\n").unwrap();
+    let shutdown = CancellationToken::new();
+    let (ip, task) = start_sr(sr.path(), &shutdown).await;
+
+    let checks = tokio::spawn(async move {
+        let root_cred = opaque_auth::auth_unix(&auth_unix {
+            stamp: 0,
+            machinename: Opaque::borrowed(b"sr-nfs-test"),
+            uid: 0,
+            gid: 0,
+            gids: vec![],
+        });
+        let mut conn =
+            Nfs3ConnectionBuilder::new(TokioConnector, ip.to_string(), a3_server::sr::EXPORT)
+                .credential(root_cred)
+                .mount()
+                .await
+                .expect("mount /alike through the portmapper");
+        let root = conn.root_nfs_fh3();
+        let lookup = async |nfs: &mut Nfs3Client<_>, dir: &nfs_fh3, n: &str| {
+            let args = LOOKUP3args {
+                what: diropargs3 {
+                    dir: dir.clone(),
+                    name: fname(n),
+                },
+            };
+            match nfs.lookup(&args).await.unwrap() {
+                Nfs3Result::Ok(ok) => ok.object,
+                Nfs3Result::Err((stat, _)) => panic!("LOOKUP {n}: {stat:?}"),
+            }
+        };
+        let link = async |nfs: &mut Nfs3Client<_>, file: &nfs_fh3, dir: &nfs_fh3, n: &str| {
+            let args = LINK3args {
+                file: file.clone(),
+                link: diropargs3 {
+                    dir: dir.clone(),
+                    name: fname(n),
+                },
+            };
+            nfs.link(&args).await.unwrap()
+        };
+        let nfs = &mut conn.nfs3_client;
+        let dir = lookup(nfs, &root, "sr-uuid").await;
+        let file = lookup(nfs, &dir, "test").await;
+
+        match link(nfs, &file, &dir, "test.new").await {
+            Nfs3Result::Ok(ok) => {
+                let Nfs3Option::Some(attr) = ok.file_attributes else {
+                    panic!("LINK returned no attributes");
+                };
+                assert_eq!(attr.nlink, 2);
+            }
+            Nfs3Result::Err((stat, _)) => panic!("LINK: {stat:?}"),
+        }
+        let again = lookup(nfs, &dir, "test.new").await;
+        assert_eq!(again, file, "both names give the same handle");
+        let read = READ3args {
+            file: again,
+            offset: 0,
+            count: 100,
+        };
+        let Nfs3Result::Ok(data) = nfs.read(&read).await.unwrap() else {
+            panic!("READ test.new failed");
+        };
+        assert_eq!(data.data.as_ref(), b"linked\n");
+
+        // Errors are NFS3ERR_* codes: no hard link to a directory, no name outside.
+        let refused = |r: LINK3res| match r {
+            Nfs3Result::Err((stat, _)) => stat,
+            Nfs3Result::Ok(_) => panic!("LINK succeeded"),
+        };
+        assert_eq!(
+            refused(link(nfs, &dir, &root, "dir-link").await),
+            nfsstat3::NFS3ERR_ISDIR
+        );
+        assert_eq!(
+            refused(link(nfs, &file, &dir, "../up").await),
+            nfsstat3::NFS3ERR_INVAL
+        );
+        assert_eq!(
+            refused(link(nfs, &file, &dir, "test").await),
+            nfsstat3::NFS3ERR_EXIST
+        );
+
+        let root_id = match nfs
+            .getattr(&GETATTR3args {
+                object: root.clone(),
+            })
+            .await
+            .unwrap()
+        {
+            Nfs3Result::Ok(ok) => ok.obj_attributes.fileid,
+            Nfs3Result::Err((stat, _)) => panic!("GETATTR /: {stat:?}"),
+        };
+        let dir_id = match nfs
+            .getattr(&GETATTR3args {
+                object: dir.clone(),
+            })
+            .await
+            .unwrap()
+        {
+            Nfs3Result::Ok(ok) => ok.obj_attributes.fileid,
+            Nfs3Result::Err((stat, _)) => panic!("GETATTR sr-uuid: {stat:?}"),
+        };
+        let mut inner = readdir(nfs, &dir).await;
+        inner.sort();
+        let file_id = inner.iter().find(|(n, _)| n == "test").unwrap().1;
+        assert_eq!(
+            inner,
+            [
+                (".".into(), dir_id),
+                ("..".into(), root_id),
+                ("test".into(), file_id),
+                ("test.new".into(), file_id)
+            ]
+        );
+        let top: Vec<String> = readdir(nfs, &root)
+            .await
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(top, [".", "..", "sr-uuid"]);
+        conn.unmount().await.unwrap();
+    })
+    .await;
+    shutdown.cancel();
+    task.await.unwrap();
+    checks.unwrap();
+
+    let a = std::fs::metadata(sr.path().join("sr-uuid/test")).unwrap();
+    let b = std::fs::metadata(sr.path().join("sr-uuid/test.new")).unwrap();
+    assert_eq!((a.ino(), a.nlink()), (b.ino(), 2));
 }
