@@ -61,8 +61,17 @@ pub fn ensure_python_module(module: &str, package: &str) -> anyhow::Result<()> {
 }
 
 /// The Debian packages the tests use, each with a command it provides (`cargo xtask test`
-/// installs them): `libnfs-utils`'s `nfs-ls`/`nfs-cp` check the A3 SR's NFS server.
-pub const TEST_TOOLS: &[(&str, &str)] = &[("nfs-ls", "libnfs-utils")];
+/// installs them). They check the A3 SR's NFS server (`tests/tests/sr_nfs.rs`):
+/// `libnfs-utils`'s `nfs-ls`/`nfs-cp`; `rpcbind`'s `rpcinfo` and `nfs-common`'s `showmount`,
+/// which XCP-ng's SM runs; `ip` and `nft` to run those in a network namespace without UDP 111.
+/// No service starts as they install (see [`apt_install`]): rpcbind would take port 111.
+pub const TEST_TOOLS: &[(&str, &str)] = &[
+    ("nfs-ls", "libnfs-utils"),
+    ("rpcinfo", "rpcbind"),
+    ("showmount", "nfs-common"),
+    ("ip", "iproute2"),
+    ("nft", "nftables"),
+];
 
 /// Makes sure each command exists, installing the Debian package that provides it.
 /// `tools` pairs a command name with its Debian package.
@@ -97,7 +106,56 @@ pub fn ensure_qemu() -> anyhow::Result<()> {
     ensure_debian_tools(&[("qemu-system-x86_64", "qemu-system-x86")])
 }
 
-/// Installs Debian packages (running `apt-get update` once per process first).
+/// Debian's maintainer scripts start services through invoke-rc.d or deb-systemd-invoke,
+/// and both ask this script first; its exit status 101 forbids the action.
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
+
+/// Forbids service starts while it lives, with a policy-rc.d of its own when the machine has
+/// none (container images often ship one that already says 101; that one is left alone).
+struct NoServiceStarts {
+    installed: bool,
+}
+
+impl NoServiceStarts {
+    fn new() -> anyhow::Result<NoServiceStarts> {
+        use std::os::unix::fs::PermissionsExt;
+        if std::path::Path::new(POLICY_RC_D).exists() {
+            return Ok(NoServiceStarts { installed: false });
+        }
+        std::fs::write(
+            POLICY_RC_D,
+            "#!/bin/sh\n# cargo xtask: no service starts while it installs packages\nexit 101\n",
+        )
+        .and_then(|()| {
+            std::fs::set_permissions(POLICY_RC_D, std::fs::Permissions::from_mode(0o755))
+        })
+        .with_context(|| format!("cannot write {POLICY_RC_D}; run as root"))?;
+        Ok(NoServiceStarts { installed: true })
+    }
+}
+
+impl Drop for NoServiceStarts {
+    fn drop(&mut self) {
+        if self.installed {
+            let _ = std::fs::remove_file(POLICY_RC_D);
+        }
+    }
+}
+
+/// Whether a process named `rpcbind` runs on this machine.
+fn rpcbind_running() -> bool {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    procs.flatten().any(|p| {
+        std::fs::read_to_string(p.path().join("comm")).is_ok_and(|comm| comm.trim() == "rpcbind")
+    })
+}
+
+/// Installs Debian packages (running `apt-get update` once per process first) without
+/// starting any service they bring: rpcbind's would take port 111, which the tests' A3 binds.
+/// On a systemd machine rpcbind's units are also masked, so that neither socket activation nor
+/// a reboot starts it later.
 pub fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
     static UPDATE: Once = Once::new();
     let hint = format!(
@@ -109,16 +167,31 @@ pub fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
         let _ = Command::new("apt-get").args(["update", "-qq"]).status();
     });
     eprintln!("xtask: installing Debian packages: {}", packages.join(" "));
+    let no_starts = NoServiceStarts::new()?;
+    let rpcbind = packages
+        .iter()
+        .any(|p| matches!(*p, "rpcbind" | "nfs-common"));
+    if rpcbind && std::path::Path::new("/run/systemd/system").exists() {
+        let _ = Command::new("systemctl")
+            .args(["mask", "rpcbind.service", "rpcbind.socket"])
+            .status();
+    }
     let ok = Command::new("apt-get")
         .args(["install", "-y", "-qq", "--no-install-recommends"])
         .args(packages)
         .env("DEBIAN_FRONTEND", "noninteractive")
         .status()
         .is_ok_and(|s| s.success());
+    drop(no_starts);
     if !ok {
         bail!(
             "could not install {}; run as root: {hint}",
             packages.join(" ")
+        );
+    }
+    if rpcbind && rpcbind_running() {
+        bail!(
+            "rpcbind is running and holds port 111, which the A3 under test binds; stop it: systemctl mask --now rpcbind.service rpcbind.socket (or kill it)"
         );
     }
     Ok(())

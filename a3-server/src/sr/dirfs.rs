@@ -3,7 +3,8 @@
 //! File handles carry the inode number. The inode-to-path map is filled by lookups, listings
 //! and creations; a handle it does not know (the A3 restarted while a host kept the SR
 //! mounted) is found again by walking the tree, so handles outlive the process as they do on
-//! a kernel NFS server.
+//! a kernel NFS server. A hard link (LINK) gives an inode a second name; the map keeps one,
+//! and when that one goes the walk finds the other.
 //!
 //! Confinement: a client names things by handle plus one path component, never by path. A
 //! component is never `/`, and `..` at the root stays at the root. Symlinks are never followed:
@@ -353,15 +354,43 @@ impl NfsReadFileSystem for DirFs {
             .collect();
         // Sorted, so that a cookie (a 1-based position) means the same entry on every call.
         names.sort();
+        // `.` and `..` come first, as Linux's nfsd lists them. `..` of the export root is the
+        // root itself (as LOOKUP answers), sent without handle or attributes as nfsd does there.
+        let parent = if dir == self.root {
+            None
+        } else {
+            Some(dir.parent().unwrap_or(&self.root).to_path_buf())
+        };
+        let dots = [
+            (OsStr::new("."), Some(dir.clone())),
+            (OsStr::new(".."), parent),
+        ];
         let mut entries = Vec::new();
-        for (pos, name) in names.into_iter().enumerate().skip(cookie as usize) {
-            let Ok((handle, attr)) = self.remember(dir.join(&name)) else {
+        let all = dots.into_iter().chain(
+            names
+                .iter()
+                .map(|name| (name.as_os_str(), Some(dir.join(name)))),
+        );
+        for (pos, (name, path)) in all.enumerate().skip(cookie as usize) {
+            let cookie = pos as u64 + 1;
+            let name = name.as_encoded_bytes().to_vec().into();
+            let Some(path) = path else {
+                entries.push(DirEntryPlus {
+                    fileid: self.root_ino,
+                    name,
+                    cookie,
+                    name_attributes: None,
+                    name_handle: None,
+                });
+                continue;
+            };
+            let Ok((handle, attr)) = self.remember(path) else {
                 continue; // removed while listing
             };
             entries.push(DirEntryPlus {
                 fileid: handle.as_u64(),
-                name: name.into_encoded_bytes().into(),
-                cookie: pos as u64 + 1,
+                name,
+                cookie,
                 name_attributes: Some(attr),
                 name_handle: Some(handle),
             });
@@ -529,6 +558,27 @@ impl NfsFileSystem for DirFs {
         Err(nfsstat3::NFS3ERR_NOTSUPP)
     }
 
+    async fn link(
+        &self,
+        id: &FileHandleU64,
+        dirid: &FileHandleU64,
+        linkname: &filename3<'_>,
+    ) -> Result<(), nfsstat3> {
+        let (from, meta) = self.resolve(id)?;
+        if meta.is_dir() {
+            return Err(nfsstat3::NFS3ERR_ISDIR); // as Linux's nfsd answers
+        }
+        let to = self.child(dirid, linkname)?;
+        // link(2) never follows a symlink, neither the source nor the new name.
+        std::fs::hard_link(&from, &to).map_err(io_status)?;
+        // `from` may have been renamed over between the lookup and the link.
+        if std::fs::symlink_metadata(&to).is_ok_and(|m| m.ino() != id.as_u64()) {
+            let _ = std::fs::remove_file(&to);
+            return Err(nfsstat3::NFS3ERR_STALE);
+        }
+        Ok(())
+    }
+
     async fn commit(&self, id: &FileHandleU64, _offset: u64, _count: u32) -> Result<(), nfsstat3> {
         let file = match self.open_file(id, false) {
             Err(nfsstat3::NFS3ERR_ISDIR) => return Ok(()), // directories are written through
@@ -685,6 +735,104 @@ mod tests {
             .unwrap();
         fs.commit(&file, 0, 0).await.unwrap();
         assert_eq!(std::fs::read(dir.path().join("sr/f")).unwrap(), b"again");
+    }
+
+    async fn listing(
+        fs: &DirFs,
+        dir: &FileHandleU64,
+        cookie: u64,
+    ) -> Vec<DirEntryPlus<FileHandleU64>> {
+        let mut it = fs.readdirplus(dir, cookie).await.unwrap();
+        let mut out = Vec::new();
+        while let NextResult::Ok(entry) = it.next().await {
+            out.push(entry);
+        }
+        out
+    }
+
+    fn names(entries: &[DirEntryPlus<FileHandleU64>]) -> Vec<String> {
+        entries
+            .iter()
+            .map(|e| String::from_utf8(e.name.as_ref().to_vec()).unwrap())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn hard_links_share_the_inode_and_stay_inside() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = DirFs::new(dir.path()).unwrap();
+        let root = fs.root_dir();
+        let (sr, _) = fs.mkdir(&root, &name("sr")).await.unwrap();
+        let (file, _) = fs.create(&sr, &name("a"), sattr3::default()).await.unwrap();
+        fs.write(&file, 0, b"data", stable_how::FILE_SYNC)
+            .await
+            .unwrap();
+        fs.link(&file, &root, &name("a.new")).await.unwrap();
+        assert_eq!(fs.lookup(&root, &name("a.new")).await.unwrap(), file);
+        assert_eq!(fs.getattr(&file).await.unwrap().nlink, 2);
+        assert_eq!(std::fs::read(dir.path().join("a.new")).unwrap(), b"data");
+
+        assert_eq!(
+            fs.link(&file, &root, &name("a.new")).await,
+            Err(nfsstat3::NFS3ERR_EXIST)
+        );
+        assert_eq!(
+            fs.link(&sr, &root, &name("dir-link")).await,
+            Err(nfsstat3::NFS3ERR_ISDIR)
+        );
+        for bad in ["..", ".", "x/y", ""] {
+            assert_eq!(
+                fs.link(&file, &sr, &name(bad)).await,
+                Err(nfsstat3::NFS3ERR_INVAL),
+                "{bad:?}"
+            );
+        }
+        let outside = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("out")).unwrap();
+        let out = fs.lookup(&root, &name("out")).await.unwrap();
+        assert_eq!(
+            fs.link(&file, &out, &name("escaped")).await,
+            Err(nfsstat3::NFS3ERR_NOTDIR)
+        );
+        assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+
+        // The handle outlives the name it was made under.
+        fs.remove(&sr, &name("a")).await.unwrap();
+        assert_eq!(fs.getattr(&file).await.unwrap().nlink, 1);
+        assert_eq!(fs.read(&file, 0, 10).await.unwrap().0, b"data");
+    }
+
+    #[tokio::test]
+    async fn listings_start_with_dot_and_dot_dot() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = DirFs::new(dir.path()).unwrap();
+        let root = fs.root_dir();
+        let (sr, _) = fs.mkdir(&root, &name("sr")).await.unwrap();
+        fs.create(&sr, &name("b"), sattr3::default()).await.unwrap();
+        fs.create(&sr, &name("a"), sattr3::default()).await.unwrap();
+
+        let top = listing(&fs, &root, 0).await;
+        assert_eq!(names(&top), [".", "..", "sr"]);
+        assert_eq!(top[0].name_handle, Some(root));
+        // `..` of the export root: the root's own id, without handle or attributes.
+        assert_eq!(top[1].fileid, root.as_u64());
+        assert_eq!(
+            (top[1].name_handle, top[1].name_attributes.is_none()),
+            (None, true)
+        );
+
+        let inner = listing(&fs, &sr, 0).await;
+        assert_eq!(names(&inner), [".", "..", "a", "b"]);
+        assert_eq!(inner[0].name_handle, Some(sr));
+        assert_eq!(inner[1].name_handle, Some(root));
+        assert_eq!(
+            inner.iter().map(|e| e.cookie).collect::<Vec<_>>(),
+            [1, 2, 3, 4]
+        );
+        // A cookie resumes after its entry.
+        assert_eq!(names(&listing(&fs, &sr, 2).await), ["a", "b"]);
+        assert_eq!(names(&listing(&fs, &sr, 1).await), ["..", "a", "b"]);
+        assert!(listing(&fs, &sr, 4).await.is_empty());
     }
 
     #[tokio::test]

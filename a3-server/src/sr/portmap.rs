@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use a3_shared::portmap::{self, MAX_CALL, Mapping};
+use a3_shared::portmap::{self, MAX_CALL, Registry, Transport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::Semaphore;
@@ -32,11 +32,18 @@ impl Portmapper {
         Ok(Portmapper { udp, tcp })
     }
 
-    /// Answers calls until `shutdown`, reporting NFS and MOUNT v3 on `nfs_port`. A bad call or
-    /// a failed connection is dropped; the portmapper keeps serving.
+    /// Answers calls until `shutdown`, reporting NFS and MOUNT v3 on `nfs_port` at the bound
+    /// address. A bad call or a failed connection is dropped; the portmapper keeps serving.
     pub async fn serve(self, nfs_port: u16, shutdown: CancellationToken) {
         let Portmapper { udp, tcp } = self;
-        let mappings: Arc<[Mapping]> = Arc::new(portmap::nfs3_mappings(nfs_port));
+        let ip = match udp.local_addr() {
+            Ok(addr) => addr.ip(),
+            Err(e) => {
+                tracing::error!("portmapper: cannot read its own address: {e}; not serving");
+                return;
+            }
+        };
+        let registry = Arc::new(Registry::nfs3(ip, nfs_port));
         let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         let mut buf = [0u8; MAX_CALL + 1];
         loop {
@@ -45,7 +52,7 @@ impl Portmapper {
                 got = udp.recv_from(&mut buf) => match got {
                     Ok((n, peer)) => {
                         if let Some(call) = portmap::decode_call(&buf[..n]) {
-                            let answer = portmap::reply(&call, &mappings);
+                            let answer = portmap::reply(&call, &registry, Transport::Udp);
                             if let Err(e) = udp.send_to(&answer, peer).await {
                                 tracing::debug!(%peer, "portmapper: cannot answer over UDP: {e}");
                             }
@@ -61,12 +68,12 @@ impl Portmapper {
                             continue;
                         };
                         let stop = shutdown.clone();
-                        let mappings = mappings.clone();
+                        let registry = registry.clone();
                         tokio::spawn(async move {
                             let _slot = slot;
                             tokio::select! {
                                 _ = stop.cancelled() => {}
-                                r = serve_tcp(stream, &mappings) => {
+                                r = serve_tcp(stream, &registry) => {
                                     if let Err(e) = r {
                                         tracing::debug!(%peer, "portmapper connection: {e}");
                                     }
@@ -85,7 +92,7 @@ impl Portmapper {
 }
 
 /// One TCP connection: calls in records, one fragment each, answered in order.
-async fn serve_tcp(mut stream: TcpStream, mappings: &[Mapping]) -> std::io::Result<()> {
+async fn serve_tcp(mut stream: TcpStream, registry: &Registry) -> std::io::Result<()> {
     let mut buf = [0u8; MAX_CALL];
     loop {
         let mut mark = [0u8; 4];
@@ -101,7 +108,7 @@ async fn serve_tcp(mut stream: TcpStream, mappings: &[Mapping]) -> std::io::Resu
         let Some(call) = portmap::decode_call(&buf[..len]) else {
             return Err(std::io::Error::other("malformed RPC call"));
         };
-        let answer = portmap::record(&portmap::reply(&call, mappings));
+        let answer = portmap::record(&portmap::reply(&call, registry, Transport::Tcp));
         stream.write_all(&answer).await?;
     }
 }
