@@ -167,10 +167,12 @@ async fn abds_are_persistent_and_restores_are_bit_exact() {
         assert!(got == *want, "version {id} restores bit-exact");
         // Remove the restored VM so the next restore is found by name.
         let s = sim.session().await;
-        let r = a3_server::poolops::by_uuid(&s, "VM", restored["uuid"].as_str().unwrap())
+        let r = a3_server::xapi::ops::by_uuid(&s, "VM", restored["uuid"].as_str().unwrap())
             .await
             .unwrap();
-        a3_server::poolops::destroy_vm(&s, &r, false).await.unwrap();
+        a3_server::xapi::ops::destroy_vm(&s, &r, false)
+            .await
+            .unwrap();
     }
     assert_nothing_left(&sim.inventory().await);
 }

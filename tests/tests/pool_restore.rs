@@ -38,7 +38,9 @@ async fn restores_in_place_to_another_sr_and_never_leave_half_a_vm() {
     let inv = sim.inventory().await;
     let (uuid, name) = user_vms(&inv)[0].clone();
     let (_, vdi, _) = disks_of(&inv, &uuid)[0].clone();
-    let vm_ref = a3_server::poolops::by_uuid(&s, "VM", &uuid).await.unwrap();
+    let vm_ref = a3_server::xapi::ops::by_uuid(&s, "VM", &uuid)
+        .await
+        .unwrap();
     if vm_by_uuid(&inv, &uuid)["power_state"] != "Running" {
         s.call(
             "VM.start",
@@ -126,10 +128,12 @@ async fn restores_in_place_to_another_sr_and_never_leave_half_a_vm() {
         sim.vdi_data(&new_vdi).await == backed_up,
         "new VM: bit-exact"
     );
-    let r = a3_server::poolops::by_uuid(&s, "VM", new_uuid)
+    let r = a3_server::xapi::ops::by_uuid(&s, "VM", new_uuid)
         .await
         .unwrap();
-    a3_server::poolops::destroy_vm(&s, &r, false).await.unwrap();
+    a3_server::xapi::ops::destroy_vm(&s, &r, false)
+        .await
+        .unwrap();
 
     // A corrupt chunk: the restore fails, says so, and takes its half-made VM away.
     let vdis_before = objects(&sim.inventory().await, "VDI").len();

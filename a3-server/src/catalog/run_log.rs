@@ -40,9 +40,9 @@ impl RunLog {
     }
 
     fn write(&self, level: &str, message: &str) {
-        if let Err(e) = self
-            .catalog
-            .run_log(self.run, crate::util::clock::unix_now_ms(), level, message)
+        if let Err(e) =
+            self.catalog
+                .run_log(self.run, crate::util::clock::unix_now_ms(), level, message)
         {
             tracing::error!(run = self.run, "cannot write the run's log: {e}");
         }

@@ -21,13 +21,13 @@ use anyhow::Context;
 
 use crate::catalog::Catalog;
 use crate::catalog::abd_fleet::AbdVmRow;
+use crate::catalog::run_log::RunLog;
 use crate::config::Config;
 use crate::dataport::DataPort;
 use crate::inventory::Inventory;
-use crate::catalog::run_log::RunLog;
-use crate::xapi::ops::{self, ABD_KEY, HIDE_KEY, TEMPLATE_VERSION_KEY};
 use crate::xapi::Session;
 use crate::xapi::create::VifSpec;
+use crate::xapi::ops::{self, ABD_KEY, HIDE_KEY, TEMPLATE_VERSION_KEY};
 
 /// The memory of an ABD VM.
 pub const ABD_MEMORY: i64 = 128 << 20;
@@ -248,8 +248,7 @@ impl Fleet {
         let id = &row.id;
         let vm = ops::vm_clone(s, template_ref, &format!("ABD {id}")).await?;
         let rec = ops::record(s, "VM", &vm).await?;
-        self.catalog
-            .abd_vm_set_vm(id, ops::text(&rec, "uuid"))?;
+        self.catalog.abd_vm_set_vm(id, ops::text(&rec, "uuid"))?;
         ops::vm_set_is_a_template(s, &vm, false).await?;
         ops::tag(s, "VM", &vm, ABD_KEY, id).await?;
         ops::tag(s, "VM", &vm, HIDE_KEY, "true").await?;

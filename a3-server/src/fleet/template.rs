@@ -44,7 +44,7 @@ pub enum TemplateError {
     Xapi(#[from] XapiError),
     /// The pool's `Alike_SR` could not be looked up.
     #[error(transparent)]
-    Sr(#[from] crate::sr::SrError),
+    Sr(#[from] Box<crate::sr::SrError>),
     /// The upload failed.
     #[error("uploading the ABD template to {host}: {detail}")]
     Upload {
@@ -165,7 +165,8 @@ pub async fn ensure(
         Some((r, vm)) => (r, ops::text(&vm, "uuid").to_owned()),
         None => {
             let sr = crate::sr::alike_sr(s, catalog, pool_uuid)
-                .await?
+                .await
+                .map_err(Box::new)?
                 .ok_or_else(|| TemplateError::NoSr(pool_uuid.to_owned()))?;
             tracing::info!(pool = pool_uuid, version = %carried.version, "importing the ABD template");
             let r = import(s, &sr, &carried.path).await?;

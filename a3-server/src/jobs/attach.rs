@@ -3,9 +3,9 @@
 
 use anyhow::Context;
 
-use crate::xapi::ops::{self, RUN_KEY};
 use crate::xapi::Session;
 use crate::xapi::create::{VbdMode, VbdSpec};
+use crate::xapi::ops::{self, RUN_KEY};
 
 /// Attaches `vdi` read-only to the ABD VM `abd_vm` (named `abd` in messages) and plugs it;
 /// returns the VBD and the device id the agent finds it under (`xvdb`). A VBD that cannot

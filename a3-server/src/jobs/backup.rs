@@ -17,14 +17,14 @@ use std::time::Duration;
 use a3_shared::proto::{CbtBitmap, Manifest};
 use anyhow::{Context, bail};
 
-use crate::catalog::run_log::RunLog;
 use super::metadata::{self, VmMetadata};
 use super::{Engine, attach};
+use crate::catalog::run_log::RunLog;
 use crate::dataport::{DiskBackupRequest, JobState};
 use crate::fleet::Held;
-use crate::xapi::ops::{self, NULL_REF, RUN_KEY};
 use crate::store::VersionId;
 use crate::xapi::Session;
+use crate::xapi::ops::{self, NULL_REF, RUN_KEY};
 
 /// A VM to back up.
 #[derive(Debug, Clone)]
@@ -291,10 +291,7 @@ async fn incremental_base(
 }
 
 /// The snapshot's disk VDIs by userdevice.
-async fn snapshot_vdis(
-    s: &Session,
-    snap: &ops::Record,
-) -> anyhow::Result<HashMap<String, String>> {
+async fn snapshot_vdis(s: &Session, snap: &ops::Record) -> anyhow::Result<HashMap<String, String>> {
     let mut out = HashMap::new();
     for vbd in ops::refs(snap, "VBDs") {
         let b = ops::record(s, "VBD", &vbd).await?;

@@ -19,16 +19,16 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::run_log::RunLog;
 use super::{Engine, StartError, Started, attach};
-use crate::util::clock::unix_now;
 use crate::abdssh;
 use crate::catalog::jobs::CheckRow;
+use crate::catalog::run_log::RunLog;
 use crate::dataport::Transport;
 use crate::fleet::Held;
-use crate::xapi::ops::{self, RUN_KEY};
+use crate::util::clock::unix_now;
 use crate::xapi::Session;
 use crate::xapi::create::VdiSpec;
+use crate::xapi::ops::{self, RUN_KEY};
 
 /// The test disk's size: big enough for a throughput figure, small enough to be quick.
 pub const TEST_DISK_BYTES: u64 = 16 << 20;

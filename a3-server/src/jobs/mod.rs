@@ -26,13 +26,13 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::Catalog;
-use crate::util::clock::unix_now;
 use crate::catalog::inventory::VmRow;
+use crate::catalog::run_log::RunLog;
 use crate::config::Config;
 use crate::dataport::DataPort;
 use crate::fleet::Fleet;
 use crate::inventory::Inventory;
-use crate::catalog::run_log::RunLog;
+use crate::util::clock::unix_now;
 
 /// Why a job cannot start.
 #[derive(Debug, thiserror::Error)]

@@ -50,15 +50,14 @@ pub async fn recover(e: &Engine) -> anyhow::Result<Recovered> {
         };
         let clean = async {
             for (vbd, rec) in ops::all_records(&s, "VBD").await? {
-                if ops::map_key(&rec, "other_config", RUN_KEY).is_some_and(|r| ids.contains(r))
-                {
+                if ops::map_key(&rec, "other_config", RUN_KEY).is_some_and(|r| ids.contains(r)) {
                     ops::remove_vbd(&s, &vbd).await?;
                     done.vbds += 1;
                 }
             }
             for (vm, rec) in ops::all_records(&s, "VM").await? {
-                let tagged = ops::map_key(&rec, "other_config", RUN_KEY)
-                    .is_some_and(|r| ids.contains(r));
+                let tagged =
+                    ops::map_key(&rec, "other_config", RUN_KEY).is_some_and(|r| ids.contains(r));
                 let name = ops::text(&rec, "name_label");
                 let named = ops::flag(&rec, "is_a_snapshot")
                     && ids

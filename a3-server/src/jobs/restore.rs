@@ -11,13 +11,13 @@ use a3_shared::chunk::BlockId;
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::run_log::RunLog;
 use super::metadata::{DiskMeta, VmMetadata};
 use super::{Engine, attach};
-use crate::xapi::ops::{self, RUN_KEY};
+use crate::catalog::run_log::RunLog;
 use crate::store::{Store, VersionId};
 use crate::xapi::Session;
 use crate::xapi::create::{VbdMode, VbdSpec, VdiSpec, VifSpec, VmSpec};
+use crate::xapi::ops::{self, RUN_KEY};
 
 /// What to restore, where.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -249,10 +249,7 @@ async fn target_sr(s: &Session, sr: Option<&str>) -> anyhow::Result<String> {
         Some(want) => all
             .iter()
             .find(|(_, r)| ops::text(r, "uuid") == want)
-            .or_else(|| {
-                all.iter()
-                    .find(|(_, r)| ops::text(r, "name_label") == want)
-            })
+            .or_else(|| all.iter().find(|(_, r)| ops::text(r, "name_label") == want))
             .map(|(r, _)| r.clone())
             .with_context(|| {
                 format!("no SR '{want}' in the target pool; see `a3-server pool list`")

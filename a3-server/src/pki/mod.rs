@@ -165,7 +165,6 @@ fn hash_token(token: &str) -> String {
     hex::encode(sha2::Sha256::digest(token.trim().as_bytes()))
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

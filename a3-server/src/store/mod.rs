@@ -493,6 +493,5 @@ fn version_info(row: VersionRow) -> VersionInfo {
     }
 }
 
-
 #[cfg(test)]
 mod tests;

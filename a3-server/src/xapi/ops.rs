@@ -263,9 +263,12 @@ pub async fn vm_hard_shutdown(s: &Session, vm: &str) -> Result<(), XapiError> {
 
 /// `VM.set_is_a_template`.
 pub async fn vm_set_is_a_template(s: &Session, vm: &str, value: bool) -> Result<(), XapiError> {
-    s.call("VM.set_is_a_template", &[Value::from(vm), Value::Bool(value)])
-        .await
-        .map(drop)
+    s.call(
+        "VM.set_is_a_template",
+        &[Value::from(vm), Value::Bool(value)],
+    )
+    .await
+    .map(drop)
 }
 
 /// `VM.set_memory_limits` with every limit at `bytes`.
