@@ -183,3 +183,23 @@ pub fn chunk_files(state: &Path) -> Vec<PathBuf> {
     walk(&state.join("store").join("chunks"), &mut out);
     out
 }
+
+/// Runs a tool the test set-up installs (`xtask/src/setup.rs` TEST_TOOLS); a missing tool
+/// fails the test with the fix.
+pub fn tool(program: &str, args: &[&str]) -> Output {
+    Command::new(program).args(args).output().unwrap_or_else(|e| {
+        panic!("cannot run {program} (cargo xtask test installs it: xtask/src/setup.rs TEST_TOOLS): {e}")
+    })
+}
+
+/// [`tool`], which must succeed; its standard output.
+pub fn tool_ok(program: &str, args: &[&str]) -> String {
+    let out = tool(program, args);
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}

@@ -6,10 +6,10 @@
 //!
 //! SM's probes (`rpcinfo`, `showmount`) are in `sr_nfs_probes.rs`.
 
+use a3_e2e::{tool, tool_ok};
 use std::net::{IpAddr, UdpSocket};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::process::{Command, Output};
 use std::time::Duration;
 
 use nfs3_client::Nfs3Client;
@@ -41,26 +41,6 @@ async fn start_sr(
         }
     }
     panic!("no free 127.0.1.N for the SR server: {last_error:?}");
-}
-
-fn run(program: &str, args: &[&str]) -> Output {
-    Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("cannot run {program} (cargo xtask test installs it: xtask/src/setup.rs TEST_TOOLS): {e}")
-        })
-}
-
-fn ok(program: &str, args: &[&str]) -> String {
-    let out = run(program, args);
-    assert!(
-        out.status.success(),
-        "{program} {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 /// A PMAPPROC_GETPORT call over UDP, as `mount.nfs` may send it.
@@ -95,7 +75,7 @@ async fn libnfs_lists_and_copies_through_the_portmapper() {
         assert_eq!(getport_udp(ip, 100_003), 2049);
         assert_eq!(getport_udp(ip, 100_005), 2049);
 
-        let listing = ok("nfs-ls", &[&format!("{base}/")]);
+        let listing = tool_ok("nfs-ls", &[&format!("{base}/")]);
         assert!(listing.contains("hello.txt"), "{listing}");
         assert!(listing.contains("sr-uuid"), "{listing}");
 
@@ -106,21 +86,21 @@ async fn libnfs_lists_and_copies_through_the_portmapper() {
             .collect();
         let local = work.path().join("disk.vhd");
         std::fs::write(&local, &data).unwrap();
-        ok(
+        tool_ok(
             "nfs-cp",
             &[local.to_str().unwrap(), &format!("{base}/sr-uuid/disk.vhd")],
         );
         let back = work.path().join("back.vhd");
-        ok(
+        tool_ok(
             "nfs-cp",
             &[&format!("{base}/sr-uuid/disk.vhd"), back.to_str().unwrap()],
         );
         assert!(std::fs::read(&back).unwrap() == data, "the copy differs");
-        let listing = ok("nfs-ls", &[&format!("{base}/sr-uuid/")]);
+        let listing = tool_ok("nfs-ls", &[&format!("{base}/sr-uuid/")]);
         assert!(listing.contains("disk.vhd"), "{listing}");
 
         // An export other than /alike does not mount.
-        let other = run("nfs-ls", &[&format!("nfs://{ip}/other/")]);
+        let other = tool("nfs-ls", &[&format!("nfs://{ip}/other/")]);
         assert!(!other.status.success(), "mounted /other");
     })
     .await;

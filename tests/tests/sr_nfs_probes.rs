@@ -6,27 +6,11 @@
 //! A file of its own, so a process of its own: a child forked here holds copies of every
 //! socket of its process until it execs, and would keep another test's closed listener bound.
 
+use a3_e2e::tool_ok;
 use std::io::ErrorKind;
 use std::net::{IpAddr, UdpSocket};
-use std::process::Command;
 
 use tokio_util::sync::CancellationToken;
-
-fn ok(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("cannot run {program} (cargo xtask test installs it: xtask/src/setup.rs TEST_TOOLS): {e}")
-        });
-    assert!(
-        out.status.success(),
-        "{program} {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 /// Runs `f` on a thread of its own in a new network namespace where only `lo` is up and an
 /// nftables rule counts and drops every UDP datagram to port 111. Sockets opened by that
@@ -42,11 +26,11 @@ fn in_netns_without_udp_111<T: Send + 'static>(f: impl FnOnce() -> T + Send + 's
                 std::io::Error::last_os_error()
             );
         }
-        ok("ip", &["link", "set", "lo", "up"]);
-        ok("nft", &["add", "table", "inet", "a3test"]);
+        tool_ok("ip", &["link", "set", "lo", "up"]);
+        tool_ok("nft", &["add", "table", "inet", "a3test"]);
         let chain = "{ type filter hook output priority 0 ; }";
-        ok("nft", &["add", "chain", "inet", "a3test", "out", chain]);
-        ok(
+        tool_ok("nft", &["add", "chain", "inet", "a3test", "out", chain]);
+        tool_ok(
             "nft",
             &[
                 "add", "rule", "inet", "a3test", "out", "udp", "dport", "111", "counter", "drop",
@@ -61,7 +45,7 @@ fn in_netns_without_udp_111<T: Send + 'static>(f: impl FnOnce() -> T + Send + 's
 
 /// UDP datagrams to port 111 the namespace's rule has dropped so far.
 fn udp_111_dropped() -> u64 {
-    let rules = ok("nft", &["list", "chain", "inet", "a3test", "out"]);
+    let rules = tool_ok("nft", &["list", "chain", "inet", "a3test", "out"]);
     let count = rules
         .split_whitespace()
         .skip_while(|w| *w != "packets")
@@ -75,7 +59,7 @@ fn udp_111_dropped() -> u64 {
 fn probe(program: &str, args: &[&str]) -> String {
     let mut all = vec!["60", program];
     all.extend(args);
-    ok("timeout", &all)
+    tool_ok("timeout", &all)
 }
 
 /// The rows of a table printed by `rpcinfo`, split on whitespace, without its header.

@@ -18,10 +18,7 @@ fn record(fields: Vec<(&str, Value)>) -> Value {
 
 async fn create(s: &Session, method: &str, rec: Value) -> Result<String, XapiError> {
     let v = s.call(method, &[rec]).await?;
-    v.as_str()
-        .filter(|r| r.starts_with("OpaqueRef:"))
-        .map(str::to_owned)
-        .ok_or_else(|| super::ops::unexpected(s, method, "returned no ref"))
+    super::ops::returns_ref(s, method, v)
 }
 
 /// A new HVM or PV VM, from a version's metadata.

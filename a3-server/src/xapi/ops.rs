@@ -65,8 +65,8 @@ async fn call_slow(s: &Session, method: &str, args: &[&str]) -> Result<Value, Xa
     s.call_async(method, &args).await
 }
 
-/// A call that returns a ref.
-async fn returns_ref(s: &Session, method: &str, v: Value) -> Result<String, XapiError> {
+/// A call's answer as a ref.
+pub(super) fn returns_ref(s: &Session, method: &str, v: Value) -> Result<String, XapiError> {
     v.as_str()
         .filter(|r| r.starts_with("OpaqueRef:"))
         .map(str::to_owned)
@@ -90,8 +90,12 @@ pub fn flag(rec: &Record, field: &str) -> bool {
 
 /// A set of refs.
 pub fn refs(rec: &Record, field: &str) -> Vec<String> {
-    rec.get(field)
-        .and_then(Value::as_array)
+    rec.get(field).map(strings).unwrap_or_default()
+}
+
+/// The strings of an array value.
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
         .unwrap_or(&[])
         .iter()
         .filter_map(|v| v.as_str().map(str::to_owned))
@@ -241,13 +245,13 @@ pub async fn destroy_vdi(s: &Session, vdi: &str) -> Result<(), XapiError> {
 /// `VM.snapshot`: the snapshot VM's ref.
 pub async fn vm_snapshot(s: &Session, vm: &str, name: &str) -> Result<String, XapiError> {
     let v = call_slow(s, "VM.snapshot", &[vm, name]).await?;
-    returns_ref(s, "VM.snapshot", v).await
+    returns_ref(s, "VM.snapshot", v)
 }
 
 /// `VM.clone`: the clone's ref.
 pub async fn vm_clone(s: &Session, vm: &str, name: &str) -> Result<String, XapiError> {
     let v = call_slow(s, "VM.clone", &[vm, name]).await?;
-    returns_ref(s, "VM.clone", v).await
+    returns_ref(s, "VM.clone", v)
 }
 
 /// `VM.start`, not paused, not forced.
@@ -291,13 +295,8 @@ pub async fn vm_set_xenstore_data(
 
 /// `VM.get_allowed_VBD_devices`: the free `userdevice` slots.
 pub async fn vm_allowed_vbd_devices(s: &Session, vm: &str) -> Result<Vec<String>, XapiError> {
-    Ok(call(s, "VM.get_allowed_VBD_devices", &[vm])
-        .await?
-        .as_array()
-        .unwrap_or(&[])
-        .iter()
-        .filter_map(|v| v.as_str().map(str::to_owned))
-        .collect())
+    let v = call(s, "VM.get_allowed_VBD_devices", &[vm]).await?;
+    Ok(strings(&v))
 }
 
 /// `VIF.destroy`.
@@ -335,17 +334,6 @@ pub async fn vdi_data_destroy(s: &Session, vdi: &str) -> Result<(), XapiError> {
     call_slow(s, "VDI.data_destroy", &[vdi]).await.map(drop)
 }
 
-/// `SR.get_by_name_label`.
-pub async fn sr_by_name(s: &Session, name: &str) -> Result<Vec<String>, XapiError> {
-    Ok(call(s, "SR.get_by_name_label", &[name])
-        .await?
-        .as_array()
-        .unwrap_or(&[])
-        .iter()
-        .filter_map(|v| v.as_str().map(str::to_owned))
-        .collect())
-}
-
 /// `SR.scan`.
 pub async fn sr_scan(s: &Session, sr: &str) -> Result<(), XapiError> {
     call_slow(s, "SR.scan", &[sr]).await.map(drop)
@@ -378,7 +366,7 @@ pub async fn sr_create_nfs(
         Value::empty_struct(),
     ];
     let v = s.call_async("SR.create", &args).await?;
-    let sr = returns_ref(s, "SR.create", v).await?;
+    let sr = returns_ref(s, "SR.create", v)?;
     let uuid = call(s, "SR.get_uuid", &[&sr]).await?;
     Ok((sr, uuid.as_str().unwrap_or_default().to_owned()))
 }
