@@ -1,25 +1,22 @@
 //! The A3: control plane and backup store for XCP-ng / XenServer pools.
 //!
-//! Who does what:
-//! - [`config`]: the TOML config file and its defaults.
-//! - [`catalog`]: the SQLite catalog (pools, hosts, VMs, ABDs, jobs, versions).
-//! - [`server`]: `a3-server serve`, which starts every component and shuts them down cleanly.
-//! - [`api`]: the HTTP JSON API, one handler file per resource.
-//! - [`xapi`]: the XAPI client (TLS pinning, sessions, typed records, events).
-//! - [`inventory`]: host add and pool discovery, the inventory kept current, failover.
-//! - [`store`]: the deduplicating backup store: chunks, manifests, versions, verify, GC.
-//! - [`pki`]: the A3's own CA, ABD enrollment and revocation, the port-2811 certificates.
-//! - [`dataport`]: port 2811, the QUIC endpoint ABD agents stream disks through, and the
-//!   data-path jobs (backup and restore of one disk).
-//! - [`template`], [`fleet`], [`jobs`], [`poolops`]: the pool workflow: the ABD template
-//!   in each pool, the persistent ABD VMs, whole-VM backup and restore jobs with recovery
-//!   after a crash, and the XAPI calls they make.
-//! - [`abdssh`]: SSH to the ABDs (the A3's key, pinned host keys, `diag` and friends).
-//! - [`sr`]: the A3 SR: `<state-dir>/sr/` served over NFS v3 with a portmapper on 111, and
-//!   each pool's `Alike_SR` (created once, plugged at start, unplugged at a clean shutdown).
-//! - [`cli`]: the command line; commands other than `serve` are clients of the running
-//!   server's API.
-pub mod abdssh;
+//! The modules form layers; each uses only modules of lower rows (`tests/layers.rs`
+//! enforces it, and that the CLI uses only the API's wire types):
+//!
+//! | layer | module | what it does |
+//! |---|---|---|
+//! | 1 | [`util`] | wall-clock time, the process's TLS provider |
+//! | 2 | [`config`] | the TOML config file and its defaults |
+//! | 3 | [`xapi`] | the XAPI client: TLS pinning, sessions, tasks, typed records, events, one typed function per call (`ops`), create records (`create`) |
+//! | 4 | [`catalog`] | the SQLite catalog: pools, hosts, VMs, ABDs, jobs and their logs, versions |
+//! | 5 | [`store`], [`pki`] | the deduplicating backup store; the A3's CA, ABD enrollment and revocation |
+//! | 6 | [`inventory`], [`ssh`], [`dataport`] | host add, pool discovery and the inventory kept current; SSH to the ABDs; port 2811, where agents stream disks (QUIC, TLS/TCP fallback) |
+//! | 7 | [`sr`] | `<state-dir>/sr/` served over NFS v3 with a portmapper, and each pool's `Alike_SR` |
+//! | 8 | [`fleet`] | the ABD template in each pool, the persistent ABD VMs, the static IP lists |
+//! | 9 | [`jobs`] | whole-VM backup, restore and diag runs, recovery after a crash, verify runs, pool add |
+//! | 10 | [`api`] | the HTTP JSON API: handlers only, the wire types (`api::dto`), every error's status (`api::error`) |
+//! | 11 | [`server`] | `a3-server serve`: builds every component once and hands each what it needs |
+//! | 12 | [`cli`] | the command line; commands other than `serve` are clients of the API |
 pub mod api;
 pub mod catalog;
 pub mod cli;
@@ -31,13 +28,7 @@ pub mod jobs;
 pub mod pki;
 pub mod server;
 pub mod sr;
+pub mod ssh;
 pub mod store;
 pub mod util;
 pub mod xapi;
-
-/// Installs rustls's `ring` provider as the process default (every TLS and QUIC endpoint
-/// uses it). Safe to call more than once.
-pub fn install_crypto_provider() {
-    // Err only means a provider is already installed.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}

@@ -64,14 +64,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .context("starting the pool watchers")?;
     let pki = crate::pki::Pki::open(state_dir, catalog.clone())?;
     // Made once; every ABD's boot config carries its public half (`sshkey`).
-    crate::abdssh::A3Key::load_or_create(state_dir)?;
+    crate::ssh::A3Key::load_or_create(state_dir)?;
     // The one handle on the store of this process (it holds the store's lock).
     let store = crate::store::Store::open(&state_dir.join("store"), catalog.clone())?;
     let (dataport, dataport_task) = crate::dataport::DataPort::start(
         config.data_listen,
         state_dir,
         pki,
-        crate::dataport::storage::StoreHandle::new(store),
+        store.clone(),
         shutdown.clone(),
     )
     .await?;
@@ -96,6 +96,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         catalog.clone(),
         inventory.clone(),
         dataport.clone(),
+        store.clone(),
         config.clone(),
     );
     tokio::spawn(startup_upkeep(
@@ -110,6 +111,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         api_token: api_token.into(),
         inventory,
         dataport,
+        store,
         verify_runs: Default::default(),
         engine,
         sr,

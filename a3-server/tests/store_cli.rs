@@ -72,7 +72,7 @@ async fn store_cli_verify_gc_stats() {
         ..Config::default()
     };
     let running = a3_server::server::start(config).await.unwrap();
-    let store: Store = running.state.dataport.store().store().clone();
+    let store: Store = running.state.store.clone();
     let (a, b) = (noise(1, 3 * BS), noise(2, 2 * BS));
     let (v, bad) = {
         let store = store.clone();

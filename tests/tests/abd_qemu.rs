@@ -19,7 +19,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use a3_e2e::wait_until;
-use a3_server::abdssh::{A3Key, Target};
+use a3_server::ssh::{A3Key, Target};
 use abd_qemu_util::{
     Boot, DnsServer, Vm, assert_same_files, diag_line, free_tcp_port, silent_udp_port,
     write_data_disk,
@@ -167,7 +167,7 @@ fn dhcp_boot_connects_passes_diag_and_round_trips_1gib() {
     let key = A3Key::load(&site.a3.state).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let out = rt
-        .block_on(a3_server::abdssh::exec(
+        .block_on(a3_server::ssh::exec(
             &key,
             &target,
             "diag --json",

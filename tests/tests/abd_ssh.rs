@@ -1,4 +1,4 @@
-//! The ABD agent's SSH server against the A3's SSH client (`a3_server::abdssh`), both real,
+//! The ABD agent's SSH server against the A3's SSH client (`a3_server::ssh`), both real,
 //! on loopback: the agent runs as a process with `--ssh-listen 127.0.0.1:0` and the A3's
 //! key in its config; the A3 runs `status` and `diag --json`, a wrong key and a wrong
 //! host-key pin are refused, an unknown command exits 127.
@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use a3_e2e::{ChildGuard, bin, wait_until};
-use a3_server::abdssh::{A3Key, SshError, Target, exec};
+use a3_server::ssh::{A3Key, SshError, Target, exec};
 
 const ID: &str = "abd-ssh-test";
 const LIMIT: Duration = Duration::from_secs(60);

@@ -13,6 +13,8 @@
 //! | `POST /sim/hosts/{host}/up` | opens it again |
 //! | `POST /sim/hosts/{host}/new-certificate` | replaces the host's TLS certificate |
 //! | `POST /sim/master?host={host}` | makes `host` the master, as an emergency transition does |
+//! | `POST /sim/faults?method=M&code=C&params=P&skip=N` | the call of `M` (or `Async.M`) after `N` more fails with `[C, P split at commas…]` (see [`crate::faults`]) |
+//! | `DELETE /sim/faults` | disarms every injected failure |
 //! | `POST /sim/vms/{vm}/kill` | SIGKILLs a running ABD's agent process or qemu (XAPI is not told; the VM restarts it) |
 //!
 //! `{vdi}` and `{vm}` are a ref or uuid; `{host}` a ref, uuid or address. A host cannot take its own
@@ -59,12 +61,44 @@ pub async fn handle(shared: Arc<Shared>, host: String, req: Request<Incoming>) -
         (Method::POST, ["hosts", id, action]) => host_action(&shared, &host, id, action).await,
         (Method::POST, ["master"]) => make_master(&shared, &req),
         (Method::POST, ["vms", id, "kill"]) => kill_abd(&shared, id).await,
+        (Method::POST, ["faults"]) => arm_fault(&shared, &req),
+        (Method::DELETE, ["faults"]) => {
+            shared.lock().faults.clear();
+            Ok(json_reply(StatusCode::OK, json!({ "faults": 0 })))
+        }
         _ => Err((
             StatusCode::NOT_FOUND,
             format!("no control endpoint {path}; see the xapi-sim README"),
         )),
     };
     result.unwrap_or_else(|(status, msg)| json_reply(status, json!({ "error": msg })))
+}
+
+fn arm_fault(shared: &Shared, req: &Request<Incoming>) -> Reply {
+    let q = query(req);
+    let (Some(method), Some(code)) = (q.get("method"), q.get("code")) else {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            "faults: give method=M and code=C (and optionally params=a,b and skip=N)".into(),
+        ));
+    };
+    let skip = match q.get("skip").map(|n| n.parse::<u32>()) {
+        None => 0,
+        Some(Ok(n)) => n,
+        Some(Err(_)) => {
+            return Err((
+                StatusCode::BAD_REQUEST,
+                "faults: skip must be a count".into(),
+            ));
+        }
+    };
+    let fault = crate::faults::Fault::new(method, skip, code, q.get("params").map_or("", |p| p));
+    let mut st = shared.lock();
+    st.faults.push(fault);
+    Ok(json_reply(
+        StatusCode::OK,
+        json!({ "faults": st.faults.len() }),
+    ))
 }
 
 fn check_auth(shared: &Shared, req: &Request<Incoming>) -> Result<(), String> {

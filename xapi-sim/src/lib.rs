@@ -26,6 +26,7 @@ pub mod control;
 pub mod demo;
 pub mod disks;
 pub mod errors;
+pub mod faults;
 pub mod file_store;
 pub mod http_vdi;
 pub mod import_xva;

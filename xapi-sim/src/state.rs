@@ -34,6 +34,8 @@ pub struct State {
     pub next_domid: i64,
     /// The process backend for ABD VMs, when the simulator runs them (`--abd-agent`).
     pub abd: Option<crate::abd::Hook>,
+    /// Failures a test injected (not persisted).
+    pub faults: Vec<crate::faults::Fault>,
 }
 
 impl State {

@@ -3,8 +3,8 @@
 use axum::extract::{Path, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
 
+use super::dto::{AbdView, EnrollAnswer, Revoked};
 use super::{ApiError, AppState};
 
 /// The routes.
@@ -13,48 +13,6 @@ pub fn routes() -> Router<AppState> {
         .route("/api/abds", get(list))
         .route("/api/abds/{id}/enroll", post(enroll))
         .route("/api/abds/{id}/revoke", post(revoke))
-}
-
-/// One ABD as `abd list` shows it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct AbdView {
-    /// The id.
-    pub id: String,
-    /// `enrolling` (token issued, not used), `enrolled` or `revoked`.
-    pub state: String,
-    /// Whether its agent is connected now.
-    pub connected: bool,
-    /// Its agent's address when connected now.
-    pub connected_from: Option<String>,
-    /// `QUIC`, or `TLS/TCP` for the fallback, when connected now.
-    #[serde(default)]
-    pub transport: Option<String>,
-    /// Unix seconds of the enrollment.
-    pub enrolled_at: Option<i64>,
-    /// Unix seconds of the revocation.
-    pub revoked_at: Option<i64>,
-}
-
-/// What an agent needs to enroll; `abd enroll` writes it as the agent's config.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct EnrollAnswer {
-    /// The ABD id.
-    pub id: String,
-    /// The one-time token.
-    pub token: String,
-    /// Hex SHA-256 of the A3's CA certificate.
-    pub ca_pin: String,
-    /// Port 2811's address as the A3 is bound (may be unspecified: 0.0.0.0).
-    pub a3_address: String,
-    /// A name the server certificate carries.
-    pub server_name: String,
-}
-
-/// Revocation result.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Revoked {
-    /// The ABD id.
-    pub id: String,
 }
 
 /// Checks an ABD id: it names files and appears in certificates and logs.

@@ -4,11 +4,12 @@
 use axum::extract::{Path, Query, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
+use super::dto::{BackupBody, RestoreBody};
 use super::{ApiError, AppState};
-use crate::dataport::storage::VersionInfo;
-use crate::dataport::{BackupRequest, DispatchError, Dispatched, JobStatus, RestoreRequest};
+use crate::dataport::{BackupRequest, Dispatched, JobStatus, RestoreRequest};
+use crate::store::VersionInfo;
 
 /// The routes.
 pub fn routes() -> Router<AppState> {
@@ -20,66 +21,11 @@ pub fn routes() -> Router<AppState> {
         .route("/api/disks/versions", get(versions))
 }
 
-/// `POST /api/disks/backup`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct BackupBody {
-    /// The ABD to read the device.
-    pub abd: String,
-    /// The device or file on the ABD.
-    pub path: String,
-    /// The disk's name in the store.
-    pub disk: String,
-    /// XAPI's CBT bitmap (base64), for an incremental against the last committed version.
-    pub cbt: Option<String>,
-}
-
-/// `POST /api/disks/restore`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RestoreBody {
-    /// The ABD to write the target.
-    pub abd: String,
-    /// The version to restore.
-    pub version: String,
-    /// Which disk of the version (when it has several).
-    pub disk: Option<String>,
-    /// Where the ABD writes it.
-    pub path: String,
-}
-
 /// `GET /api/disks/versions?disk=`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct VersionsQuery {
     /// Only this disk's versions.
     pub disk: Option<String>,
-}
-
-impl From<DispatchError> for ApiError {
-    fn from(e: DispatchError) -> ApiError {
-        match e {
-            DispatchError::NotConnected(_) => ApiError {
-                status: axum::http::StatusCode::CONFLICT,
-                message: e.to_string(),
-            },
-            DispatchError::BadRequest(m) => ApiError::bad_request(m),
-            DispatchError::Store(e) => ApiError::from(e),
-            DispatchError::Failed(_) => ApiError {
-                status: axum::http::StatusCode::BAD_GATEWAY,
-                message: e.to_string(),
-            },
-        }
-    }
-}
-
-impl From<crate::dataport::storage::StorageError> for ApiError {
-    fn from(e: crate::dataport::storage::StorageError) -> ApiError {
-        if e.is_not_found() {
-            ApiError::not_found(e.to_string())
-        } else if let crate::dataport::storage::StorageError::BadRequest(m) = e {
-            ApiError::bad_request(m)
-        } else {
-            ApiError::internal(e.to_string())
-        }
-    }
 }
 
 fn check_name(what: &str, value: &str) -> Result<(), ApiError> {
@@ -144,7 +90,8 @@ async fn versions(
     State(state): State<AppState>,
     Query(q): Query<VersionsQuery>,
 ) -> Result<Json<Vec<VersionInfo>>, ApiError> {
+    let store = state.store.clone();
     Ok(Json(
-        state.dataport.store().versions(q.disk.as_deref()).await?,
+        super::blocking(move || store.versions(q.disk.as_deref())).await?,
     ))
 }

@@ -4,12 +4,13 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
 
+use super::dto::AddHost;
 use super::{ApiError, AppState};
 use crate::catalog::inventory::HostRow;
-use crate::inventory::{AddedPool, InventoryError, RemovedPool, Trusted};
-use crate::xapi::{Credentials, XapiError};
+use crate::inventory::{AddedPool, RemovedPool, Trusted};
+use crate::jobs::pools;
+use crate::xapi::Credentials;
 
 /// The routes.
 pub fn routes() -> Router<AppState> {
@@ -19,36 +20,15 @@ pub fn routes() -> Router<AppState> {
         .route("/api/hosts/{id}/trust", post(trust))
 }
 
-/// `POST /api/hosts`: any host of the pool and its credentials.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct AddHost {
-    /// `HOST`, `HOST:PORT` or `https://HOST[:PORT]/`.
-    pub address: String,
-    /// The XAPI user.
-    pub username: String,
-    /// The password.
-    pub password: String,
-}
-
 async fn add(
     State(state): State<AppState>,
     Json(req): Json<AddHost>,
 ) -> Result<(StatusCode, Json<AddedPool>), ApiError> {
-    let inventory = state.inventory.clone();
-    let sr = state.sr.clone();
     let credentials = Credentials {
         username: req.username,
         password: req.password,
     };
-    // Run to completion even if the client goes away, so a pool is never half-added.
-    // Then its Alike_SR (a failure there is logged and shown by `sr status`).
-    let added = tokio::spawn(async move {
-        let added = inventory.add_host(&req.address, credentials).await?;
-        sr.pool_added(&added.pool.uuid).await;
-        Ok::<_, InventoryError>(added)
-    })
-    .await
-    .map_err(|e| ApiError::internal(format!("host add task failed: {e}")))??;
+    let added = pools::add_host(&state.inventory, &state.sr, req.address, credentials).await?;
     Ok((StatusCode::CREATED, Json(added)))
 }
 
@@ -68,28 +48,4 @@ async fn trust(
     Path(id): Path<String>,
 ) -> Result<Json<Trusted>, ApiError> {
     Ok(Json(state.inventory.trust_host(&id).await?))
-}
-
-impl From<InventoryError> for ApiError {
-    fn from(e: InventoryError) -> ApiError {
-        let status = match &e {
-            InventoryError::BadAddress(_) => StatusCode::BAD_REQUEST,
-            InventoryError::UnknownHost(_) | InventoryError::UnknownPool(_) => {
-                StatusCode::NOT_FOUND
-            }
-            InventoryError::Xapi(XapiError::AuthenticationFailed { .. }) => StatusCode::BAD_REQUEST,
-            InventoryError::Xapi(XapiError::CertificateChanged { .. }) => StatusCode::CONFLICT,
-            InventoryError::Xapi(_)
-            | InventoryError::MasterLoop { .. }
-            | InventoryError::NoUsableHost { .. }
-            | InventoryError::NoCertificate { .. } => StatusCode::BAD_GATEWAY,
-            InventoryError::Catalog(_)
-            | InventoryError::Secrets { .. }
-            | InventoryError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        ApiError {
-            status,
-            message: e.to_string(),
-        }
-    }
 }

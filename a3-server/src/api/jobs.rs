@@ -7,13 +7,14 @@ use std::collections::HashMap;
 use axum::extract::{Path, Query, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
+use super::dto::{JobDetail, JobSummary, VersionView};
 use super::{ApiError, AppState};
-use crate::catalog::jobs::{CheckRow, JobRow, LogLine, RunItemRow, RunRow};
+use crate::catalog::jobs::LogLine;
 use crate::jobs::diag::DiagSpec;
 use crate::jobs::restore::RestoreSpec;
-use crate::jobs::{BackupSpec, Progress, StartError, Started};
+use crate::jobs::{BackupSpec, Started};
 
 /// The routes.
 pub fn routes() -> Router<AppState> {
@@ -25,55 +26,6 @@ pub fn routes() -> Router<AppState> {
         .route("/api/jobs/{id}", get(show))
         .route("/api/jobs/{id}/log", get(log))
         .route("/api/versions", get(versions))
-}
-
-impl From<StartError> for ApiError {
-    fn from(e: StartError) -> ApiError {
-        match e {
-            StartError::BadRequest(m) => ApiError::bad_request(m),
-            StartError::Catalog(c) => c.into(),
-        }
-    }
-}
-
-/// A job with its latest run, as `job list` shows it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct JobSummary {
-    /// The job.
-    pub job: JobRow,
-    /// Its latest run.
-    pub run: Option<RunRow>,
-}
-
-/// A job in full, as `job show` shows it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct JobDetail {
-    /// The job.
-    pub job: JobRow,
-    /// Its latest run.
-    pub run: Option<RunRow>,
-    /// The VMs of that run.
-    pub items: Vec<RunItemRow>,
-    /// Live progress of the VMs being worked on, by subject.
-    pub progress: HashMap<String, Progress>,
-    /// A diag run's results (empty for other jobs, and until the run ends).
-    #[serde(default)]
-    pub checks: Vec<CheckRow>,
-}
-
-/// A version of a VM.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct VersionView {
-    /// The id.
-    pub id: i64,
-    /// The VM's uuid.
-    pub vm_uuid: String,
-    /// The VM's name then.
-    pub vm_name: String,
-    /// Unix seconds.
-    pub created_at: i64,
-    /// Disks: name and size.
-    pub disks: Vec<(String, u64)>,
 }
 
 async fn backup(

@@ -40,7 +40,7 @@ impl StoreStatsCache {
         {
             return Ok(stats.clone());
         }
-        let store = state.dataport.store().store().clone();
+        let store = state.store.clone();
         let stats = tokio::task::spawn_blocking(move || store.stats())
             .await
             .map_err(|e| ApiError::internal(format!("store task failed: {e}")))?

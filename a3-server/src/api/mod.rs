@@ -6,6 +6,8 @@
 
 pub mod abds;
 pub mod disks;
+pub mod dto;
+mod error;
 pub mod fleet;
 pub mod hosts;
 pub mod jobs;
@@ -23,8 +25,9 @@ use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use serde::Serialize;
 use tokio_util::sync::CancellationToken;
+
+pub use error::ApiError;
 
 use crate::catalog::Catalog;
 use crate::config::Config;
@@ -45,8 +48,10 @@ pub struct AppState {
     pub inventory: Inventory,
     /// Port 2811: agents, data-path jobs, the PKI.
     pub dataport: crate::dataport::DataPort,
+    /// The backup store.
+    pub store: crate::store::Store,
     /// The store's verify runs, for their progress and reports.
-    pub verify_runs: store::VerifyRuns,
+    pub verify_runs: crate::jobs::verify::VerifyRuns,
     /// Whole-VM backup and restore jobs, and the ABD fleet.
     pub engine: crate::jobs::Engine,
     /// Each pool's `Alike_SR`.
@@ -55,62 +60,14 @@ pub struct AppState {
     pub metrics: metrics::StoreStatsCache,
 }
 
-/// An API failure: an HTTP status and a message that names the thing and the fix.
-#[derive(Debug)]
-pub struct ApiError {
-    /// The HTTP status.
-    pub status: StatusCode,
-    /// A human-readable message.
-    pub message: String,
-}
-
-impl ApiError {
-    /// 400: the request itself is wrong.
-    pub fn bad_request(message: impl Into<String>) -> ApiError {
-        ApiError {
-            status: StatusCode::BAD_REQUEST,
-            message: message.into(),
-        }
-    }
-
-    /// 404: the named object does not exist.
-    pub fn not_found(message: impl Into<String>) -> ApiError {
-        ApiError {
-            status: StatusCode::NOT_FOUND,
-            message: message.into(),
-        }
-    }
-
-    /// 500: the server failed; the message says where.
-    pub fn internal(message: impl Into<String>) -> ApiError {
-        ApiError {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            message: message.into(),
-        }
-    }
-}
-
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    error: &'a str,
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (
-            self.status,
-            axum::Json(ErrorBody {
-                error: &self.message,
-            }),
-        )
-            .into_response()
-    }
-}
-
-impl From<crate::catalog::CatalogError> for ApiError {
-    fn from(e: crate::catalog::CatalogError) -> ApiError {
-        ApiError::internal(e.to_string())
-    }
+/// Runs a blocking store call on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, crate::store::StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal(format!("store task failed: {e}")))?
+        .map_err(ApiError::from)
 }
 
 /// The whole API.

@@ -6,19 +6,13 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 
 use super::{ApiError, AppState};
-use crate::sr::{PoolSr, SrError};
+use crate::sr::PoolSr;
 
 /// The routes.
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/sr", get(status))
         .route("/api/sr/plug", post(plug))
-}
-
-impl From<SrError> for ApiError {
-    fn from(e: SrError) -> ApiError {
-        ApiError::internal(e.to_string())
-    }
 }
 
 async fn status(State(state): State<AppState>) -> Result<Json<Vec<PoolSr>>, ApiError> {

@@ -10,13 +10,10 @@ use clap::Subcommand;
 
 use super::client::ApiClient;
 use super::host::{print_json, print_table};
-use crate::api::abds::{AbdView, EnrollAnswer, Revoked};
-use crate::api::fleet::{AbdVmView, IpList};
-use crate::api::jobs::JobDetail;
-use crate::catalog::abd_fleet::AbdVmRow;
-use crate::catalog::ip_pool::AbdIp;
-use crate::jobs::Started;
-use crate::jobs::diag::DiagSpec;
+use crate::api::dto::{
+    AbdIp, AbdView, AbdVmRow, AbdVmView, DiagSpec, EnrollAnswer, IpList, JobDetail, Revoked,
+    Started,
+};
 
 /// ABD commands.
 #[derive(Debug, Subcommand)]
@@ -110,22 +107,22 @@ impl SshArgs {
 /// `abd ssh --address`: straight from this machine, without the server.
 pub async fn ssh_direct(args: SshArgs, config: &crate::config::Config) -> anyhow::Result<()> {
     let addr = args.address.context("ssh_direct needs --address")?;
-    let key = crate::abdssh::A3Key::load(&config.state_dir)?;
-    let target = crate::abdssh::Target {
+    let key = crate::ssh::A3Key::load(&config.state_dir)?;
+    let target = crate::ssh::Target {
         abd: args.abd.clone(),
         addr,
         host_key: args.host_key.clone(),
     };
     let command = args.remote_command();
     let timeout = std::time::Duration::from_secs(args.timeout);
-    let out = crate::abdssh::exec(&key, &target, &command, timeout).await?;
+    let out = crate::ssh::exec(&key, &target, &command, timeout).await?;
     print_ssh_output(&args.abd, &command, out)
 }
 
 fn print_ssh_output(
     abd: &str,
     command: &str,
-    out: crate::abdssh::ExecOutput,
+    out: crate::api::dto::ExecOutput,
 ) -> anyhow::Result<()> {
     print!("{}", out.stdout);
     if out.status != 0 {
@@ -260,10 +257,10 @@ pub async fn run(cmd: AbdCommand, api: &ApiClient) -> anyhow::Result<()> {
         }
         AbdCommand::Ssh(args) => {
             let command = args.remote_command();
-            let out: crate::abdssh::ExecOutput = api
+            let out: crate::api::dto::ExecOutput = api
                 .post(
                     &format!("/api/fleet/abds/{}/ssh", args.abd),
-                    &crate::api::fleet::SshCommand {
+                    &crate::api::dto::SshCommand {
                         command: command.clone(),
                         timeout_secs: args.timeout,
                     },

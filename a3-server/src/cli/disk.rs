@@ -11,9 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::client::{ApiClient, urlencode};
 use super::host::{print_json, print_table};
-use crate::api::disks::{BackupBody, RestoreBody};
-use crate::dataport::storage::VersionInfo;
-use crate::dataport::{Dispatched, JobState, JobStatus};
+use crate::api::dto::{BackupBody, Dispatched, JobState, JobStatus, RestoreBody, VersionInfo};
 
 /// Disk commands.
 #[derive(Debug, Subcommand)]

@@ -6,9 +6,7 @@ use anyhow::Context;
 use clap::Subcommand;
 
 use super::client::ApiClient;
-use crate::api::hosts::AddHost;
-use crate::catalog::inventory::HostRow;
-use crate::inventory::{AddedPool, RemovedPool, Trusted};
+use crate::api::dto::{AddHost, AddedPool, HostRow, RemovedPool, Trusted};
 
 /// Host commands.
 #[derive(Debug, Subcommand)]

@@ -9,10 +9,9 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use super::client::{ApiClient, urlencode};
 use super::host::{print_json, print_table};
-use crate::api::jobs::{JobDetail, JobSummary, VersionView};
-use crate::catalog::jobs::{CheckRow, LogLine};
-use crate::jobs::restore::RestoreSpec;
-use crate::jobs::{BackupSpec, Started};
+use crate::api::dto::{
+    BackupSpec, CheckRow, JobDetail, JobSummary, LogLine, RestoreSpec, Started, VersionView,
+};
 
 /// Backup commands.
 #[derive(Debug, Subcommand)]
@@ -141,7 +140,7 @@ pub async fn job(cmd: JobCommand, api: &ApiClient) -> anyhow::Result<()> {
                     vec![
                         j.job.id.to_string(),
                         j.job.kind,
-                        crate::jobs::restore::chrono_like_date(j.job.created_at),
+                        crate::util::clock::utc_minute(j.job.created_at),
                         state,
                         reason,
                     ]
@@ -194,7 +193,7 @@ pub async fn job(cmd: JobCommand, api: &ApiClient) -> anyhow::Result<()> {
             for l in lines {
                 println!(
                     "{}.{:03} {:5} {}",
-                    crate::jobs::restore::chrono_like_date(l.at_ms / 1000),
+                    crate::util::clock::utc_minute(l.at_ms / 1000),
                     l.at_ms % 1000,
                     l.level,
                     l.message
@@ -220,7 +219,7 @@ pub async fn version(cmd: VersionCommand, api: &ApiClient) -> anyhow::Result<()>
             vec![
                 v.id.to_string(),
                 v.vm_name,
-                crate::jobs::restore::chrono_like_date(v.created_at),
+                crate::util::clock::utc_minute(v.created_at),
                 v.disks
                     .iter()
                     .map(|(n, s)| format!("{n}:{s}"))

@@ -94,7 +94,7 @@ impl Cli {
 
 /// Runs one command to completion.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    crate::install_crypto_provider();
+    crate::util::install_crypto_provider();
     let mut config = cli.load_config()?;
     let runtime = tokio::runtime::Runtime::new()?;
     match cli.command {

@@ -4,8 +4,7 @@ use clap::Subcommand;
 
 use super::client::ApiClient;
 use super::host::{print_json, print_table};
-use crate::catalog::inventory::PoolRow;
-use crate::inventory::sync::SyncReport;
+use crate::api::dto::{PoolRow, SyncReport};
 
 /// Pool commands.
 #[derive(Debug, Subcommand)]

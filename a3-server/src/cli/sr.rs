@@ -4,7 +4,7 @@ use clap::Subcommand;
 
 use super::client::ApiClient;
 use super::host::{print_json, print_table};
-use crate::sr::PoolSr;
+use crate::api::dto::PoolSr;
 
 /// SR commands.
 #[derive(Debug, Subcommand)]

@@ -8,8 +8,9 @@ use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 
 use super::client::ApiClient;
 use super::host::print_json;
-use crate::api::store::{VerifyBody, VerifyState, VerifyStatus};
-use crate::store::{GcReport, StoreStats, VerifyReport, VersionId};
+use crate::api::dto::{
+    GcReport, StoreStats, VerifyBody, VerifyReport, VerifyState, VerifyStatus, VersionId,
+};
 
 /// Store commands.
 #[derive(Debug, Subcommand)]

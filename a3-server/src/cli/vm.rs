@@ -4,7 +4,7 @@ use clap::Subcommand;
 
 use super::client::ApiClient;
 use super::host::{human_bytes, print_json, print_table};
-use crate::catalog::inventory::VmRow;
+use crate::api::dto::VmRow;
 
 /// VM commands.
 #[derive(Debug, Subcommand)]

@@ -15,26 +15,9 @@ use super::wire;
 /// made a CBT incremental of ~300 chunks take 1.6 s, almost all of it waiting.
 const INSERTS_IN_FLIGHT: usize = 16;
 
-/// Manifests of finished disk jobs of VM backups, waiting for their VM's commit.
-#[derive(Clone, Default)]
-pub struct Handoffs(Arc<Mutex<std::collections::HashMap<u64, Manifest>>>);
-
-impl Handoffs {
-    fn put(&self, job: u64, manifest: Manifest) {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(job, manifest);
-    }
-
-    /// Takes the manifest of `job`.
-    pub fn take(&self, job: u64) -> Option<Manifest> {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&job)
-    }
-}
+/// Where the manifest of a disk of a VM backup goes, instead of a commit of its own: the VM
+/// backup commits one version with all of its disks.
+pub type Handoff = tokio::sync::oneshot::Sender<Result<Manifest, String>>;
 
 /// One running backup job.
 pub struct BackupWork {
@@ -51,8 +34,10 @@ pub struct BackupWork {
     assembler: Mutex<Option<Assembler>>,
     /// Taken by the commit; dropping it aborts the backup in the store.
     session: Mutex<Option<Arc<BackupSession>>>,
-    /// For a disk of a VM backup: where the manifest goes instead of a commit.
-    handoff: Option<Handoffs>,
+    /// For a disk of a VM backup: where the outcome goes instead of a commit.
+    handoff: Mutex<Option<Handoff>>,
+    /// Whether this is a disk of a VM backup (the handoff may be spent already).
+    hands_off: bool,
 }
 
 impl BackupWork {
@@ -66,7 +51,7 @@ impl BackupWork {
         base: Option<Manifest>,
         cbt: Option<CbtBitmap>,
         session: BackupSession,
-        handoff: Option<Handoffs>,
+        handoff: Option<Handoff>,
     ) -> BackupWork {
         BackupWork {
             job,
@@ -77,7 +62,8 @@ impl BackupWork {
             cbt,
             assembler: Mutex::new(None),
             session: Mutex::new(Some(Arc::new(session))),
-            handoff,
+            hands_off: handoff.is_some(),
+            handoff: Mutex::new(handoff),
         }
     }
 
@@ -87,6 +73,18 @@ impl BackupWork {
             .as_mut()
             .ok_or_else(|| "no data stream announced the disk size".to_owned())?;
         Ok(f(a))
+    }
+
+    /// Hands a disk of a VM backup its outcome (the first one only).
+    pub fn finish(&self, outcome: Result<Manifest, String>) {
+        let tx = self
+            .handoff
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(tx) = tx {
+            let _ = tx.send(outcome);
+        }
     }
 
     fn session(&self) -> Result<Arc<BackupSession>, String> {
@@ -208,11 +206,11 @@ impl BackupWork {
             .ok_or_else(|| format!("job {}: already committed or aborted", self.job))?;
         let session = Arc::try_unwrap(session)
             .map_err(|_| format!("job {}: data streams still running at commit", self.job))?;
-        if let Some(handoff) = &self.handoff {
+        if self.hands_off {
             // Every chunk is durable (each stream waited for its inserts before End); the
-            // VM's commit checks them all again under its own lease.
-            handoff.put(self.job, manifest);
+            // VM's commit checks them all again under the same lease.
             drop(session);
+            self.finish(Ok(manifest));
             return Ok(format!(
                 "disk '{}' stored, manifest handed to the VM backup",
                 self.disk

@@ -333,12 +333,13 @@ fn control(port: &DataPort, abd: &str, msg: AgentMsg) {
                         active.abd()
                     )),
                 };
-                port.lock_active().remove(&job);
                 match result {
                     Ok(version) => {
+                        port.lock_active().remove(&job);
                         tracing::info!(job, %version, "job succeeded");
                         port.jobs().set(job, JobState::Succeeded { version });
                     }
+                    // Removes the job, and hands a VM backup's disk its failure.
                     Err(reason) => port.fail(job, &reason),
                 }
             });

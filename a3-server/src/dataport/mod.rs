@@ -37,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::pki::Pki;
+use crate::store::Store;
 pub use jobs::{JobState, JobStatus, Jobs};
 use storage::StoreHandle;
 
@@ -123,7 +124,6 @@ struct Inner {
     jobs: Jobs,
     agents: Mutex<HashMap<String, AgentLink>>,
     active: Mutex<HashMap<u64, Active>>,
-    handoffs: backup::Handoffs,
     shutdown: CancellationToken,
     tasks: TaskTracker,
     conn_ids: std::sync::atomic::AtomicUsize,
@@ -149,9 +149,9 @@ pub struct BackupRequest {
 }
 
 /// One disk of a VM backup: the job stores the chunks and hands the manifest back
-/// ([`DataPort::take_manifest`]) instead of committing a version of its own; the caller
-/// commits the VM's version with all of its disks.
-#[derive(Debug, Clone)]
+/// ([`DiskJob::done`]) instead of committing a version of its own; the caller commits the
+/// VM's version with all of its disks.
+#[derive(Clone)]
 pub struct DiskBackupRequest {
     /// The ABD to run it.
     pub abd: String,
@@ -163,6 +163,17 @@ pub struct DiskBackupRequest {
     pub base: Option<a3_shared::proto::Manifest>,
     /// The CBT bitmap against that version (only with `base`).
     pub cbt: Option<CbtBitmap>,
+    /// The VM backup's store session: its one lease covers every disk.
+    pub session: Arc<crate::store::BackupSession>,
+}
+
+/// A disk job of a VM backup, dispatched.
+#[derive(Debug)]
+pub struct DiskJob {
+    /// The data-path job, for its progress.
+    pub id: u64,
+    /// The disk's manifest once stored, or why it failed.
+    pub done: tokio::sync::oneshot::Receiver<Result<a3_shared::proto::Manifest, String>>,
 }
 
 /// A restore to dispatch.
@@ -221,7 +232,7 @@ impl DataPort {
         listen: SocketAddr,
         state_dir: &std::path::Path,
         pki: Pki,
-        store: StoreHandle,
+        store: Store,
         shutdown: CancellationToken,
     ) -> anyhow::Result<(DataPort, JoinHandle<()>)> {
         let tls = Arc::new(pki.server_config(&endpoint::server_names(listen))?);
@@ -235,11 +246,10 @@ impl DataPort {
             inner: Arc::new(Inner {
                 addr,
                 pki,
-                store,
+                store: StoreHandle::new(store),
                 jobs: Jobs::default(),
                 agents: Mutex::new(HashMap::new()),
                 active: Mutex::new(HashMap::new()),
-                handoffs: backup::Handoffs::default(),
                 shutdown: shutdown.clone(),
                 tasks: TaskTracker::new(),
                 conn_ids: Default::default(),
@@ -302,11 +312,6 @@ impl DataPort {
     /// The job registry.
     pub fn jobs(&self) -> &Jobs {
         &self.inner.jobs
-    }
-
-    /// The store.
-    pub fn store(&self) -> &StoreHandle {
-        &self.inner.store
     }
 
     /// Connected ABD ids, with where they are and over what.
@@ -389,13 +394,16 @@ impl DataPort {
         Ok(Dispatched { job: id, notes })
     }
 
-    /// Starts one disk of a VM backup on the ABD's agent; see [`DiskBackupRequest`].
-    /// Returns the job id; once it succeeded, [`DataPort::take_manifest`] gives the disk's
-    /// manifest.
-    pub async fn start_disk_backup(&self, req: DiskBackupRequest) -> Result<u64, DispatchError> {
+    /// Starts one disk of a VM backup on the ABD's agent, under the VM backup's store
+    /// session; see [`DiskBackupRequest`]. The job hands its manifest back through
+    /// [`DiskJob::done`] instead of committing.
+    pub async fn start_disk_backup(
+        &self,
+        req: DiskBackupRequest,
+    ) -> Result<DiskJob, DispatchError> {
         let link = self.link(&req.abd)?;
         let block_size = DEFAULT_BLOCK_SIZE;
-        let session = self.inner.store.begin_backup(&req.label).await?;
+        let session = storage::BackupSession::shared(req.session);
         let mut base = req.base.filter(|b| b.block_size == block_size);
         let cbt = match (req.cbt, base.as_mut()) {
             (Some(mut cbt), Some(base)) => {
@@ -404,11 +412,19 @@ impl DataPort {
             }
             _ => None,
         };
-        let handoffs = Some(self.inner.handoffs.clone());
+        let (tx, done) = tokio::sync::oneshot::channel();
         let id = self.assign_backup(
-            &link, &req.abd, req.label, req.device, block_size, base, cbt, session, handoffs,
+            &link,
+            &req.abd,
+            req.label,
+            req.device,
+            block_size,
+            base,
+            cbt,
+            session,
+            Some(tx),
         );
-        Ok(id)
+        Ok(DiskJob { id, done })
     }
 
     /// Registers a backup job and sends its assignment to the ABD's agent; a job whose ABD
@@ -424,7 +440,7 @@ impl DataPort {
         base: Option<a3_shared::proto::Manifest>,
         cbt: Option<CbtBitmap>,
         session: storage::BackupSession,
-        handoffs: Option<backup::Handoffs>,
+        handoff: Option<backup::Handoff>,
     ) -> u64 {
         let id = self.inner.jobs.create("backup", abd, &disk, &device);
         let work = Arc::new(backup::BackupWork::new(
@@ -435,7 +451,7 @@ impl DataPort {
             base.clone(),
             cbt.clone(),
             session,
-            handoffs,
+            handoff,
         ));
         self.lock_active().insert(id, Active::Backup(work));
         let msg = A3Msg::Backup(BackupJob {
@@ -450,11 +466,6 @@ impl DataPort {
             self.fail(id, &format!("ABD '{abd}' disconnected as the job started"));
         }
         id
-    }
-
-    /// The manifest of a succeeded [`DataPort::start_disk_backup`] job (once).
-    pub fn take_manifest(&self, job: u64) -> Option<a3_shared::proto::Manifest> {
-        self.inner.handoffs.take(job)
     }
 
     /// Starts a restore on the ABD's agent.
@@ -529,7 +540,10 @@ impl DataPort {
     pub fn fail(&self, job: u64, reason: &str) {
         let was = self.lock_active().remove(&job);
         let reason = match was {
-            Some(Active::Backup(_)) => format!("{reason}; no version was committed"),
+            Some(Active::Backup(w)) => {
+                w.finish(Err(reason.to_owned()));
+                format!("{reason}; no version was committed")
+            }
             Some(Active::Hash(w)) => {
                 w.finish(Err(reason.to_owned()));
                 reason.to_owned()

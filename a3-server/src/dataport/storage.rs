@@ -6,7 +6,6 @@ use std::sync::Arc;
 use a3_shared::chunk::BlockId;
 use a3_shared::proto::{Manifest, WireId};
 
-pub use crate::store::VersionInfo;
 use crate::store::{Store, StoreError, VersionId};
 
 /// A store failure, or a blocking task that died.
@@ -46,11 +45,6 @@ impl StoreHandle {
     /// Wraps the opened store.
     pub fn new(store: Store) -> StoreHandle {
         StoreHandle { store }
-    }
-
-    /// The store itself.
-    pub fn store(&self) -> &Store {
-        &self.store
     }
 
     /// The manifest of the last committed version of `disk` (the subject and disk name of
@@ -109,19 +103,17 @@ impl StoreHandle {
         let store = self.store.clone();
         blocking(move || store.read_chunk(&BlockId(id))).await
     }
-
-    /// Committed versions, of `disk` or of all subjects.
-    pub async fn versions(&self, disk: Option<&str>) -> Result<Vec<VersionInfo>, StorageError> {
-        let store = self.store.clone();
-        let disk = disk.map(str::to_owned);
-        blocking(move || store.versions(disk.as_deref())).await
-    }
 }
 
 /// A backup being written. Dropping it (without [`BackupSession::commit`]) aborts it.
 pub struct BackupSession(Arc<crate::store::BackupSession>);
 
 impl BackupSession {
+    /// A session shared with its owner, a VM backup whose disks all go through it.
+    pub fn shared(session: Arc<crate::store::BackupSession>) -> BackupSession {
+        BackupSession(session)
+    }
+
     /// Which of `ids` the store has (touching them for GC).
     pub async fn has_chunks(&self, ids: Vec<WireId>) -> Result<Vec<bool>, StorageError> {
         let s = self.0.clone();

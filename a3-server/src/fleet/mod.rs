@@ -6,12 +6,14 @@
 //!
 //! - [`bootcfg`]: the `vm-data/abd/*` keys and the A3's DNS servers.
 //! - [`template`]: the ABD template in each pool's `Alike_SR`.
+//! - [`ips`]: each pool's static IP list for its ABDs.
 //!
 //! An ABD whose agent is not connected when claimed (it crashed, or its VM stopped) is
 //! restarted with a fresh enrollment token; if it still does not connect it is destroyed
 //! and a new one provisioned.
 
 pub mod bootcfg;
+pub mod ips;
 pub mod template;
 
 use std::sync::Arc;
@@ -302,14 +304,14 @@ impl Fleet {
     }
 
     /// The A3's SSH key, which every ABD's boot config names.
-    pub fn a3_key(&self) -> anyhow::Result<crate::abdssh::A3Key> {
-        crate::abdssh::A3Key::load_or_create(&self.config.state_dir)
+    pub fn a3_key(&self) -> anyhow::Result<crate::ssh::A3Key> {
+        Ok(crate::ssh::A3Key::load_or_create(&self.config.state_dir)?)
     }
 
     /// Where and how to reach an ABD over SSH: the address its agent reported
     /// (`vm-data/abd/assigned-ip`), else its static address, else the one it connects to
     /// port 2811 from; and the host key it published (`vm-data/abd/ssh-hostkey`), to pin.
-    pub async fn ssh_target(&self, id: &str) -> anyhow::Result<crate::abdssh::Target> {
+    pub async fn ssh_target(&self, id: &str) -> anyhow::Result<crate::ssh::Target> {
         let row = self
             .catalog
             .abd_vm_get(id)?
@@ -345,10 +347,10 @@ impl Fleet {
                 ),
             },
         };
-        Ok(crate::abdssh::Target {
+        Ok(crate::ssh::Target {
             abd: id.to_owned(),
-            addr: std::net::SocketAddr::new(ip, crate::abdssh::PORT),
-            host_key: key(crate::abdssh::XS_HOSTKEY),
+            addr: std::net::SocketAddr::new(ip, crate::ssh::PORT),
+            host_key: key(crate::ssh::XS_HOSTKEY),
         })
     }
 

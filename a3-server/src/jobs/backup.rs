@@ -12,6 +12,7 @@
 //! and nothing is committed; the last committed version's CBT base stays as it was.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use a3_shared::proto::{CbtBitmap, Manifest};
@@ -20,11 +21,14 @@ use anyhow::{Context, bail};
 use super::metadata::{self, VmMetadata};
 use super::{Engine, attach};
 use crate::catalog::run_log::RunLog;
-use crate::dataport::{DiskBackupRequest, JobState};
+use crate::dataport::{DiskBackupRequest, DiskJob};
 use crate::fleet::Held;
 use crate::store::VersionId;
 use crate::xapi::Session;
 use crate::xapi::ops::{self, NULL_REF, RUN_KEY};
+
+/// How often a disk's progress is published while it streams.
+const PROGRESS_EVERY: Duration = Duration::from_millis(500);
 
 /// A VM to back up.
 #[derive(Debug, Clone)]
@@ -73,7 +77,7 @@ pub async fn backup_vm(
             for vdi in snapshot_vdis(s, &rec).await?.into_values() {
                 ops::vdi_data_destroy(s, &vdi)
                     .await
-                    .with_context(|| format!("VDI.data_destroy of snapshot disk {vdi}"))?;
+                    .with_context(|| format!("data_destroy of snapshot disk {vdi}"))?;
             }
             ops::destroy_vm(s, &snap, true).await?;
             log.info(&format!(
@@ -133,11 +137,11 @@ async fn snapshot_and_stream(
             .ok()
             .map(|m| (v.id, m))
     });
-    let store = e.dataport().store().store().clone();
+    // One store session, and so one GC lease, for every disk of the VM.
     let session = {
-        let store = store.clone();
+        let store = e.store().clone();
         let subject = subject.clone();
-        tokio::task::spawn_blocking(move || store.begin_backup(&subject)).await??
+        Arc::new(tokio::task::spawn_blocking(move || store.begin_backup(&subject)).await??)
     };
 
     let mut manifests = Vec::new();
@@ -180,6 +184,7 @@ async fn snapshot_and_stream(
                 label: format!("{} {}", t.name, d.name),
                 base,
                 cbt,
+                session: session.clone(),
             })
             .await?;
         let manifest = wait_disk(e, run, &t.uuid, job).await?;
@@ -191,6 +196,7 @@ async fn snapshot_and_stream(
     }
 
     let json = serde_json::to_value(&meta)?;
+    let session = Arc::into_inner(session).context("a disk job still holds the store session")?;
     let id = tokio::task::spawn_blocking(move || {
         for (name, m) in manifests {
             session.add_disk(&name, m.into())?;
@@ -272,7 +278,7 @@ async fn incremental_base(
             return Ok((None, None));
         }
     };
-    let store = e.dataport().store().store().clone();
+    let store = e.store().clone();
     let name = d.name.clone();
     let version = *version;
     let base =
@@ -303,23 +309,24 @@ async fn snapshot_vdis(s: &Session, snap: &ops::Record) -> anyhow::Result<HashMa
     Ok(out)
 }
 
-/// Waits for a disk job, publishing its progress; returns its manifest.
-async fn wait_disk(e: &Engine, run: i64, subject: &str, job: u64) -> anyhow::Result<Manifest> {
+/// Waits for a disk job's manifest, publishing its progress meanwhile.
+async fn wait_disk(e: &Engine, run: i64, subject: &str, job: DiskJob) -> anyhow::Result<Manifest> {
+    let DiskJob { id, mut done } = job;
+    let mut tick = tokio::time::interval(PROGRESS_EVERY);
     loop {
-        let Some(status) = e.dataport().jobs().get(job) else {
-            bail!("data-path job {job} vanished");
-        };
-        e.set_progress(run, subject, status.done, status.total);
-        match status.state {
-            JobState::Succeeded { .. } => {
-                return e
-                    .dataport()
-                    .take_manifest(job)
-                    .with_context(|| format!("data-path job {job} succeeded without a manifest"));
+        tokio::select! {
+            outcome = &mut done => {
+                return match outcome {
+                    Ok(Ok(manifest)) => Ok(manifest),
+                    Ok(Err(reason)) => bail!("{reason}"),
+                    Err(_) => bail!("data-path job {id} ended without a result (the A3 is stopping)"),
+                };
             }
-            JobState::Failed { reason } => bail!("{reason}"),
-            JobState::Running | JobState::Finishing => {}
+            _ = tick.tick() => {
+                if let Some(status) = e.dataport().jobs().get(id) {
+                    e.set_progress(run, subject, status.done, status.total);
+                }
+            }
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -20,11 +20,11 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use super::{Engine, StartError, Started, attach};
-use crate::abdssh;
 use crate::catalog::jobs::CheckRow;
 use crate::catalog::run_log::RunLog;
 use crate::dataport::Transport;
 use crate::fleet::Held;
+use crate::ssh;
 use crate::util::clock::unix_now;
 use crate::xapi::Session;
 use crate::xapi::create::VdiSpec;
@@ -253,7 +253,7 @@ impl Engine {
             Ok(k) => k,
             Err(e) => return fail(format!("the A3's SSH key: {e:#}")),
         };
-        let out = match abdssh::exec(&key, &target, "diag --json", SSH_DIAG_TIMEOUT).await {
+        let out = match ssh::exec(&key, &target, "diag --json", SSH_DIAG_TIMEOUT).await {
             Ok(out) => out,
             Err(e) => return fail(e.to_string()),
         };

@@ -7,6 +7,8 @@
 //! - [`restore`]: the restore of a version as a new VM or over the original;
 //! - [`recovery`]: clean-up after a crash;
 //! - [`metadata`]: the VM metadata a version carries;
+//! - [`pools`]: adding a pool, with its `Alike_SR`;
+//! - [`verify`]: the store's verify runs, as background tasks clients poll;
 //!
 //! A backup run of N VMs with concurrency C holds at most C ABDs at once
 //! ([`crate::fleet`]); an ABD returns to idle when its VM is done, and the next VM reuses
@@ -16,8 +18,10 @@ pub mod attach;
 pub mod backup;
 pub mod diag;
 pub mod metadata;
+pub mod pools;
 pub mod recovery;
 pub mod restore;
+pub mod verify;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -32,6 +36,7 @@ use crate::config::Config;
 use crate::dataport::DataPort;
 use crate::fleet::Fleet;
 use crate::inventory::Inventory;
+use crate::store::Store;
 use crate::util::clock::unix_now;
 
 /// Why a job cannot start.
@@ -82,6 +87,7 @@ struct Inner {
     catalog: Catalog,
     inventory: Inventory,
     dataport: DataPort,
+    store: Store,
     fleet: Fleet,
     progress: Mutex<HashMap<i64, HashMap<String, Progress>>>,
     tasks: tokio_util::task::TaskTracker,
@@ -93,6 +99,7 @@ impl Engine {
         catalog: Catalog,
         inventory: Inventory,
         dataport: DataPort,
+        store: Store,
         config: Arc<Config>,
     ) -> Engine {
         let fleet = Fleet::new(catalog.clone(), inventory.clone(), dataport.clone(), config);
@@ -101,6 +108,7 @@ impl Engine {
                 catalog,
                 inventory,
                 dataport,
+                store,
                 fleet,
                 progress: Mutex::default(),
                 tasks: tokio_util::task::TaskTracker::new(),
@@ -111,6 +119,11 @@ impl Engine {
     /// The catalog.
     pub fn catalog(&self) -> &Catalog {
         &self.inner.catalog
+    }
+
+    /// The backup store.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
     }
 
     /// The inventory.

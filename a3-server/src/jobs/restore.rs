@@ -124,7 +124,7 @@ async fn as_new_vm(
 ) -> anyhow::Result<String> {
     let sr = target_sr(s, spec.sr.as_deref()).await?;
     let tag = vec![(RUN_KEY.to_owned(), run.to_string())];
-    let date = chrono_like_date(crate::util::clock::unix_now());
+    let date = crate::util::clock::utc_minute(crate::util::clock::unix_now());
     let name = format!("{} (restored {date})", meta.name_label);
     let vm = VmSpec {
         name_label: name.clone(),
@@ -277,7 +277,7 @@ async fn write_disk(
     vdi: &str,
     log: &RunLog,
 ) -> anyhow::Result<()> {
-    let store = e.dataport().store().store().clone();
+    let store = e.store().clone();
     let name = d.name.clone();
     let manifest = {
         let store = store.clone();
@@ -329,37 +329,4 @@ fn disk_stream(
             Some((bytes, i + 1))
         }
     })
-}
-
-/// `YYYY-MM-DD HH:MM` (UTC) of Unix seconds, for the restored VM's name.
-pub fn chrono_like_date(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}",
-        rem / 3600,
-        (rem % 3600) / 60
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dates_are_civil_utc() {
-        assert_eq!(chrono_like_date(0), "1970-01-01 00:00");
-        assert_eq!(chrono_like_date(1_795_564_800 + 3_660), "2026-11-25 01:01");
-        assert_eq!(chrono_like_date(951_782_400), "2000-02-29 00:00");
-    }
 }

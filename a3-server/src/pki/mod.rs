@@ -171,7 +171,7 @@ mod tests {
 
     #[test]
     fn ca_persists_and_enrollment_is_one_time() {
-        crate::install_crypto_provider();
+        crate::util::install_crypto_provider();
         let dir = tempfile::tempdir().unwrap();
         let catalog = Catalog::in_memory().unwrap();
         let pki = Pki::open(dir.path(), catalog.clone()).unwrap();

@@ -1,5 +1,13 @@
 //! Small helpers every layer may use; they depend on nothing else in the crate.
 //!
-//! - [`clock`]: wall-clock time as the catalog stores it.
+//! - [`clock`]: wall-clock time as the catalog stores it, and as listings show it.
+//! - [`install_crypto_provider`]: the one rustls provider every endpoint uses.
 
 pub mod clock;
+
+/// Installs rustls's `ring` provider as the process default (every TLS and QUIC endpoint
+/// uses it). Safe to call more than once.
+pub fn install_crypto_provider() {
+    // Err only means a provider is already installed.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

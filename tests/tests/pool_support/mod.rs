@@ -133,6 +133,7 @@ impl Sim {
         let req = match method {
             "GET" => http.get(url),
             "PUT" => http.put(url).body(body),
+            "DELETE" => http.delete(url),
             _ => http.post(url).body(body),
         }
         .basic_auth("root", Some(PASSWORD));

@@ -185,6 +185,13 @@ impl Api {
             Kind::Sync(h) => h,
         };
         let mut ctx = Ctx { st, host };
+        if let Some(e) = crate::faults::take(&mut ctx.st.faults, base) {
+            if is_async {
+                let task = task::run_async(&mut ctx, name, |_| Err(e));
+                return Ok(Outcome::Done(Response::Success(Value::from(task))));
+            }
+            return Err(e);
+        }
         if is_async {
             let task = task::run_async(&mut ctx, name, |ctx| handler(ctx, params));
             return Ok(Outcome::Done(Response::Success(Value::from(task))));

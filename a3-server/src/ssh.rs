@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::Context;
 use russh::ChannelMsg;
 use russh::client;
 use russh::keys::{Algorithm, HashAlg, PrivateKey, PublicKey};
@@ -26,6 +25,34 @@ pub const PORT: u16 = 22;
 /// The user name the A3 logs in as (the agent ignores it: only the key counts).
 const USER: &str = "a3";
 
+/// Why the A3's key cannot be made or read.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// A file or directory of the key.
+    #[error(
+        "the A3's SSH key {path}: cannot {what}: {source} (`a3-server serve` makes it at start)"
+    )]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// What failed.
+        what: &'static str,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The key file cannot be written.
+    #[error("the A3's SSH key: {0}")]
+    Write(#[from] a3_shared::durable::WriteError),
+    /// The key file holds no OpenSSH key, or a new key cannot be encoded.
+    #[error("the A3's SSH key {path}: {source}")]
+    Key {
+        /// The key file.
+        path: PathBuf,
+        /// The error.
+        source: russh::keys::ssh_key::Error,
+    },
+}
+
 /// The A3's SSH key.
 #[derive(Clone)]
 pub struct A3Key {
@@ -35,7 +62,7 @@ pub struct A3Key {
 impl A3Key {
     /// Loads the A3's key from `state_dir`, making it on first use (the server does at
     /// start).
-    pub fn load_or_create(state_dir: &Path) -> anyhow::Result<A3Key> {
+    pub fn load_or_create(state_dir: &Path) -> Result<A3Key, KeyError> {
         let path = key_path(state_dir);
         if path.exists() {
             return A3Key::load(state_dir);
@@ -47,19 +74,31 @@ impl A3Key {
                 .recursive(true)
                 .mode(0o700)
                 .create(dir)
-                .with_context(|| format!("{}: cannot create", dir.display()))?;
+                .map_err(|source| KeyError::Io {
+                    path: dir.to_owned(),
+                    what: "create",
+                    source,
+                })?;
         }
+        let key_err = |source| KeyError::Key {
+            path: path.clone(),
+            source,
+        };
         let mut key = PrivateKey::random(&mut russh::keys::key::safe_rng(), Algorithm::Ed25519)
-            .context("cannot generate the A3's SSH key")?;
+            .map_err(key_err)?;
         key.set_comment("a3");
         let pem = key
             .to_openssh(russh::keys::ssh_key::LineEnding::LF)
-            .context("cannot encode the A3's SSH key")?;
+            .map_err(key_err)?;
         a3_shared::durable::write_private(&path, pem.as_bytes())?;
         let a3 = A3Key { key: Arc::new(key) };
         // The public half, for admins who want to reach an ABD with OpenSSH.
-        std::fs::write(path.with_extension("pub"), a3.public_line() + "\n")
-            .with_context(|| format!("{}.pub: cannot write", path.display()))?;
+        let public = path.with_extension("pub");
+        std::fs::write(&public, a3.public_line() + "\n").map_err(|source| KeyError::Io {
+            path: public.clone(),
+            what: "write",
+            source,
+        })?;
         tracing::info!(
             "made the A3's SSH key {} ({})",
             path.display(),
@@ -69,16 +108,14 @@ impl A3Key {
     }
 
     /// Loads the A3's key from `state_dir`.
-    pub fn load(state_dir: &Path) -> anyhow::Result<A3Key> {
+    pub fn load(state_dir: &Path) -> Result<A3Key, KeyError> {
         let path = key_path(state_dir);
-        let pem = std::fs::read_to_string(&path).with_context(|| {
-            format!(
-                "the A3's SSH key {}: cannot read (`a3-server serve` makes it at start)",
-                path.display()
-            )
+        let pem = std::fs::read_to_string(&path).map_err(|source| KeyError::Io {
+            path: path.clone(),
+            what: "read",
+            source,
         })?;
-        let key = PrivateKey::from_openssh(pem)
-            .with_context(|| format!("the A3's SSH key {}: not an OpenSSH key", path.display()))?;
+        let key = PrivateKey::from_openssh(pem).map_err(|source| KeyError::Key { path, source })?;
         Ok(A3Key { key: Arc::new(key) })
     }
 
