@@ -510,6 +510,7 @@ fn load_or_build(config: &SimConfig) -> Result<State, SimError> {
             password: saved.password,
             next_domid: saved.next_domid,
             abd: None,
+            knobs: Default::default(),
         };
         if let Some(pw) = &config.password {
             st.password = pw.clone();
@@ -528,6 +529,7 @@ fn load_or_build(config: &SimConfig) -> Result<State, SimError> {
             .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()),
         next_domid: 1,
         abd: None,
+        knobs: Default::default(),
     };
     let plan = Plan {
         hosts: config.hosts,

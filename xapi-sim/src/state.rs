@@ -34,6 +34,8 @@ pub struct State {
     pub next_domid: i64,
     /// The process backend for ABD VMs, when the simulator runs them (`--abd-agent`).
     pub abd: Option<crate::abd::Hook>,
+    /// The simulated-only test knobs (not saved).
+    pub knobs: crate::knobs::SimKnobs,
 }
 
 impl State {
