@@ -303,10 +303,10 @@ fn xapi_method_names(source: &str) -> Vec<String> {
         let rest = &code[i + 1..];
         let rest = rest.strip_prefix("Async.").unwrap_or(rest);
         for class in XAPI_CLASSES {
-            if let Some(after) = rest.strip_prefix(class).and_then(|r| r.strip_prefix('.')) {
-                if after.starts_with(|c: char| c.is_ascii_lowercase()) {
-                    found.push(format!("\"{class}.{}", ident_at(after)));
-                }
+            if let Some(after) = rest.strip_prefix(class).and_then(|r| r.strip_prefix('.'))
+                && after.starts_with(|c: char| c.is_ascii_lowercase())
+            {
+                found.push(format!("\"{class}.{}", ident_at(after)));
             }
         }
     }

@@ -5,6 +5,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use crate::catalog::ip_pool::IpListError;
 use crate::dataport::DispatchError;
 use crate::fleet::ips::IpsError;
 use crate::inventory::InventoryError;
@@ -160,14 +161,12 @@ impl From<IpsError> for ApiError {
             IpsError::UnknownPool(_) | IpsError::UnknownNetwork { .. } => {
                 ApiError::not_found(e.to_string())
             }
-            IpsError::BadAddress(_) | IpsError::List(_) | IpsError::Inventory(_) => {
-                ApiError::bad_request(e.to_string())
-            }
-            IpsError::Xapi(_) => ApiError {
-                status: StatusCode::BAD_GATEWAY,
-                message: e.to_string(),
-            },
-            IpsError::Catalog(c) => c.into(),
+            // The pool's answers count as the request's fault, as before the move.
+            IpsError::BadAddress(_)
+            | IpsError::List(IpListError::InUse { .. })
+            | IpsError::Inventory(_)
+            | IpsError::Xapi(_) => ApiError::bad_request(e.to_string()),
+            IpsError::List(IpListError::Catalog(c)) | IpsError::Catalog(c) => c.into(),
         }
     }
 }

@@ -11,7 +11,7 @@ use axum::{Json, Router};
 use super::dto::{VerifyBody, VerifyStatus};
 use super::{ApiError, AppState, blocking};
 use crate::jobs::verify::KEEP_FINISHED;
-use crate::store::{GcReport, Store, StoreStats};
+use crate::store::{GcReport, StoreStats};
 
 /// The routes.
 pub fn routes() -> Router<AppState> {
@@ -22,17 +22,13 @@ pub fn routes() -> Router<AppState> {
         .route("/api/store/verify/{id}", get(verify_status))
 }
 
-fn store_of(state: &AppState) -> Store {
-    state.store.clone()
-}
-
 async fn stats(State(state): State<AppState>) -> Result<Json<StoreStats>, ApiError> {
-    let store = store_of(&state);
+    let store = state.store.clone();
     Ok(Json(blocking(move || store.stats()).await?))
 }
 
 async fn gc(State(state): State<AppState>) -> Result<Json<GcReport>, ApiError> {
-    let store = store_of(&state);
+    let store = state.store.clone();
     Ok(Json(blocking(move || store.gc()).await?))
 }
 
@@ -40,7 +36,7 @@ async fn start_verify(
     State(state): State<AppState>,
     Json(body): Json<VerifyBody>,
 ) -> Result<Json<VerifyStatus>, ApiError> {
-    let store = store_of(&state);
+    let store = state.store.clone();
     let runs = state.verify_runs.clone();
     Ok(Json(
         blocking(move || runs.start(store, body.version)).await?,
