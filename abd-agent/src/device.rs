@@ -96,16 +96,42 @@ async fn resolve_in(
     }
 }
 
-/// Opens `device` for reading and returns it with its size (works for block devices, whose
-/// metadata length is 0).
+/// `BLKROSET` from linux/fs.h: `_IO(0x12, 93)`.
+const BLKROSET: u32 = 0x125d;
+
+/// Opens `device` for reading (`O_RDONLY`) and returns it with its size (works for block
+/// devices, whose metadata length is 0). A block device is first set read-only in the
+/// kernel: an HVM ABD gets snapshot disks plugged read-write (xapi refuses read-only disks
+/// for HVM guests), and nothing in the guest may write them.
 pub async fn open_read(device: &str) -> anyhow::Result<(File, u64)> {
     let path = resolve(device).await?;
     let mut f =
         File::open(&path).with_context(|| format!("device {}: cannot open", path.display()))?;
+    if is_block_device(&f) {
+        set_read_only(&f).with_context(|| {
+            format!(
+                "device {}: cannot set it read-only (BLKROSET)",
+                path.display()
+            )
+        })?;
+    }
     let size = f
         .seek(SeekFrom::End(0))
         .with_context(|| format!("device {}: cannot find its size", path.display()))?;
     Ok((f, size))
+}
+
+/// Makes the kernel refuse writes to the block device `f` until it is set read-write.
+fn set_read_only(f: &File) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: BLKROSET reads one int through the pointer, which outlives the call; the fd
+    // is open for the call's duration.
+    let rc = unsafe { libc::ioctl(f.as_raw_fd(), BLKROSET as _, &on) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Whether `f` is a block device (zero ranges must then be written, not left as holes).

@@ -159,6 +159,9 @@ fn main_exec(cli: Cli) -> anyhow::Result<()> {
             if state_dir.is_some() {
                 boot.agent.state_dir = state_dir;
             }
+            if let Some(xs) = xs.as_mut() {
+                xenbus::report_pv_features(Some(xs));
+            }
             // As a process the agent leaves the NICs alone: its address is the one it binds.
             let lease = std::env::var(bootcfg::SIM_DHCP_ENV).ok();
             let mut ssh_ip = Ipv4Addr::UNSPECIFIED;

@@ -18,6 +18,33 @@ pub const ABD_DIR: &str = "vm-data/abd";
 /// Where the ABD reports the address it got.
 pub const ASSIGNED_IP: &str = "vm-data/abd/assigned-ip";
 
+/// The nodes through which a guest's PV drivers claim disk and NIC hot-plug; xapi's guest
+/// agent reads them into `VM_guest_metrics.can_use_hotplug_vbd`/`_vif`
+/// (xen-api `ocaml/xapi/xapi_guest_agent.ml`), and refuses hot-plug into an HVM guest
+/// without them (`VM_MISSING_PV_DRIVERS`). The agent's kernel has blkfront and netfront.
+pub const PV_FEATURES: [&str; 2] = ["feature/hotplug/vbd", "feature/hotplug/vif"];
+/// The console line carrying a xenstore write where there is no xenstore (qemu):
+/// `abd-xenstore-write: <path>=<value>`; xapi-sim's qemu backend applies it.
+pub const CONSOLE_WRITE: &str = "abd-xenstore-write: ";
+
+/// Claims hot-plug support ([`PV_FEATURES`] = 1): in xenstore, else on the console.
+pub fn report_pv_features(xs: Option<&mut Xenstore<Transport>>) {
+    match xs {
+        Some(xs) => {
+            for node in PV_FEATURES {
+                if let Err(e) = xs.write(node, "1") {
+                    tracing::error!("xenstore: cannot write {node}: {e:#}");
+                }
+            }
+        }
+        None => {
+            for node in PV_FEATURES {
+                eprintln!("{CONSOLE_WRITE}{node}=1");
+            }
+        }
+    }
+}
+
 /// A byte stream to xenstored: the xenbus character device or a unix socket.
 pub type Transport = Box<dyn ReadWrite + Send>;
 

@@ -9,6 +9,11 @@ use crate::recipe::{MEMORY_BYTES, TEMPLATE_VERSION};
 /// `Ref:2/%08d`.
 pub const DISK_REF: &str = "Ref:2";
 
+/// The export-local reference of the SR the disk comes from.
+const SR_REF: &str = "Ref:5";
+/// XAPI's null reference.
+const NULL: &str = "OpaqueRef:NULL";
+
 /// `other_config` key that hides a VM from XenCenter.
 pub const HIDE_KEY: &str = "HideFromXenCenter";
 /// `other_config` key carrying the template's version, so the A3 can tell when to upgrade.
@@ -81,7 +86,31 @@ pub fn template_ova(disk_size: u64) -> Value {
         ("tags", Value::Array(vec![])),
         ("VBDs", Value::Array(vec![s("Ref:1")])),
         ("VIFs", Value::Array(vec![s("Ref:3")])),
+        ("user_version", s("1")),
+        ("resident_on", s(NULL)),
+        ("affinity", s(NULL)),
+        ("PV_ramdisk", s("")),
+        ("PV_bootloader_args", s("")),
+        ("PV_legacy_args", s("")),
+        ("PCI_bus", s("")),
+        ("domid", s("-1")),
+        ("domarch", s("")),
+        ("is_control_domain", Value::Bool(false)),
+        ("metrics", s(NULL)),
+        ("guest_metrics", s(NULL)),
+        ("recommendations", s("")),
+        ("domain_type", s("hvm")),
     ]);
+    let qos = || {
+        [
+            ("qos_algorithm_type", s("")),
+            ("qos_algorithm_params", empty()),
+            ("qos_supported_algorithms", Value::Array(vec![])),
+            ("status_code", s("0")),
+            ("status_detail", s("")),
+            ("runtime_properties", empty()),
+        ]
+    };
     let vbd = map(&[
         ("uuid", s("")),
         ("VM", s("Ref:0")),
@@ -94,7 +123,11 @@ pub fn template_ova(disk_size: u64) -> Value {
         ("empty", Value::Bool(false)),
         ("unpluggable", Value::Bool(false)),
         ("other_config", empty()),
-    ]);
+        ("storage_lock", Value::Bool(false)),
+    ]
+    .into_iter()
+    .chain(qos())
+    .collect::<Vec<_>>());
     let vdi = map(&[
         ("uuid", s("")),
         ("name_label", s("ABD boot disk")),
@@ -106,6 +139,12 @@ pub fn template_ova(disk_size: u64) -> Value {
         ("VBDs", Value::Array(vec![s("Ref:1")])),
         ("other_config", empty()),
         ("sm_config", empty()),
+        ("SR", s(SR_REF)),
+        ("physical_utilisation", s(&disk_size.to_string())),
+        ("storage_lock", Value::Bool(false)),
+        ("managed", Value::Bool(true)),
+        ("missing", Value::Bool(false)),
+        ("parent", s(NULL)),
     ]);
     let vif = map(&[
         ("uuid", s("")),
@@ -114,6 +153,23 @@ pub fn template_ova(disk_size: u64) -> Value {
         ("device", s("0")),
         ("MAC", s("")),
         ("MTU", s("1500")),
+        ("other_config", empty()),
+    ]
+    .into_iter()
+    .chain(qos())
+    .collect::<Vec<_>>());
+    // The SR the disk was exported from; xapi's import looks it up (it must be in the
+    // export) and puts the disk on the import's SR.
+    let sr = map(&[
+        ("uuid", s("")),
+        ("name_label", s("Alike_SR")),
+        ("VDIs", Value::Array(vec![s(DISK_REF)])),
+        ("virtual_allocation", s(&disk_size.to_string())),
+        ("physical_utilisation", s(&disk_size.to_string())),
+        ("physical_size", s("0")),
+        ("type", s("nfs")),
+        ("content_type", s("user")),
+        ("shared", Value::Bool(true)),
         ("other_config", empty()),
     ]);
     let network = map(&[
@@ -144,6 +200,7 @@ pub fn template_ova(disk_size: u64) -> Value {
                 object("VDI", DISK_REF, vdi),
                 object("VIF", "Ref:3", vif),
                 object("network", "Ref:4", network),
+                object("SR", SR_REF, sr),
             ]),
         ),
     ])
@@ -173,6 +230,23 @@ mod tests {
             .iter()
             .map(|o| o.get_str("class").unwrap())
             .collect();
-        assert_eq!(classes, ["VM", "VBD", "VDI", "VIF", "network"]);
+        assert_eq!(classes, ["VM", "VBD", "VDI", "VIF", "network", "SR"]);
+    }
+
+    #[test]
+    fn every_record_has_the_fields_xapi_import_requires() {
+        let ova = template_ova(32 << 20);
+        for o in ova.get("objects").unwrap().as_array().unwrap() {
+            let class = o.get_str("class").unwrap();
+            assert!(
+                a3_shared::ova_fields::required(class).is_some(),
+                "{class} has no required-fields list"
+            );
+            let missing = a3_shared::ova_fields::missing(class, o.get("snapshot").unwrap());
+            assert_eq!(
+                missing, None,
+                "the template's {class} record lacks {missing:?}"
+            );
+        }
     }
 }

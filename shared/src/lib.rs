@@ -4,7 +4,8 @@
 //! - `xapi_wire`: XAPI's XML-RPC and JSON-RPC encodings, spoken by the A3's XAPI client and
 //!   by the pool simulator.
 //! - `vhd` and `xva`: the disk and VM formats XAPI imports and exports (the ABD template,
-//!   disk exports), with bounded, verifying readers.
+//!   disk exports), with bounded, verifying readers; `ova_fields`: the `ova.xml` fields
+//!   xapi's import requires.
 //! - `xenstore`: the xenstore wire protocol the ABD speaks over `/dev/xen/xenbus`.
 //! - the port-2811 protocol (messages, framing, state machines), block hashing and chunk
 //!   encoding, spoken by the A3 and the ABD agent.
@@ -19,6 +20,7 @@ pub mod chunk;
 pub mod dhcp;
 pub mod durable;
 pub mod formats;
+pub mod ova_fields;
 pub mod portmap;
 pub mod proto;
 pub mod tls;

@@ -176,3 +176,47 @@ async fn abds_are_persistent_and_restores_are_bit_exact() {
     }
     assert_nothing_left(&sim.inventory().await);
 }
+
+/// A VM on a host-local SR is backed up through an ABD on that host, started there with
+/// `VM.start_on`: xapi attaches a host-local VDI only to a VM on its host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_on_host_local_storage_uses_an_abd_on_its_host() {
+    let scratch = tempfile::Builder::new()
+        .prefix("a3-pool-local-")
+        .tempdir()
+        .unwrap();
+    let (base, a3_ip) = pool_support::addresses();
+    // demo-vm-001's disks are on the second host's local SR.
+    let sim = Sim::start(&scratch.path().join("sim"), &base, 2, 2, "4MiB");
+    let a3 = A3::start(&scratch.path().join("a3"), &a3_ip);
+    a3.add_pool(&sim);
+    alike_sr(&sim).await;
+    let inv = sim.inventory().await;
+    let (uuid, name) = user_vms(&inv)
+        .into_iter()
+        .find(|(_, n)| n == "demo-vm-001")
+        .expect("demo-vm-001");
+    let (_, vdi, _) = disks_of(&inv, &uuid)[0].clone();
+    let vdi_rec = objects(&inv, "VDI")
+        .into_iter()
+        .find(|v| v["uuid"] == vdi)
+        .unwrap();
+    let sr = &inv["objects"]["SR"][vdi_rec["SR"].as_str().unwrap()];
+    assert_eq!(sr["shared"], false, "{sr}");
+    let pbd = &inv["objects"]["PBD"][sr["PBDs"][0].as_str().unwrap()];
+    let disk_host = pbd["host"].as_str().unwrap().to_owned();
+    assert_ne!(disk_host, inv["master"], "the disk is on the second host");
+
+    a3.backup(&[&name], 1)
+        .unwrap_or_else(|e| panic!("backup: {e}\nA3 log: {}", a3.log_path().display()));
+    let abds = a3.abd_vms();
+    assert_eq!(abds.len(), 1, "{abds:?}");
+    let inv = sim.inventory().await;
+    let abd_vm = vm_by_uuid(&inv, abds[0]["vm_uuid"].as_str().unwrap());
+    assert_eq!(
+        abd_vm["resident_on"],
+        disk_host.as_str(),
+        "the ABD runs on the disk's host"
+    );
+    assert_nothing_left(&inv);
+}

@@ -135,8 +135,23 @@ async fn restores_in_place_to_another_sr_and_never_leave_half_a_vm() {
         .await
         .unwrap();
 
-    // A corrupt chunk: the restore fails, says so, and takes its half-made VM away.
+    // A write the pool fails: xapi answers 200 and reports the failure in the import's
+    // task; the restore fails with xapi's error and takes its half-made VM away.
     let vdis_before = objects(&sim.inventory().await, "VDI").len();
+    let (status, _) = sim
+        .control("POST", "import-write-failure?after=1048576", vec![])
+        .await;
+    assert_eq!(status, 200);
+    let out = a3.cli(&["restore", &version]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a failed write fails the restore");
+    assert!(err.contains("VDI_IO_ERROR"), "xapi's error: {err}");
+    let inv = sim.inventory().await;
+    assert!(restored_vms(&inv, &name).is_empty(), "no half-restored VM");
+    assert_eq!(objects(&inv, "VDI").len(), vdis_before, "no disk left");
+    assert_nothing_left(&inv);
+
+    // A corrupt chunk: the restore fails, says so, and takes its half-made VM away.
     for chunk in chunk_files(&a3.state) {
         let mut bytes = std::fs::read(&chunk).unwrap();
         let last = bytes.len() - 1;

@@ -151,7 +151,8 @@ async fn abd_vms_run_as_agent_processes() {
         "connected from {from}"
     );
 
-    // Hot-plug a snapshot of a demo VM's disk, read-only, as xvdb of the static ABD.
+    // Hot-plug a snapshot of a demo VM's disk as xvdb of the static ABD: read-write, as xapi
+    // refuses read-only disks in HVM guests; the agent only reads it.
     let demo = s
         .call("VM.get_by_name_label", &["demo-vm-001".into()])
         .await
@@ -173,19 +174,31 @@ async fn abd_vms_run_as_agent_processes() {
     )
     .await;
     let snap_uuid = str_call(&s, "VDI.get_uuid", &[snap.as_str().into()]).await;
-    let mut vbd_rec = BTreeMap::new();
-    for (k, v) in [
-        ("VM", Value::from(vm_fixed.as_str())),
-        ("VDI", Value::from(snap.as_str())),
-        ("userdevice", Value::from("1")),
-        ("mode", Value::from("RO")),
-        ("type", Value::from("Disk")),
-        ("bootable", Value::Bool(false)),
-        ("empty", Value::Bool(false)),
-    ] {
-        vbd_rec.insert(k.to_owned(), v);
-    }
-    let vbd = str_call(&s, "VBD.create", &[Value::Struct(vbd_rec)]).await;
+    let snap_vbd = |mode: &str| {
+        let mut rec = BTreeMap::new();
+        for (k, v) in [
+            ("VM", Value::from(vm_fixed.as_str())),
+            ("VDI", Value::from(snap.as_str())),
+            ("userdevice", Value::from("1")),
+            ("mode", Value::from(mode)),
+            ("type", Value::from("Disk")),
+            ("bootable", Value::Bool(false)),
+            ("empty", Value::Bool(false)),
+        ] {
+            rec.insert(k.to_owned(), v);
+        }
+        Value::Struct(rec)
+    };
+    let ro = str_call(&s, "VBD.create", &[snap_vbd("RO")]).await;
+    let refused = s.call("VBD.plug", &[ro.as_str().into()]).await.unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("DISK_VBD_MUST_BE_READWRITE_FOR_HVM"),
+        "{refused}"
+    );
+    s.call("VBD.destroy", &[ro.as_str().into()]).await.unwrap();
+    let vbd = str_call(&s, "VBD.create", &[snap_vbd("RW")]).await;
     s.call("VBD.plug", &[vbd.as_str().into()]).await.unwrap();
     let fixed_uuid = str_call(&s, "VM.get_uuid", &[vm_fixed.as_str().into()]).await;
     let xvdb = sim.abd_dir(&fixed_uuid).join("dev/xvdb");
@@ -197,7 +210,7 @@ async fn abd_vms_run_as_agent_processes() {
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(
         std::fs::metadata(&xvdb).unwrap().permissions().mode() & 0o777,
-        0o444
+        0o644
     );
 
     // Back it up by device id through the A3, restore it, and compare with the VDI.

@@ -16,6 +16,9 @@
 //! | `POST /sim/faults?method=M&code=C&params=P&skip=N` | the call of `M` (or `Async.M`) after `N` more fails with `[C, P split at commas…]` (see [`crate::faults`]) |
 //! | `DELETE /sim/faults` | disarms every injected failure |
 //! | `POST /sim/vms/{vm}/kill` | SIGKILLs a running ABD's agent process or qemu (XAPI is not told; the VM restarts it) |
+//! | `POST /sim/vms/{vm}/guest-tools?present=false` | simulated-only: the guest loses its PV tools (no guest metrics; HVM hot-plug is refused); `present=true` gives them back |
+//! | `POST /sim/vbds/{vbd}/held?held=true` | simulated-only: the guest holds the device open, so `VBD.unplug` is rejected (`DEVICE_DETACH_REJECTED`) until `held=false` or an `unplug_force` |
+//! | `POST /sim/import-write-failure?after=N` | simulated-only: the next `PUT /import_raw_vdi` fails its write after N bytes (`VDI_IO_ERROR` in its task) |
 //!
 //! `{vdi}` and `{vm}` are a ref or uuid; `{host}` a ref, uuid or address. A host cannot take its own
 //! listener down (the reply would be cut off): send `down` through another host.
@@ -31,10 +34,10 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode, header};
 use serde_json::json;
 
-use crate::abd;
 use crate::api::vdi;
 use crate::server::{query, with_type};
 use crate::sim::Shared;
+use crate::{abd, guest_agent};
 
 type Reply = Result<Response<Body>, (StatusCode, String)>;
 
@@ -66,6 +69,9 @@ pub async fn handle(shared: Arc<Shared>, host: String, req: Request<Incoming>) -
             shared.lock().faults.clear();
             Ok(json_reply(StatusCode::OK, json!({ "faults": 0 })))
         }
+        (Method::POST, ["vms", id, "guest-tools"]) => guest_tools(&shared, id, &req),
+        (Method::POST, ["vbds", id, "held"]) => held(&shared, id, &req),
+        (Method::POST, ["import-write-failure"]) => import_write_failure(&shared, &req),
         _ => Err((
             StatusCode::NOT_FOUND,
             format!("no control endpoint {path}; see the xapi-sim README"),
@@ -264,17 +270,86 @@ fn make_master(shared: &Shared, req: &Request<Incoming>) -> Reply {
     Ok(json_reply(StatusCode::OK, json!({ "master": id })))
 }
 
+fn find_vm(st: &crate::state::State, id: &str) -> Result<String, (StatusCode, String)> {
+    if st.db.exists("VM", id) {
+        return Ok(id.to_owned());
+    }
+    st.db
+        .by_uuid("VM", id)
+        .map_err(|_| (StatusCode::NOT_FOUND, format!("no VM {id:?}")))
+}
+
+fn flag(req: &Request<Incoming>, key: &str) -> Result<bool, (StatusCode, String)> {
+    match query(req).get(key).map(String::as_str) {
+        Some("true") => Ok(true),
+        Some("false") => Ok(false),
+        other => Err(bad(format!(
+            "{key}={other:?}: give {key}=true or {key}=false"
+        ))),
+    }
+}
+
+/// Simulated-only: a guest without PV tools has no guest metrics (until they are back).
+fn guest_tools(shared: &Shared, id: &str, req: &Request<Incoming>) -> Reply {
+    let present = flag(req, "present")?;
+    {
+        let mut st = shared.lock();
+        let vm = find_vm(&st, id)?;
+        let running = st.db.str_field("VM", &vm, "power_state").map_err(bad)? == "Running";
+        let has_metrics = st
+            .db
+            .str_field("VM", &vm, "guest_metrics")
+            .is_ok_and(|gm| st.db.exists("VM_guest_metrics", &gm));
+        if present {
+            st.knobs.no_guest_tools.remove(&vm);
+            if running && !has_metrics {
+                guest_agent::invented(&mut st, &vm, "").map_err(bad)?;
+            }
+        } else {
+            st.knobs.no_guest_tools.insert(vm.clone());
+            guest_agent::forget(&mut st, &vm).map_err(bad)?;
+        }
+    }
+    shared.changed();
+    Ok(json_reply(
+        StatusCode::OK,
+        json!({ "vm": id, "present": present }),
+    ))
+}
+
+/// Simulated-only: the next raw VDI import fails after `after` bytes.
+fn import_write_failure(shared: &Shared, req: &Request<Incoming>) -> Reply {
+    let after = num(&query(req), "after")?.ok_or_else(|| bad("give ?after=<bytes>"))?;
+    shared.lock().knobs.import_write_failure_after = Some(after);
+    Ok(json_reply(StatusCode::OK, json!({ "after": after })))
+}
+
+/// Simulated-only: the guest holds a VBD's device open (or lets it go).
+fn held(shared: &Shared, id: &str, req: &Request<Incoming>) -> Reply {
+    let held = flag(req, "held")?;
+    let mut st = shared.lock();
+    let vbd = if st.db.exists("VBD", id) {
+        id.to_owned()
+    } else {
+        st.db
+            .by_uuid("VBD", id)
+            .map_err(|_| (StatusCode::NOT_FOUND, format!("no VBD {id:?}")))?
+    };
+    if held {
+        st.knobs.held_vbds.insert(vbd.clone());
+    } else {
+        st.knobs.held_vbds.remove(&vbd);
+    }
+    Ok(json_reply(
+        StatusCode::OK,
+        json!({ "vbd": vbd, "held": held }),
+    ))
+}
+
 async fn kill_abd(shared: &Shared, id: &str) -> Reply {
     let (vm, hook) = {
         let st = shared.lock();
-        let vm = if st.db.exists("VM", id) {
-            id.to_owned()
-        } else {
-            st.db
-                .by_uuid("VM", id)
-                .map_err(|_| (StatusCode::NOT_FOUND, format!("no VM {id:?}")))?
-        };
-        (vm, st.abd.clone())
+        (find_vm(&st, id)?, st.abd.clone())
     };
     let hook = hook.ok_or_else(|| {
         (

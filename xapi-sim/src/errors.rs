@@ -96,9 +96,30 @@ pub fn vm_is_template(vm: &str) -> ApiError {
     err("VM_IS_TEMPLATE", [vm])
 }
 
-/// `VDI_IN_USE [vdi, op]`
+/// `VDI_IN_USE [vdi, op]`, as `VDI.destroy` and `VDI.data_destroy` raise it (xapi_vdi.ml).
 pub fn vdi_in_use(vdi: &str, op: &str) -> ApiError {
     err("VDI_IN_USE", [vdi, op])
+}
+
+/// `VDI_IN_USE [vdi]`, as the sharing check of `VBD.plug` and `VM.start` raises it
+/// (xapi_vbd_helpers.ml).
+pub fn vdi_in_use_by_vbd(vdi: &str) -> ApiError {
+    err("VDI_IN_USE", [vdi])
+}
+
+/// `VDI_READONLY [vdi]`: a read-write VBD of a read-only VDI (xapi_vbd.ml, xapi_vbd_helpers.ml).
+pub fn vdi_readonly(vdi: &str) -> ApiError {
+    err("VDI_READONLY", [vdi])
+}
+
+/// `DISK_VBD_MUST_BE_READWRITE_FOR_HVM [vbd]` (xapi_vbd.ml, CA-83260).
+pub fn disk_vbd_must_be_readwrite_for_hvm(vbd: &str) -> ApiError {
+    err("DISK_VBD_MUST_BE_READWRITE_FOR_HVM", [vbd])
+}
+
+/// `VM_MISSING_PV_DRIVERS [vm]` (xapi_pv_driver_version.ml).
+pub fn vm_missing_pv_drivers(vm: &str) -> ApiError {
+    err("VM_MISSING_PV_DRIVERS", [vm])
 }
 
 /// `VDI_IN_USE [vdi, ...]`, as `PBD.unplug` raises it for the SR's disks still attached.
@@ -134,6 +155,37 @@ pub fn device_already_exists(device: &str) -> ApiError {
     err("DEVICE_ALREADY_EXISTS", [device])
 }
 
+/// `DEVICE_DETACH_REJECTED [class, ref, msg]`, as `VBD.unplug` raises it with an empty
+/// message (xapi_xenops.ml).
+pub fn device_detach_rejected(class: &str, r: &str) -> ApiError {
+    err("DEVICE_DETACH_REJECTED", [class, r, ""])
+}
+
+/// `VM_REQUIRES_SR [vm, sr]`
+pub fn vm_requires_sr(vm: &str, sr: &str) -> ApiError {
+    err("VM_REQUIRES_SR", [vm, sr])
+}
+
+/// `NO_HOSTS_AVAILABLE []`
+pub fn no_hosts_available() -> ApiError {
+    err("NO_HOSTS_AVAILABLE", [])
+}
+
+/// `VDI_IO_ERROR [msg]`
+pub fn vdi_io_error(msg: &str) -> ApiError {
+    err("VDI_IO_ERROR", [msg])
+}
+
+/// `SR_OPERATION_NOT_SUPPORTED [sr]`
+pub fn sr_operation_not_supported(sr: &str) -> ApiError {
+    err("SR_OPERATION_NOT_SUPPORTED", [sr])
+}
+
+/// `VDI_ON_BOOT_MODE_INCOMPATIBLE_WITH_OPERATION []`
+pub fn vdi_on_boot_mode_incompatible_with_operation() -> ApiError {
+    err("VDI_ON_BOOT_MODE_INCOMPATIBLE_WITH_OPERATION", [])
+}
+
 /// `OPERATION_NOT_ALLOWED [msg]`
 pub fn operation_not_allowed(msg: &str) -> ApiError {
     err("OPERATION_NOT_ALLOWED", [msg])
@@ -142,6 +194,12 @@ pub fn operation_not_allowed(msg: &str) -> ApiError {
 /// `SR_BACKEND_FAILURE [status, stdout, stderr]`
 pub fn sr_backend_failure(status: &str, stdout: &str, stderr: &str) -> ApiError {
     err("SR_BACKEND_FAILURE", [status, stdout, stderr])
+}
+
+/// `SR_BACKEND_FAILURE_<n> ["", msg, ""]`: an SM error with its number, as xapi turns
+/// the storage backend's errors into API errors (xen-api `ocaml/xapi/storage_utils.ml`).
+pub fn sm_failure(code: &'static str, msg: &str) -> ApiError {
+    err(code, ["", msg, ""])
 }
 
 /// `SR_UNKNOWN_DRIVER [driver]`

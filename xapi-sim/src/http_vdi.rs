@@ -1,5 +1,5 @@
 //! `GET /export_raw_vdi` and `PUT /import_raw_vdi`: a VDI's raw bytes over HTTP, as
-//! xapi serves them (`?session_id=&vdi=&format=raw`; `vdi` is a ref or a uuid).
+//! xapi serves them (`?session_id=&vdi=&format=raw[&task_id=]`; `vdi` is a ref or a uuid).
 //! Content streams in 1 MiB pieces, each read or written under the state lock on a
 //! blocking thread (a VDI on an NFS SR is a VHD read and written over NFS: the raw bytes
 //! are translated to and from it).
@@ -12,8 +12,11 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode, header};
 
-use crate::api::vdi;
+use a3_shared::xapi_wire::Value;
+
+use crate::api::{self, vdi};
 use crate::disks::DiskError;
+use crate::errors::{self, ApiResult};
 use crate::server::{query, text};
 use crate::sim::Shared;
 
@@ -93,38 +96,120 @@ pub async fn export(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Bod
     r
 }
 
-/// Writes the request body into the VDI from offset 0.
-pub async fn import(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+/// `PUT /import_raw_vdi`, as xen-api `ocaml/xapi/import_raw_vdi.ml` serves it:
+/// - when the host that got the request does not see the VDI's SR, a 302 to one that does
+///   (the same path and query; xapi's URL has no port, the simulator's hosts share one);
+/// - otherwise 200 with the task's ref in `Task-Id`, the write's outcome being the task's
+///   (the client's `task_id`, else a new task): success with the VDI as result, or the
+///   write's error (`VDI_IO_ERROR ["Device I/O errors"]`, as `vhd_tool_wrapper.ml` raises
+///   it), so a failed write still answers 200.
+pub async fn import(shared: Arc<Shared>, host: String, req: Request<Incoming>) -> Response<Body> {
     let (vdi_ref, uuid, _) = match target(&shared, &req) {
         Ok(t) => t,
         Err((status, msg)) => return text(status, msg),
     };
-    let mut body = req.into_body();
+    let q = query(&req);
+    let (task, failure_after) = {
+        let mut st = shared.lock();
+        let sr = st.db.str_field("VDI", &vdi_ref, "SR").unwrap_or_default();
+        if !api::host_sees(&st, &host, &sr) {
+            let Some(other) = api::host_seeing(&st, &sr) else {
+                return text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("no host sees SR {sr}: plug one of its PBDs"),
+                );
+            };
+            let address = st.host_address(&other).unwrap_or_default();
+            let location = format!(
+                "https://{address}:{}{}",
+                shared.port,
+                req.uri().path_and_query().map_or("", |p| p.as_str())
+            );
+            let mut r = text(StatusCode::FOUND, String::new());
+            if let Ok(v) = header::HeaderValue::from_str(&location) {
+                r.headers_mut().insert(header::LOCATION, v);
+            }
+            return r;
+        }
+        let given = q.get("task_id").map(String::as_str).unwrap_or("");
+        let task = match api::task::for_http(&mut st, &host, given, "VDI.import") {
+            Ok(t) => t,
+            Err(msg) => return text(StatusCode::BAD_REQUEST, msg),
+        };
+        // The knob is for a write that has more than `after` bytes to write.
+        let length = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        let fails = st
+            .knobs
+            .import_write_failure_after
+            .filter(|after| length.is_none_or(|n| n > *after));
+        if fails.is_some() {
+            st.knobs.import_write_failure_after = None;
+        }
+        (task, fails)
+    };
+    shared.changed();
+    let body = req.into_body();
+    let writer = {
+        let (shared, task) = (shared.clone(), task.clone());
+        async move {
+            let outcome = write_body(&shared, body, &vdi_ref, &uuid, failure_after)
+                .await
+                .map(|()| Value::from(vdi_ref.clone()));
+            api::task::finish(&mut shared.lock(), &task, outcome);
+            shared.changed();
+        }
+    };
+    // xapi replies before it reads the body; here the reply waits for the write, because
+    // hyper's client stopped sending a body once the reply had come (seen as truncated
+    // writes). The outcome is in the task either way, which is what clients must read.
+    writer.await;
+    let mut r = text(StatusCode::OK, String::new());
+    if let Ok(v) = header::HeaderValue::from_str(&task) {
+        r.headers_mut().insert("task-id", v);
+    }
+    r
+}
+
+/// Writes the request body into the VDI from offset 0 (failing after `failure_after`
+/// bytes when a test asked for it).
+async fn write_body(
+    shared: &Arc<Shared>,
+    mut body: Incoming,
+    vdi_ref: &str,
+    uuid: &str,
+    failure_after: Option<u64>,
+) -> ApiResult<()> {
+    let io_error = || errors::vdi_io_error("Device I/O errors");
     let mut offset = 0u64;
     while let Some(frame) = body.frame().await {
-        let frame = match frame {
-            Ok(f) => f,
-            Err(e) => return text(StatusCode::BAD_REQUEST, format!("reading the body: {e}")),
-        };
-        let Ok(data) = frame.into_data() else {
+        let frame = frame.map_err(|e| {
+            tracing::warn!(vdi = vdi_ref, "import_raw_vdi: reading the body: {e}");
+            io_error()
+        })?;
+        let Ok(mut data) = frame.into_data() else {
             continue;
         };
+        let failing = failure_after.is_some_and(|n| offset + data.len() as u64 > n);
+        if let Some(n) = failure_after.filter(|_| failing) {
+            data.truncate(n.saturating_sub(offset) as usize);
+        }
         let len = data.len() as u64;
-        let (s, u) = (shared.clone(), uuid.clone());
+        let (s, u) = (shared.clone(), uuid.to_owned());
         let written = tokio::task::spawn_blocking(move || s.lock().disks.write(&u, offset, &data))
             .await
-            .unwrap_or_else(|e| {
-                Err(DiskError::Unknown(format!(
-                    "{uuid}: the write panicked: {e}"
-                )))
-            });
+            .unwrap_or_else(|e| Err(DiskError::Unknown(format!("the write panicked: {e}"))));
         if let Err(e) = written {
-            shared.changed();
-            return text(StatusCode::BAD_REQUEST, e.to_string());
+            tracing::warn!(vdi = vdi_ref, "import_raw_vdi: {e}");
+            return Err(io_error());
         }
         offset += len;
+        if failing {
+            return Err(io_error());
+        }
     }
-    let _ = vdi::refresh_utilisation(&mut shared.lock(), &vdi_ref);
-    shared.changed();
-    text(StatusCode::OK, String::new())
+    let _ = vdi::refresh_utilisation(&mut shared.lock(), vdi_ref);
+    Ok(())
 }

@@ -18,7 +18,8 @@ use std::collections::BTreeMap;
 use std::io::{self, Read};
 use std::sync::Arc;
 
-use a3_shared::xapi_wire::{NULL_REF, Struct, Value, xmlrpc};
+use a3_shared::ova_fields;
+use a3_shared::xapi_wire::{NULL_REF, Value};
 use a3_shared::xva::{self, XvaError, XvaSink};
 use axum::body::Body;
 use bytes::Bytes;
@@ -28,9 +29,8 @@ use hyper::{Request, Response, StatusCode, header};
 use tokio::sync::mpsc;
 
 use crate::api::{self, VbdSpec, params, vdi};
-use crate::clock;
 use crate::errors::{self, ApiError, ApiResult};
-use crate::model::{Ref, new_ref, new_uuid, task, vm as vm_model};
+use crate::model::Ref;
 use crate::server::{query, text};
 use crate::sim::Shared;
 use crate::state::State;
@@ -64,6 +64,8 @@ const VM_FIELDS: &[&str] = &[
     "xenstore_data",
     "blocked_operations",
     "tags",
+    "domain_type",
+    "user_version",
 ];
 
 /// Bodies in flight between the HTTP reader and the parser.
@@ -140,52 +142,19 @@ fn start(
             format!("sr_id {sr:?} is not an SR of this pool (and the pool has no default SR)"),
         ));
     }
-    let task = match get("task_id") {
-        "" => {
-            let t = new_ref();
-            let rec = task::task(&new_uuid(), "VM import", &host, clock::unix_now());
-            st.db.insert("task", t.clone(), rec);
-            t
-        }
-        t if st.db.str_field("task", t, "status").as_deref() == Ok("pending") => t.to_owned(),
-        t => {
-            return Err((
-                StatusCode::BAD_REQUEST,
-                format!("task_id {t:?} is not a pending task; create one with task.create"),
-            ));
-        }
-    };
+    let task = api::task::for_http(st, &host, get("task_id"), "VM import")
+        .map_err(|msg| (StatusCode::BAD_REQUEST, msg))?;
     Ok((task, sr))
 }
 
 /// Records the outcome on the task; the HTTP status and text to answer with.
 fn finish(shared: &Shared, task: &str, outcome: ApiResult<Vec<Ref>>) -> (StatusCode, String) {
-    let mut st = shared.lock();
-    let finished = Value::DateTime(clock::xapi_datetime(clock::unix_now()));
     let reply = match &outcome {
         Ok(_) => (StatusCode::OK, String::new()),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
-    let _ = st.db.update("task", task, |rec| {
-        rec.insert("finished".into(), finished);
-        rec.insert("progress".into(), Value::Double(1.0));
-        match outcome {
-            Ok(vms) => {
-                rec.insert("status".into(), "success".into());
-                let set = Value::Array(vms.into_iter().map(Value::from).collect());
-                rec.insert("result".into(), xmlrpc::encode_value(&set).into());
-            }
-            Err(e) => {
-                rec.insert("status".into(), "failure".into());
-                let info = std::iter::once(e.code.to_owned()).chain(e.params);
-                rec.insert(
-                    "error_info".into(),
-                    Value::Array(info.map(Value::from).collect()),
-                );
-            }
-        }
-    });
-    drop(st);
+    let set = outcome.map(|vms| Value::Array(vms.into_iter().map(Value::from).collect()));
+    api::task::finish(&mut shared.lock(), task, set);
     shared.changed();
     reply
 }
@@ -357,6 +326,7 @@ impl Importer {
             };
             by_id.insert(id, (class, snap));
         }
+        check_records(&by_id)?;
         let vms: Vec<(&str, &Value)> = by_id
             .iter()
             .filter(|(_, (c, s))| {
@@ -533,19 +503,50 @@ impl XvaSink for Importer {
     }
 }
 
-/// The new VM's record: the exported fields over a fresh halted VM.
+/// The new VM: the exported fields over a fresh halted VM.
 fn create_vm(st: &mut State, snap: &Value) -> ApiResult<Ref> {
-    let mut rec: Struct = vm_model::vm(&new_uuid(), "", vm_model::VmKind::Guest, 1 << 30, 1);
-    for &f in VM_FIELDS {
-        if let Some(v) = snap.get(f) {
-            let v = params::coerce(f, &rec[f], v.clone())
-                .map_err(|_| import_error(&format!("VM field {f} has the wrong type")))?;
-            rec.insert(f.to_owned(), v);
+    let fields = snap
+        .as_struct()
+        .ok_or_else(|| import_error("the VM object's snapshot is not a struct"))?;
+    api::create_vm(st, fields, VM_FIELDS).map_err(|e| import_error(&format!("the VM record: {e}")))
+}
+
+/// Refuses records xapi's import cannot read ([`ova_fields`]), in the order import.ml
+/// reads them: every VBD, then each disk VBD's VDI and that VDI's SR (which must be in the
+/// export: `IMPORT_ERROR_FAILED_TO_FIND_OBJECT [id]`), then the SR, VDI, VM, network, VBD
+/// and VIF objects, as its handlers run.
+fn check_records(by_id: &BTreeMap<&str, (&str, &Value)>) -> ApiResult<()> {
+    let strict = |class: &str, rec: &Value| match ova_fields::missing(class, rec) {
+        Some(field) => Err(import_error(&ova_fields::missing_message(field))),
+        None => Ok(()),
+    };
+    let of_class = |class: &'static str| {
+        by_id
+            .values()
+            .filter(move |(c, _)| *c == class)
+            .map(|(_, rec)| *rec)
+    };
+    let find = |id: &str, class: &str| match by_id.get(id) {
+        Some((c, rec)) if *c == class => Ok(*rec),
+        _ => Err(ApiError {
+            code: "IMPORT_ERROR_FAILED_TO_FIND_OBJECT",
+            params: vec![id.to_owned()],
+        }),
+    };
+    for vbd in of_class("VBD") {
+        strict("VBD", vbd)?;
+    }
+    for vbd in of_class("VBD").filter(|v| v.get_str("type") != Some("CD")) {
+        let vdi = find(vbd.get_str("VDI").unwrap_or_default(), "VDI")?;
+        strict("VDI", vdi)?;
+        strict("SR", find(vdi.get_str("SR").unwrap_or_default(), "SR")?)?;
+    }
+    for class in ["SR", "VDI", "VM", "network", "VBD", "VIF"] {
+        for rec in of_class(class) {
+            strict(class, rec)?;
         }
     }
-    let r = new_ref();
-    st.db.insert("VM", r.clone(), rec);
-    Ok(r)
+    Ok(())
 }
 
 /// The pool's management network.

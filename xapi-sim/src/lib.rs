@@ -13,7 +13,9 @@
 //! - [`disks`] and [`demo`]: VDI content, snapshots, CBT, demo data;
 //! - [`http_vdi`]: `/export_raw_vdi` and `/import_raw_vdi`; [`import_xva`]: `/import`;
 //! - [`file_store`], [`nfs_client`], [`vhd_file`]: NFS SRs' files, over NFSv3, as VHDs;
-//! - [`control`]: the `/sim/` control API for tests;
+//! - [`control`]: the `/sim/` control API for tests, and [`knobs`], the simulated-only
+//!   conditions it sets;
+//! - [`guest_agent`]: guest metrics from what a guest reports;
 //! - [`abd`]: the backends running ABD VMs: `abd-agent` processes, or qemu guests;
 //! - [`inventory`]: the pool a fresh state directory starts with;
 //! - [`persist`] and [`tls`]: the state directory.
@@ -28,9 +30,11 @@ pub mod disks;
 pub mod errors;
 pub mod faults;
 pub mod file_store;
+pub mod guest_agent;
 pub mod http_vdi;
 pub mod import_xva;
 pub mod inventory;
+pub mod knobs;
 pub mod model;
 pub mod nfs_client;
 pub mod persist;

@@ -23,7 +23,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
-use crate::api::Outcome;
+use crate::api::{Deferred, Outcome};
 use crate::model::Ref;
 use crate::sim::Shared;
 use crate::{control, http_vdi, import_xva};
@@ -74,7 +74,7 @@ async fn route(shared: Arc<Shared>, host: Ref, req: Request<Incoming>) -> Respon
     }
     match (req.method().clone(), path.as_str()) {
         (Method::GET, "/export_raw_vdi") => http_vdi::export(shared, req).await,
-        (Method::PUT, "/import_raw_vdi") => http_vdi::import(shared, req).await,
+        (Method::PUT, "/import_raw_vdi") => http_vdi::import(shared, host, req).await,
         (Method::PUT, "/import") => import_xva::import(shared, req).await,
         (Method::POST, "/jsonrpc") => match read_body(req).await {
             Ok(body) => jsonrpc(&shared, &host, &body).await,
@@ -153,6 +153,13 @@ pub async fn call(
             return r;
         }
         Outcome::WaitEvents(q) => q,
+        Outcome::Wait(d) => {
+            let Some(task) = d.task.clone() else {
+                return run_deferred(shared.clone(), d).await;
+            };
+            tokio::spawn(run_deferred(shared.clone(), d));
+            return XapiResponse::Success(Value::from(task));
+        }
     };
     let deadline = tokio::time::Instant::now() + query.timeout;
     loop {
@@ -171,6 +178,29 @@ pub async fn call(
             let st = shared.lock();
             return XapiResponse::Success(shared.api.events_timed_out(&st, &query));
         }
+    }
+}
+
+/// Waits, woken by every change, until a deferred call may run (or its deadline), then
+/// runs it under the lock.
+async fn run_deferred(shared: Arc<Shared>, d: Deferred) -> XapiResponse {
+    let deadline = tokio::time::Instant::from_std(d.deadline);
+    loop {
+        let notified = shared.events.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        {
+            let mut st = shared.lock();
+            if d.ready(&st) {
+                let before = st.db.last_event_id();
+                let reply = d.finish(&mut st);
+                if st.db.last_event_id() != before {
+                    shared.changed();
+                }
+                return reply;
+            }
+        }
+        let _ = tokio::time::timeout_at(deadline, notified).await;
     }
 }
 

@@ -511,6 +511,7 @@ fn load_or_build(config: &SimConfig) -> Result<State, SimError> {
             next_domid: saved.next_domid,
             abd: None,
             faults: Vec::new(),
+            knobs: Default::default(),
         };
         if let Some(pw) = &config.password {
             st.password = pw.clone();
@@ -530,6 +531,7 @@ fn load_or_build(config: &SimConfig) -> Result<State, SimError> {
         next_domid: 1,
         abd: None,
         faults: Vec::new(),
+        knobs: Default::default(),
     };
     let plan = Plan {
         hosts: config.hosts,

@@ -36,6 +36,8 @@ pub struct State {
     pub abd: Option<crate::abd::Hook>,
     /// Failures a test injected (not persisted).
     pub faults: Vec<crate::faults::Fault>,
+    /// The simulated-only test knobs (not saved).
+    pub knobs: crate::knobs::SimKnobs,
 }
 
 impl State {

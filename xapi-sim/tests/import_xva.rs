@@ -166,6 +166,28 @@ async fn incomplete_or_inconsistent_xvas_are_refused_and_nothing_is_left() {
     assert_eq!(err, ["IMPORT_ERROR_FAILED_TO_FIND_OBJECT", "Ref:2"]);
     assert_eq!(inventory(&pool).await, before);
 
+    // A record without a field the datamodel gives no default (xapi's import.ml reads it
+    // with API.vM_t_of_rpc): refused with xapi's message.
+    let mut ova = template_ova(d.len() as u64);
+    if let Value::Struct(root) = &mut ova
+        && let Some(Value::Array(objects)) = root.get_mut("objects")
+        && let Some(Value::Struct(o)) = objects
+            .iter_mut()
+            .find(|o| o.get_str("class") == Some("VM"))
+        && let Some(Value::Struct(vm)) = o.get_mut("snapshot")
+    {
+        vm.remove("user_version");
+    }
+    let err = import(&pool, &sr, xva_of(&ova, &d)).await.unwrap_err();
+    assert_eq!(
+        err,
+        [
+            "IMPORT_ERROR",
+            "INTERNAL_ERROR: [ Failure(\"Field user_version not present in rpc\") ]"
+        ]
+    );
+    assert_eq!(inventory(&pool).await, before);
+
     // A chunk past the disk's declared size.
     let ova = template_ova(CHUNK_SIZE);
     let err = import(&pool, &sr, xva_of(&ova, &d)).await.unwrap_err();

@@ -1,6 +1,7 @@
 //! Conformance with the official `XenAPI` Python SDK: starts `xapi-sim serve` and runs
 //! `tests/sdk/conformance.py` against it; `tests/sdk/control_api.py` drives the `/sim/`
-//! control API over HTTPS and watches its effects through the SDK.
+//! control API over HTTPS and watches its effects through the SDK;
+//! `tests/sdk/semantics_rules.py` checks the rules real xapi enforces, one by one.
 
 mod common;
 
@@ -128,4 +129,17 @@ fn control_api_over_https() {
     let mut args = s.urls();
     args.extend(s.credentials());
     s.run("control_api.py", &args);
+}
+
+#[test]
+fn xapi_rules_hold_through_the_sdk() {
+    let s = Served::start();
+    let master = s.ready["master"].as_str().unwrap();
+    let url = s
+        .urls()
+        .into_iter()
+        .find(|u| u.contains(&format!("//{master}:")))
+        .unwrap();
+    let [user, password] = s.credentials();
+    s.run("semantics_rules.py", &[url, user, password]);
 }

@@ -107,7 +107,7 @@ async fn vdi_in_use_and_cbt_metadata_cannot_be_attached() {
     let vbd = p.ok("VBD.create", vec![vbd_record(&b, &disk, "RW")]).await;
     assert_eq!(
         p.fail("VBD.plug", vec![vbd.clone()]).await,
-        ["VDI_IN_USE", &disk, "attach"]
+        ["VDI_IN_USE", &disk]
     );
     p.ok("VBD.destroy", vec![vbd]).await;
     assert_eq!(

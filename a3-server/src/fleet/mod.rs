@@ -31,6 +31,43 @@ use crate::xapi::Session;
 use crate::xapi::create::VifSpec;
 use crate::xapi::ops::{self, ABD_KEY, HIDE_KEY, TEMPLATE_VERSION_KEY};
 
+/// Starts an ABD's VM: on `on_host` when given (`VM.start_on`), else where the pool
+/// places it.
+async fn start(s: &Session, vm: &str, on_host: Option<&str>) -> anyhow::Result<()> {
+    match on_host {
+        Some(host) => ops::vm_start_on(s, vm, host).await?,
+        None => ops::vm_start(s, vm).await?,
+    }
+    Ok(())
+}
+
+/// The host an ABD must run on to attach the disks of the VM `vm_uuid`: the host of a
+/// host-local (not shared) SR holding one of them, as only a VM on that host can attach
+/// its VDIs (xapi refuses others: `VM_REQUIRES_SR`, or an internal `Sr_not_attached` on
+/// `VBD.plug`). `None` when every disk is on shared storage.
+pub async fn host_for_disks(s: &Session, vm_uuid: &str) -> anyhow::Result<Option<String>> {
+    let vm = ops::record(s, "VM", &ops::by_uuid(s, "VM", vm_uuid).await?).await?;
+    for vbd in ops::refs(&vm, "VBDs") {
+        let b = ops::record(s, "VBD", &vbd).await?;
+        let vdi = ops::text(&b, "VDI");
+        if ops::text(&b, "type") != "Disk" || vdi.is_empty() || vdi == ops::NULL_REF {
+            continue;
+        }
+        let sr_ref = ops::text(&ops::record(s, "VDI", vdi).await?, "SR").to_owned();
+        let sr = ops::record(s, "SR", &sr_ref).await?;
+        if ops::flag(&sr, "shared") {
+            continue;
+        }
+        for pbd in ops::refs(&sr, "PBDs") {
+            let p = ops::record(s, "PBD", &pbd).await?;
+            if ops::flag(&p, "currently_attached") {
+                return Ok(Some(ops::text(&p, "host").to_owned()));
+            }
+        }
+    }
+    Ok(None)
+}
+
 /// The memory of an ABD VM.
 pub const ABD_MEMORY: i64 = 128 << 20;
 
@@ -69,26 +106,38 @@ impl Fleet {
     }
 
     /// An ABD of the pool for `run`: an idle one of the current template whose agent is
-    /// connected (restarted if needed), else a new one.
+    /// connected (restarted if needed), else a new one. With `on_host` (see
+    /// [`host_for_disks`]) the ABD runs on that host: an idle ABD resident elsewhere stays
+    /// idle for another job, and a new one is started there.
     pub async fn acquire(
         &self,
         s: &Session,
         pool_uuid: &str,
         run: i64,
         log: &RunLog,
+        on_host: Option<&str>,
     ) -> anyhow::Result<Held> {
         let carried = template::carried(&self.config)?;
         let template_ref = template::ensure(s, &self.catalog, pool_uuid, &carried).await?;
         self.retire_outdated(s, pool_uuid, &carried.version, log)
             .await;
+        let mut elsewhere = Vec::new();
+        let mut found = None;
         while let Some(row) = self
             .catalog
             .abd_vm_claim_idle(pool_uuid, &carried.version, run)?
         {
-            match self.revive(s, &row, log).await {
+            if let Some(host) = on_host
+                && !self.may_run_on(s, &row, host).await
+            {
+                elsewhere.push(row);
+                continue;
+            }
+            match self.revive(s, &row, on_host, log).await {
                 Ok(vm_ref) => {
                     log.info(&format!("reusing ABD '{}'", row.id));
-                    return Ok(Held { row, vm_ref });
+                    found = Some(Held { row, vm_ref });
+                    break;
                 }
                 Err(e) => {
                     log.warn(&format!(
@@ -101,8 +150,36 @@ impl Fleet {
                 }
             }
         }
-        self.provision(s, pool_uuid, &template_ref, &carried.version, run, log)
-            .await
+        for row in elsewhere {
+            self.release(&row.id)?;
+        }
+        if let Some(held) = found {
+            return Ok(held);
+        }
+        self.provision(
+            s,
+            pool_uuid,
+            &template_ref,
+            &carried.version,
+            run,
+            log,
+            on_host,
+        )
+        .await
+    }
+
+    /// Whether the ABD's VM runs on `host`, or is halted and can be started there.
+    async fn may_run_on(&self, s: &Session, row: &AbdVmRow, host: &str) -> bool {
+        let Some(uuid) = &row.vm_uuid else {
+            return false;
+        };
+        let rec = async { ops::record(s, "VM", &ops::by_uuid(s, "VM", uuid).await?).await };
+        match rec.await {
+            Ok(rec) => {
+                ops::text(&rec, "resident_on") == host || ops::text(&rec, "power_state") == "Halted"
+            }
+            Err(_) => true, // revive finds out and replaces it
+        }
     }
 
     /// Gives an ABD back: idle, running, ready for the next job.
@@ -131,7 +208,13 @@ impl Fleet {
 
     /// Makes sure a claimed ABD's agent is connected: restarts its VM with a fresh token
     /// when it is not. Returns the VM's ref.
-    async fn revive(&self, s: &Session, row: &AbdVmRow, log: &RunLog) -> anyhow::Result<String> {
+    async fn revive(
+        &self,
+        s: &Session,
+        row: &AbdVmRow,
+        on_host: Option<&str>,
+        log: &RunLog,
+    ) -> anyhow::Result<String> {
         let vm_uuid = row
             .vm_uuid
             .as_deref()
@@ -161,11 +244,12 @@ impl Fleet {
         };
         let boot = self.boot_config(&row.id, addressing)?;
         ops::vm_set_xenstore_data(s, &vm_ref, &boot.xenstore_data()).await?;
-        ops::vm_start(s, &vm_ref).await?;
+        start(s, &vm_ref, on_host).await?;
         self.wait_connected(&row.id).await?;
         Ok(vm_ref)
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn provision(
         &self,
         s: &Session,
@@ -174,6 +258,7 @@ impl Fleet {
         version: &str,
         run: i64,
         log: &RunLog,
+        on_host: Option<&str>,
     ) -> anyhow::Result<Held> {
         let id = format!("abd-{}", hex::encode(rand::random::<[u8; 4]>()));
         let ip = self.catalog.abd_ip_take(pool_uuid, &id)?;
@@ -217,7 +302,7 @@ impl Fleet {
             row.ip
         ));
         match self
-            .build(s, &row, template_ref, &network_ref, addressing)
+            .build(s, &row, template_ref, &network_ref, addressing, on_host)
             .await
         {
             Ok(vm_ref) => {
@@ -246,6 +331,7 @@ impl Fleet {
         template_ref: &str,
         network_ref: &str,
         addressing: bootcfg::Addressing,
+        on_host: Option<&str>,
     ) -> anyhow::Result<String> {
         let id = &row.id;
         let vm = ops::vm_clone(s, template_ref, &format!("ABD {id}")).await?;
@@ -272,7 +358,7 @@ impl Fleet {
         .await?;
         let boot = self.boot_config(id, addressing)?;
         ops::vm_set_xenstore_data(s, &vm, &boot.xenstore_data()).await?;
-        ops::vm_start(s, &vm).await?;
+        start(s, &vm, on_host).await?;
         self.wait_connected(id).await?;
         Ok(vm)
     }

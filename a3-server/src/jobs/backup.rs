@@ -1,12 +1,13 @@
 //! The backup of one VM through one ABD (DESIGN.md §1.7):
 //! 1. CBT on for each disk;
 //! 2. a snapshot, tagged with the run;
-//! 3. each snapshot disk plugged read-only into the ABD and streamed: only CBT-changed
+//! 3. each snapshot disk plugged into the ABD ([`attach`]) and streamed: only CBT-changed
 //!    blocks when the last *committed* version left CBT metadata, else the whole disk, the
 //!    log saying why;
 //! 4. the version committed with the VM's metadata;
-//! 5. the snapshot's data destroyed (its CBT metadata is kept: the next incremental's base)
-//!    and the snapshot VM destroyed.
+//! 5. the snapshot VM destroyed, then each snapshot disk's data (its CBT metadata is kept:
+//!    the next incremental's base). A failure there is logged, and the next backup of the
+//!    VM finishes the job: the committed version stands.
 //!
 //! On failure everything the run created is removed (VBDs, the snapshot VM and its disks)
 //! and nothing is committed; the last committed version's CBT base stays as it was.
@@ -24,8 +25,8 @@ use crate::catalog::run_log::RunLog;
 use crate::dataport::{DiskBackupRequest, DiskJob};
 use crate::fleet::Held;
 use crate::store::VersionId;
-use crate::xapi::Session;
 use crate::xapi::ops::{self, NULL_REF, RUN_KEY};
+use crate::xapi::{Session, XapiError};
 
 /// How often a disk's progress is published while it streams.
 const PROGRESS_EVERY: Duration = Duration::from_millis(500);
@@ -72,18 +73,19 @@ pub async fn backup_vm(
     };
     match &result {
         Ok(_) => {
-            // After the commit: keep only the CBT metadata of each snapshot disk.
-            let rec = ops::record(s, "VM", &snap).await?;
-            for vdi in snapshot_vdis(s, &rec).await?.into_values() {
-                ops::vdi_data_destroy(s, &vdi)
-                    .await
-                    .with_context(|| format!("data_destroy of snapshot disk {vdi}"))?;
+            // The version is committed: a clean-up failure is logged, never the run's.
+            if let Err(err) = drop_snapshot_data(s, &snap).await {
+                log.warn(&format!(
+                    "{}: removing the snapshot after the commit: {err:#}; the next backup of \
+                     the VM tries again",
+                    t.name
+                ));
+            } else {
+                log.info(&format!(
+                    "{}: snapshot removed, CBT metadata kept for the next incremental",
+                    t.name
+                ));
             }
-            ops::destroy_vm(s, &snap, true).await?;
-            log.info(&format!(
-                "{}: snapshot removed, CBT metadata kept for the next incremental",
-                t.name
-            ));
         }
         Err(_) => {
             if let Err(err) = ops::destroy_vm(s, &snap, false).await {
@@ -94,6 +96,26 @@ pub async fn backup_vm(
         }
     }
     result
+}
+
+/// Destroys the snapshot VM (keeping its disks), then keeps only the CBT metadata of each
+/// disk (a disk without CBT goes whole). In this order because xapi's `VDI.data_destroy`
+/// waits for every VBD of the VDI to go and fails with `VDI_IN_USE` while the snapshot VM
+/// still has them (xen-api `ocaml/xapi/xapi_vdi.ml`); xs-cbt-backup does the same.
+async fn drop_snapshot_data(s: &Session, snap: &str) -> anyhow::Result<()> {
+    let rec = ops::record(s, "VM", snap).await?;
+    let vdis = snapshot_vdis(s, &rec).await?;
+    ops::destroy_vm(s, snap, true).await?;
+    for vdi in vdis.into_values() {
+        if ops::flag(&ops::record(s, "VDI", &vdi).await?, "cbt_enabled") {
+            ops::vdi_data_destroy(s, &vdi)
+                .await
+                .with_context(|| format!("VDI.data_destroy of snapshot disk {vdi}"))?;
+        } else {
+            ops::destroy_vdi(s, &vdi).await?;
+        }
+    }
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -112,15 +134,26 @@ async fn snapshot_and_stream(
     if meta.disks.is_empty() {
         bail!("VM '{}' has no disk to back up", t.name);
     }
-    // CBT on every disk; a disk where it was off has no chain to an earlier version.
+    // CBT on every disk; a disk where it was off has no chain to an earlier version. Where
+    // xapi refuses it (an SR without CBT, an on_boot=reset disk), the disk is read whole.
     let mut fresh_cbt = Vec::new();
+    let mut no_cbt = HashMap::new();
     for d in &meta.disks {
         let vdi = ops::by_uuid(s, "VDI", &d.vdi_uuid).await?;
         let r = ops::record(s, "VDI", &vdi).await?;
         if !ops::flag(&r, "cbt_enabled") {
-            ops::vdi_enable_cbt(s, &vdi).await?;
-            log.info(&format!("{}: CBT enabled on disk {}", t.name, d.name));
-            fresh_cbt.push(d.name.clone());
+            match ops::vdi_enable_cbt(s, &vdi).await {
+                Ok(()) => {
+                    log.info(&format!("{}: CBT enabled on disk {}", t.name, d.name));
+                    fresh_cbt.push(d.name.clone());
+                }
+                Err(XapiError::Api { code, params, .. }) => {
+                    let why = format!("the pool refuses CBT on it ({code} {params:?})");
+                    log.warn(&format!("{}: disk {}: {why}: full reads", t.name, d.name));
+                    no_cbt.insert(d.name.clone(), why);
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
     }
     log.info(&format!("{}: taking a snapshot", t.name));
@@ -150,22 +183,31 @@ async fn snapshot_and_stream(
             .get(&d.userdevice)
             .with_context(|| format!("the snapshot has no disk at device {}", d.name))?
             .clone();
-        let (base, cbt) = incremental_base(
-            e,
-            s,
-            t,
-            d,
-            &snap_vdi,
-            last_meta.as_ref(),
-            fresh_cbt.contains(&d.name),
-            log,
-        )
-        .await?;
+        let (base, cbt) = match no_cbt.get(&d.name) {
+            Some(why) => {
+                log.info(&format!("{}: disk {}: full read: {why}", t.name, d.name));
+                (None, None)
+            }
+            None => {
+                incremental_base(
+                    e,
+                    s,
+                    t,
+                    d,
+                    &snap_vdi,
+                    last_meta.as_ref(),
+                    fresh_cbt.contains(&d.name),
+                    log,
+                )
+                .await?
+            }
+        };
         let (vbd, device) =
-            attach::read_only(s, &held.vm_ref, &held.row.id, &snap_vdi, run).await?;
+            attach::for_reading(s, &held.vm_ref, &held.row.id, &snap_vdi, run).await?;
         created.vbds.push(vbd.clone());
         log.info(&format!(
-            "{}: disk {} ({} bytes) attached read-only to ABD '{}' as {device}; streaming{}",
+            "{}: disk {} ({} bytes) attached to ABD '{}' as {device} (the agent reads it \
+             read-only); streaming{}",
             t.name,
             d.name,
             d.virtual_size,
@@ -190,8 +232,9 @@ async fn snapshot_and_stream(
         let manifest = wait_disk(e, run, &t.uuid, job).await?;
         ops::remove_vbd(s, &vbd).await?;
         created.vbds.retain(|v| v != &vbd);
+        let snap_rec = ops::record(s, "VDI", &snap_vdi).await?;
         d.cbt_base_uuid =
-            Some(ops::text(&ops::record(s, "VDI", &snap_vdi).await?, "uuid").to_owned());
+            ops::flag(&snap_rec, "cbt_enabled").then(|| ops::text(&snap_rec, "uuid").to_owned());
         manifests.push((d.name.clone(), manifest));
     }
 
@@ -257,6 +300,20 @@ async fn incremental_base(
             return Ok((None, None));
         }
     };
+    // The clean-up after that version's commit may have failed: keep only its CBT
+    // metadata now (xapi allows list_changed_blocks either way).
+    if ops::text(&ops::record(s, "VDI", &base_ref).await?, "type") != "cbt_metadata" {
+        match ops::vdi_data_destroy(s, &base_ref).await {
+            Ok(()) => log.info(&format!(
+                "{}: disk {}: the snapshot data version {version} left behind is now removed",
+                t.name, d.name
+            )),
+            Err(err) => log.warn(&format!(
+                "{}: disk {}: removing the snapshot data version {version} left behind: {err}",
+                t.name, d.name
+            )),
+        }
+    }
     let bitmap = match ops::vdi_list_changed_blocks(s, &base_ref, snap_vdi).await {
         Ok(v) => v,
         Err(err) => {

@@ -166,7 +166,8 @@ impl Engine {
     ) -> anyhow::Result<Vec<CheckRow>> {
         let (s, _) = self.inventory().connect(pool_uuid).await?;
         let result = async {
-            let held = self.fleet().acquire(&s, pool_uuid, run, log).await?;
+            // The test disk is on Alike_SR, which every host sees: any host will do.
+            let held = self.fleet().acquire(&s, pool_uuid, run, log, None).await?;
             let _ = self.catalog().run_item_set(
                 run,
                 pool_uuid,
@@ -320,13 +321,15 @@ impl Engine {
             vdi = Some(created.clone());
             attach::import_raw(
                 s,
+                self.catalog(),
                 &created,
                 "the diag test disk",
                 content.len() as u64,
                 reqwest::Body::from(content.clone()),
             )
             .await?;
-            let (plugged, device) = attach::read_only(s, &held.vm_ref, abd, &created, run).await?;
+            let (plugged, device) =
+                attach::for_reading(s, &held.vm_ref, abd, &created, run).await?;
             vbd = Some(plugged);
             let started = Instant::now();
             let found =

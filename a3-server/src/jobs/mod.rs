@@ -254,7 +254,12 @@ impl Engine {
         let result = async {
             let (s, _) = self.inner.inventory.connect(&t.pool_uuid).await?;
             let outcome = async {
-                let held = self.inner.fleet.acquire(&s, &t.pool_uuid, run, log).await?;
+                let on_host = crate::fleet::host_for_disks(&s, &t.uuid).await?;
+                let held = self
+                    .inner
+                    .fleet
+                    .acquire(&s, &t.pool_uuid, run, log, on_host.as_deref())
+                    .await?;
                 let _ = c.run_item_set(run, &t.uuid, "running", Some(&held.row.id), None, None);
                 let r = backup::backup_vm(self, &s, run, t, &held, log).await;
                 if let Err(e) = self.inner.fleet.release(&held.row.id) {

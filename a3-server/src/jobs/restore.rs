@@ -289,7 +289,7 @@ async fn write_disk(
         d.name
     ));
     let body = reqwest::Body::wrap_stream(disk_stream(store, manifest));
-    attach::import_raw(s, vdi, &format!("disk {}", d.name), size, body).await
+    attach::import_raw(s, e.catalog(), vdi, &format!("disk {}", d.name), size, body).await
 }
 
 /// The disk's bytes in order: stored blocks read (and checked) from the store, zeros for

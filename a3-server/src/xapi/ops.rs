@@ -200,9 +200,38 @@ pub async fn remove_vbd(s: &Session, vbd: &str) -> Result<(), XapiError> {
         Err(e) => return Err(e),
     };
     if flag(&rec, "currently_attached") {
-        vbd_unplug(s, vbd).await?;
+        unplug_or_force(s, vbd).await?;
     }
     call(s, "VBD.destroy", &[vbd]).await.map(drop)
+}
+
+/// Clean `VBD.unplug` attempts before forcing: a guest may hold the device a moment.
+const UNPLUG_TRIES: u32 = 3;
+/// The pause between attempts.
+const UNPLUG_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// `VBD.unplug`; when the guest rejects it (`DEVICE_DETACH_REJECTED`, xen-api
+/// `ocaml/xapi/xapi_xenops.ml`), tries again, then `VBD.unplug_force`. Our VBDs are disks the
+/// ABD only reads, so forcing them out loses nothing.
+pub async fn unplug_or_force(s: &Session, vbd: &str) -> Result<(), XapiError> {
+    for _ in 1..UNPLUG_TRIES {
+        match vbd_unplug(s, vbd).await {
+            Err(XapiError::Api { code, .. }) if code == "DEVICE_DETACH_REJECTED" => {
+                tokio::time::sleep(UNPLUG_RETRY).await;
+            }
+            other => return other,
+        }
+    }
+    match vbd_unplug(s, vbd).await {
+        Err(XapiError::Api { code, .. }) if code == "DEVICE_DETACH_REJECTED" => {
+            tracing::warn!(
+                vbd,
+                "the guest rejected {UNPLUG_TRIES} clean unplugs: forcing the VBD out"
+            );
+            call_slow(s, "VBD.unplug_force", &[vbd]).await.map(drop)
+        }
+        other => other,
+    }
 }
 
 /// Stops (hard) and destroys a VM with its disks, or only its VM record when
@@ -258,6 +287,17 @@ pub async fn vm_clone(s: &Session, vm: &str, name: &str) -> Result<String, XapiE
 pub async fn vm_start(s: &Session, vm: &str) -> Result<(), XapiError> {
     let args = [Value::from(vm), Value::Bool(false), Value::Bool(false)];
     s.call_async("VM.start", &args).await.map(drop)
+}
+
+/// `VM.start_on` `host`, not paused, not forced.
+pub async fn vm_start_on(s: &Session, vm: &str, host: &str) -> Result<(), XapiError> {
+    let args = [
+        Value::from(vm),
+        Value::from(host),
+        Value::Bool(false),
+        Value::Bool(false),
+    ];
+    s.call_async("VM.start_on", &args).await.map(drop)
 }
 
 /// `VM.hard_shutdown`.

@@ -141,6 +141,9 @@ impl Transport {
             .timeout(timeouts.request)
             .http1_only()
             .tcp_nodelay(true)
+            // XAPI calls never redirect; an HTTP handler's 302 names another host, with
+            // its own certificate: the caller decides (see `jobs::attach::import_raw`).
+            .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
             .build()
             .map_err(|e| XapiError::Tls {

@@ -52,6 +52,7 @@ async fn appliance() {
             }
         }
     };
+    xenbus::report_pv_features(xs.as_mut());
     tracing::info!(
         "boot config: ABD {} for the A3 {} at {}; network {:?}; dns {:?}",
         cfg.agent.id,

@@ -3,9 +3,10 @@
 //!
 //! It serves the VM's own slice of xenstore as xapi and xenopsd lay it out: relative paths
 //! (and `/local/domain/<domid>/...`) resolve under the VM's home; the `vm-data/...` nodes
-//! are the VM's `xenstore_data` keys; a guest write under `vm-data/` flows back into
-//! `VM.xenstore_data` (a `mod` event, as xapi emits when it syncs guest data). Other
-//! writes are refused with `EACCES`: nothing else in the home is simulated.
+//! are the VM's `xenstore_data` keys. Guest writes go through [`guest_agent::guest_write`]:
+//! under `vm-data/` they flow back into `VM.xenstore_data` (a `mod` event, as xapi emits
+//! when it syncs guest data), `feature/hotplug/*` fills the guest metrics, and writes
+//! outside the nodes xenopsd makes guest-writable are refused with `EACCES`.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinHandle;
 
+use crate::guest_agent::{self, WriteError};
 use crate::model::Ref;
 use crate::sim::Shared;
 
@@ -109,22 +111,16 @@ fn answer(shared: &Shared, vm: &str, req: &Request) -> Vec<u8> {
             encode_reply(req, ReplyBody::Children(&names))
         }
         MsgType::Write => {
-            if !path.starts_with("vm-data/") {
-                return err("EACCES");
-            }
             let Ok(value) = String::from_utf8(req.value.clone().unwrap_or_default()) else {
                 return err("EINVAL");
             };
-            let updated = st.db.update("VM", vm, |rec| {
-                if let Some(Value::Struct(m)) = rec.get_mut("xenstore_data") {
-                    m.insert(path.to_owned(), Value::from(value));
-                }
-            });
+            let written = guest_agent::guest_write(&mut st, vm, path, &value);
             drop(st);
-            if updated.is_err() {
-                return err("ENOENT");
+            match written {
+                Ok(()) => shared.changed(),
+                Err(WriteError::Denied) => return err("EACCES"),
+                Err(WriteError::NoVm) => return err("ENOENT"),
             }
-            shared.changed();
             encode_reply(req, ReplyBody::Ok)
         }
         MsgType::Error => return err("ENOSYS"),

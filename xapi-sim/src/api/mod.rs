@@ -18,7 +18,7 @@ pub mod params;
 mod pool;
 mod session;
 mod sr;
-mod task;
+pub(crate) mod task;
 mod vbd;
 pub(crate) mod vdi;
 mod vm;
@@ -34,10 +34,10 @@ use crate::state::State;
 
 pub use event::EventQuery;
 pub(crate) use network::create_vif;
-pub(crate) use sr::{create_sr, placement};
+pub(crate) use sr::{create_sr, host_seeing, host_sees, placement};
 pub(crate) use vbd::{VbdSpec, create_vbd};
 pub(crate) use vdi::create_vdi;
-pub(crate) use vm::start_on;
+pub(crate) use vm::{create_vm, start_on};
 
 /// The context of a call: the state and the host that received the call.
 pub struct Ctx<'a> {
@@ -50,11 +50,24 @@ pub struct Ctx<'a> {
 /// A method body. `params[0]` is the session when the method takes one.
 pub type Handler = Arc<dyn Fn(&mut Ctx<'_>, &[Value]) -> ApiResult<Value> + Send + Sync>;
 
+/// Whether a waiting method may run now.
+pub type Ready = fn(&State, &[Value]) -> bool;
+
 /// How a method runs.
 #[derive(Clone)]
 pub enum Kind {
     /// Runs to completion under the state lock.
     Sync(Handler),
+    /// Waits (outside the lock, woken by changes) until `ready` or `timeout`, then runs
+    /// the handler under the lock, as xapi methods that wait on events do.
+    WaitThen {
+        /// True once the method need not wait any longer.
+        ready: Ready,
+        /// The longest wait.
+        timeout: std::time::Duration,
+        /// The body, run once the wait is over.
+        handler: Handler,
+    },
     /// `event.from`: may wait for events outside the lock.
     EventFrom,
     /// `system.listMethods`: reads the table itself.
@@ -82,6 +95,49 @@ pub enum Outcome {
     Done(Response),
     /// `event.from` found nothing yet: wait for events up to the timeout, then retry.
     WaitEvents(EventQuery),
+    /// A [`Kind::WaitThen`] method must wait: the caller waits, then calls
+    /// [`Deferred::finish`]. With `task`, the reply (the task) is sent at once and the task
+    /// finishes after the wait.
+    Wait(Deferred),
+}
+
+/// A call of a [`Kind::WaitThen`] method that waits before it runs.
+pub struct Deferred {
+    ready: Ready,
+    /// When to stop waiting and run anyway.
+    pub deadline: std::time::Instant,
+    handler: Handler,
+    params: Vec<Value>,
+    host: String,
+    /// The task of an `Async.` call, already pending.
+    pub task: Option<Ref>,
+}
+
+impl Deferred {
+    /// Whether the wait is over.
+    pub fn ready(&self, st: &State) -> bool {
+        (self.ready)(st, &self.params) || std::time::Instant::now() >= self.deadline
+    }
+
+    /// Runs the method: its reply, or for an `Async.` call the task's reply (the task
+    /// ref) after finishing the task with the method's outcome.
+    pub fn finish(&self, st: &mut State) -> Response {
+        let mut ctx = Ctx {
+            st,
+            host: &self.host,
+        };
+        let outcome = (self.handler)(&mut ctx, &self.params);
+        match &self.task {
+            Some(task) => {
+                task::finish(ctx.st, task, outcome);
+                Response::Success(Value::from(task.clone()))
+            }
+            None => match outcome {
+                Ok(v) => Response::Success(v),
+                Err(e) => e.into(),
+            },
+        }
+    }
 }
 
 /// The dispatch table.
@@ -183,6 +239,26 @@ impl Api {
                 return Ok(Outcome::Done(Response::Success(Value::Array(names))));
             }
             Kind::Sync(h) => h,
+            Kind::WaitThen {
+                ready,
+                timeout,
+                handler,
+            } => {
+                let mut deferred = Deferred {
+                    ready: *ready,
+                    deadline: std::time::Instant::now() + *timeout,
+                    handler: handler.clone(),
+                    params: params.to_vec(),
+                    host: host.to_owned(),
+                    task: None,
+                };
+                if is_async {
+                    deferred.task = Some(task::create(st, host, name));
+                } else if deferred.ready(st) {
+                    return Ok(Outcome::Done(deferred.finish(st)));
+                }
+                return Ok(Outcome::Wait(deferred));
+            }
         };
         let mut ctx = Ctx { st, host };
         if let Some(e) = crate::faults::take(&mut ctx.st.faults, base) {
@@ -230,6 +306,32 @@ impl Table {
         f: impl Fn(&mut Ctx<'_>, &[Value]) -> ApiResult<Value> + Send + Sync + 'static,
     ) {
         self.insert(name, args, optional, true, f);
+    }
+
+    /// Like [`Table::add`], for a method that first waits until `ready` (at most
+    /// `timeout`), as xapi's `VDI.data_destroy` waits for the VDI's VBDs to go.
+    pub fn add_waiting(
+        &mut self,
+        name: &str,
+        args: usize,
+        ready: Ready,
+        timeout: std::time::Duration,
+        f: impl Fn(&mut Ctx<'_>, &[Value]) -> ApiResult<Value> + Send + Sync + 'static,
+    ) {
+        self.methods.insert(
+            name.to_owned(),
+            Method {
+                required: 1 + args,
+                max: 1 + args,
+                session: true,
+                has_async: true,
+                kind: Kind::WaitThen {
+                    ready,
+                    timeout,
+                    handler: Arc::new(f),
+                },
+            },
+        );
     }
 
     /// Like [`Table::add`], for field accessors, which have no `Async.` variant.

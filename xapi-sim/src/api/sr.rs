@@ -343,6 +343,25 @@ fn mount_pbd(st: &mut State, pbd: &str) -> ApiResult<()> {
         .map_err(|e| nfs_mount_error(&e))
 }
 
+/// Whether `host` sees `sr`: it has a plugged PBD of it (importexport.ml
+/// `check_sr_availability`).
+pub(crate) fn host_sees(st: &State, host: &str, sr: &str) -> bool {
+    st.db.refs_field("SR", sr, "PBDs").is_ok_and(|pbds| {
+        pbds.iter().any(|p| {
+            st.db.str_field("PBD", p, "host").is_ok_and(|h| h == host)
+                && st
+                    .db
+                    .field("PBD", p, "currently_attached")
+                    .is_ok_and(|v| v.as_bool() == Some(true))
+        })
+    })
+}
+
+/// A host that sees `sr`, in address order (importexport.ml `find_host_for_sr`).
+pub(crate) fn host_seeing(st: &State, sr: &str) -> Option<Ref> {
+    st.hosts().into_iter().find(|h| host_sees(st, h, sr))
+}
+
 /// Where VDIs of `sr` keep their content. For an NFS SR the master's PBD must be plugged
 /// (`SR_NO_PBDS` otherwise); its mount is made live again if a restart dropped it.
 pub(crate) fn placement(st: &mut State, sr: &str) -> ApiResult<Placement> {

@@ -1,8 +1,9 @@
 //! Tasks: `Async.*` calls and `task.cancel` / `task.destroy`.
 //!
-//! Every simulated operation completes at once, so an async call creates its task,
-//! runs the operation and finishes the task before replying; clients still see the
-//! task's `add` and `mod` events and poll it as with xapi.
+//! Most simulated operations complete at once, so an async call creates its task, runs
+//! the operation and finishes the task before replying; clients still see the task's
+//! `add` and `mod` events and poll it as with xapi. A method that waits
+//! ([`super::Kind::WaitThen`]) replies with its pending task and finishes it later.
 
 use a3_shared::xapi_wire::{Value, xmlrpc};
 
@@ -10,6 +11,7 @@ use super::{Ctx, Table, params, void};
 use crate::clock;
 use crate::errors::{self, ApiResult};
 use crate::model::{Ref, new_ref, new_uuid, task};
+use crate::state::State;
 
 pub(super) fn register(t: &mut Table) {
     // A client creates a task to follow an HTTP import or export (`?task_id=`).
@@ -46,17 +48,26 @@ pub(super) fn run_async(
     name: &str,
     f: impl FnOnce(&mut Ctx<'_>) -> ApiResult<Value>,
 ) -> Ref {
+    let r = create(ctx.st, ctx.host, name);
+    let outcome = f(ctx);
+    finish(ctx.st, &r, outcome);
+    r
+}
+
+/// A pending task for the async call `name` received by `host`.
+pub(crate) fn create(st: &mut State, host: &str, name: &str) -> Ref {
     let r = new_ref();
     let now = clock::unix_now();
-    ctx.st.db.insert(
-        "task",
-        r.clone(),
-        task::task(&new_uuid(), name, ctx.host, now),
-    );
-    let outcome = f(ctx);
+    st.db
+        .insert("task", r.clone(), task::task(&new_uuid(), name, host, now));
+    r
+}
+
+/// Finishes a task with the outcome of its operation.
+pub(crate) fn finish(st: &mut State, r: &str, outcome: ApiResult<Value>) {
     let finished = Value::DateTime(clock::xapi_datetime(clock::unix_now()));
-    // The task exists: it was inserted above and only this call knows its ref yet.
-    let _ = ctx.st.db.update("task", &r, |rec| {
+    // A client may have destroyed the task meanwhile: then there is nothing to report to.
+    let _ = st.db.update("task", r, |rec| {
         rec.insert("finished".into(), finished);
         rec.insert("progress".into(), Value::Double(1.0));
         match outcome {
@@ -80,5 +91,21 @@ pub(super) fn run_async(
             }
         }
     });
-    r
+}
+
+/// The task an HTTP handler reports through: the client's `task_id` (which must be
+/// pending; make one with `task.create`), else a new one labelled `label`.
+pub(crate) fn for_http(
+    st: &mut State,
+    host: &str,
+    task_id: &str,
+    label: &str,
+) -> Result<Ref, String> {
+    match task_id {
+        "" => Ok(create(st, host, label)),
+        t if st.db.str_field("task", t, "status").as_deref() == Ok("pending") => Ok(t.to_owned()),
+        t => Err(format!(
+            "task_id {t:?} is not a pending task; create one with task.create"
+        )),
+    }
 }

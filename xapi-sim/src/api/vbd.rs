@@ -49,13 +49,21 @@ pub(super) fn register(t: &mut Table) {
         Ok(void())
     });
     for name in ["VBD.unplug", "VBD.unplug_force"] {
-        t.add(name, 1, 0, |ctx, p| {
+        let force = name == "VBD.unplug_force";
+        t.add(name, 1, 0, move |ctx, p| {
             let vbd = params::object(ctx.st, p, 1, "VBD")?;
             let vm = ctx.st.db.str_field("VBD", &vbd, "VM")?;
             require_running(ctx.st, &vm)?;
             if !attached(ctx.st, &vbd)? {
                 return Err(errors::device_already_detached(&vbd));
             }
+            check_hotplug(ctx.st, &vm)?;
+            // xapi_xenops.ml `vbd_unplug`: a guest that keeps the device open rejects a
+            // clean unplug (xenopsd's Device_detach_rejected); a forced one goes through.
+            if !force && ctx.st.knobs.held_vbds.contains(&vbd) {
+                return Err(errors::device_detach_rejected("VBD", &vbd));
+            }
+            ctx.st.knobs.held_vbds.remove(&vbd);
             set_attached(ctx.st, &vbd, false)?;
             abd::notify(ctx.st, abd::Action::Unplug { vm, vbd });
             Ok(void())
@@ -95,6 +103,11 @@ pub(crate) fn create_vbd(st: &mut State, vm: &str, vdi: &str, spec: &VbdSpec) ->
         let ty = st.db.str_field("VDI", vdi, "type")?;
         if ty == "cbt_metadata" {
             return Err(errors::vdi_incompatible_type(vdi, &ty));
+        }
+        // xapi_vbd.ml `create`: "Prevent RW VBDs being created pointing to RO VDIs".
+        let read_only = st.db.field("VDI", vdi, "read_only")?.as_bool();
+        if spec.mode == "RW" && read_only == Some(true) {
+            return Err(errors::vdi_readonly(vdi));
         }
     }
     if !matches!(spec.ty.as_str(), "Disk" | "CD" | "Floppy") {
@@ -160,15 +173,73 @@ pub(crate) fn plug(st: &mut State, vbd: &str) -> ApiResult<()> {
     if attached(st, vbd)? {
         return Err(errors::device_already_attached(vbd));
     }
+    check_hotplug(st, &vm)?;
     check_attachable(st, vbd)?;
+    // The VM's host must see the disk's SR: a host-local SR's disk attaches only on its
+    // host. xapi fails in the storage layer with an internal error (storage_utils.ml
+    // `transform_storage_exn`) naming the SR that is not attached.
+    let vdi = st.db.str_field("VBD", vbd, "VDI")?;
+    if vdi != NULL_REF && st.db.exists("VDI", &vdi) {
+        let sr = st.db.str_field("VDI", &vdi, "SR")?;
+        let host = st.db.str_field("VM", &vm, "resident_on")?;
+        if !super::host_sees(st, &host, &sr) {
+            let uuid = st.db.str_field("SR", &sr, "uuid")?;
+            return Err(errors::internal_error(&format!(
+                "Storage_interface.Storage_error(Sr_not_attached(\"{uuid}\"))"
+            )));
+        }
+    }
+    // xapi_vbd.ml `plug` (CA-83260): an HVM guest (one with qemu) takes no read-only disk.
+    // A read-only CD is fine, and so is any mode for PV and PVH guests.
+    let hvm = st.db.str_field("VM", &vm, "domain_type")? == "hvm";
+    let ro_disk = st.db.str_field("VBD", vbd, "type")? != "CD"
+        && st.db.str_field("VBD", vbd, "mode")? == "RO";
+    if hvm && ro_disk {
+        return Err(errors::disk_vbd_must_be_readwrite_for_hvm(vbd));
+    }
     set_attached(st, vbd, true)?;
     let (vm, vbd) = (vm.clone(), vbd.to_owned());
     abd::notify(st, abd::Action::Plug { vm, vbd });
     Ok(())
 }
 
-/// Checks that a VBD's disk may be attached: not CBT metadata, and not written by
-/// another attached VBD unless sharable.
+/// Checks that a running VM's guest lets VBDs be hot-plugged or unplugged
+/// (xapi_vbd_helpers.ml `valid_operations`): an HVM guest needs PV drivers that say so
+/// through its guest metrics (`can_use_hotplug_vbd`, from the guest's
+/// `feature/hotplug/vbd`); without metrics, or with `unspecified` and no detected drivers
+/// or driver version, `VM_MISSING_PV_DRIVERS [vm]` (xapi_pv_driver_version.ml). PV and PVH
+/// guests need nothing. The simulator has no `VM_metrics`, so the VM's `domain_type`
+/// stands for the running domain's type.
+fn check_hotplug(st: &State, vm: &str) -> ApiResult<()> {
+    if st.db.str_field("VM", vm, "domain_type")? != "hvm" {
+        return Ok(());
+    }
+    let gm = st.db.str_field("VM", vm, "guest_metrics")?;
+    let Ok(rec) = st.db.get("VM_guest_metrics", &gm) else {
+        return Err(errors::vm_missing_pv_drivers(vm));
+    };
+    let drivers_detected = rec
+        .get("PV_drivers_detected")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    // xapi_pv_driver_version.ml: a version needs at least `major` and `minor`.
+    let version = rec.get("PV_drivers_version");
+    let has_version = ["major", "minor"]
+        .iter()
+        .all(|k| version.and_then(|v| v.get_str(k)).is_some());
+    match rec.get("can_use_hotplug_vbd").and_then(Value::as_str) {
+        Some("yes") => Ok(()),
+        Some("no") => Err(errors::operation_not_allowed(
+            "VM states it does not support VBD hotplug.",
+        )),
+        _ if drivers_detected || has_version => Ok(()),
+        _ => Err(errors::vm_missing_pv_drivers(vm)),
+    }
+}
+
+/// Checks that a VBD's disk may be attached: not CBT metadata, not written by another
+/// attached VBD unless sharable (`VDI_IN_USE [vdi]`), and not a read-only VDI behind a
+/// read-write VBD (`VDI_READONLY [vdi]`), as xapi_vbd_helpers.ml checks both.
 pub(crate) fn check_attachable(st: &State, vbd: &str) -> ApiResult<()> {
     let vdi = st.db.str_field("VBD", vbd, "VDI")?;
     if vdi == NULL_REF || !st.db.exists("VDI", &vdi) {
@@ -189,10 +260,18 @@ pub(crate) fn check_attachable(st: &State, vbd: &str) -> ApiResult<()> {
             if other != vbd && attached(st, &other)? {
                 let other_mode = st.db.str_field("VBD", &other, "mode")?;
                 if mode == "RW" || other_mode == "RW" {
-                    return Err(errors::vdi_in_use(&vdi, "attach"));
+                    return Err(errors::vdi_in_use_by_vbd(&vdi));
                 }
             }
         }
+    }
+    let read_only = st
+        .db
+        .field("VDI", &vdi, "read_only")?
+        .as_bool()
+        .unwrap_or(false);
+    if mode == "RW" && read_only {
+        return Err(errors::vdi_readonly(&vdi));
     }
     Ok(())
 }

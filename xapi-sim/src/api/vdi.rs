@@ -76,10 +76,7 @@ pub(super) fn register(t: &mut Table) {
     });
     t.add("VDI.enable_cbt", 1, 0, |ctx, p| {
         let vdi = params::object(ctx.st, p, 1, "VDI")?;
-        let ty = ctx.st.db.str_field("VDI", &vdi, "type")?;
-        if !matches!(ty.as_str(), "user" | "system") {
-            return Err(errors::vdi_incompatible_type(&vdi, &ty));
-        }
+        check_cbt_allowed(ctx.st, &vdi)?;
         let uuid = uuid_of(ctx.st, &vdi)?;
         ctx.st
             .disks
@@ -108,15 +105,81 @@ pub(super) fn register(t: &mut Table) {
             base64::engine::general_purpose::STANDARD.encode(bitmap),
         ))
     });
-    t.add("VDI.data_destroy", 1, 0, |ctx, p| {
-        let vdi = params::object(ctx.st, p, 1, "VDI")?;
-        data_destroy(ctx.st, &vdi)?;
-        Ok(void())
-    });
+    t.add_waiting(
+        "VDI.data_destroy",
+        1,
+        data_destroy_may_run,
+        DATA_DESTROY_WAIT,
+        |ctx, p| {
+            let vdi = params::object(ctx.st, p, 1, "VDI")?;
+            data_destroy(ctx.st, &vdi)?;
+            Ok(void())
+        },
+    );
 }
 
-/// `VDI.data_destroy`: keeps only the CBT metadata of a snapshot VDI. As in xapi it is a
-/// no-op on a `cbt_metadata` VDI, and drops the VDI's (unplugged) VBDs.
+/// SR types whose storage manager can track changed blocks: the drivers listing
+/// `VDI_CONFIG_CBT` in their capabilities (xapi-project/sm `libs/sm/drivers/*SR.py`:
+/// EXTSR, FileSR, LVHDSR, NFSSR).
+const CBT_SR_TYPES: &[&str] = &["ext", "file", "lvm", "nfs"];
+
+/// Whether `VDI.enable_cbt` may run, in xapi_vdi.ml `check_operation_error`'s order: the
+/// SR's driver must have CBT (`SR_OPERATION_NOT_SUPPORTED [sr]`); then not CBT metadata,
+/// not a snapshot, a `user` or `system` VDI, and not `on_boot=reset`.
+fn check_cbt_allowed(st: &State, vdi: &str) -> ApiResult<()> {
+    let rec = st.db.get("VDI", vdi)?;
+    let text = |f: &str| rec.get(f).and_then(Value::as_str).unwrap_or_default();
+    let sr = text("SR");
+    if !CBT_SR_TYPES.contains(&st.db.str_field("SR", sr, "type")?.as_str()) {
+        return Err(errors::sr_operation_not_supported(sr));
+    }
+    let ty = text("type");
+    if ty == "cbt_metadata" {
+        return Err(errors::vdi_incompatible_type(vdi, ty));
+    }
+    if rec.get("is_a_snapshot").and_then(Value::as_bool) == Some(true) {
+        return Err(errors::operation_not_allowed(&format!(
+            "VDI is a snapshot: {vdi}"
+        )));
+    }
+    if !matches!(ty, "user" | "system") {
+        return Err(errors::vdi_incompatible_type(vdi, ty));
+    }
+    if text("on_boot") == "reset" {
+        return Err(errors::vdi_on_boot_mode_incompatible_with_operation());
+    }
+    Ok(())
+}
+
+/// How long `VDI.data_destroy` waits for the VDI's VBDs to go (xapi_vdi.ml:
+/// `data_destroy = _data_destroy ~timeout:4`).
+const DATA_DESTROY_WAIT: std::time::Duration = std::time::Duration::from_secs(4);
+
+/// Whether `VDI.data_destroy` may stop waiting: the VDI has no VBD left, or the call fails
+/// (or is a no-op) before any wait in xapi.
+fn data_destroy_may_run(st: &State, p: &[Value]) -> bool {
+    let Some(rec) = p
+        .get(1)
+        .and_then(Value::as_str)
+        .and_then(|r| st.db.get("VDI", r).ok())
+    else {
+        return true;
+    };
+    let flag = |f: &str| rec.get(f).and_then(Value::as_bool) == Some(true);
+    let no_vbds = rec
+        .get("VBDs")
+        .and_then(Value::as_array)
+        .is_none_or(|v| v.is_empty());
+    rec.get("type").and_then(Value::as_str) == Some("cbt_metadata")
+        || !flag("is_a_snapshot")
+        || !flag("cbt_enabled")
+        || no_vbds
+}
+
+/// `VDI.data_destroy`: keeps only the CBT metadata of a snapshot VDI. As in xapi
+/// (xapi_vdi.ml `_data_destroy`, `wait_for_vbds_to_be_unplugged_and_destroyed`) it is a
+/// no-op on a `cbt_metadata` VDI; it runs after waiting up to 4 s for every VBD of the VDI
+/// to be destroyed, and fails with `VDI_IN_USE [vdi, "data_destroy"]` if any is left.
 fn data_destroy(st: &mut State, vdi: &str) -> ApiResult<()> {
     let rec = st.db.get("VDI", vdi)?;
     if rec.get("type").and_then(Value::as_str) == Some("cbt_metadata") {
@@ -130,7 +193,7 @@ fn data_destroy(st: &mut State, vdi: &str) -> ApiResult<()> {
     if rec.get("cbt_enabled").and_then(Value::as_bool) != Some(true) {
         return Err(errors::vdi_no_cbt_metadata(vdi));
     }
-    if is_attached(st, vdi)? {
+    if !st.db.refs_field("VDI", vdi, "VBDs")?.is_empty() {
         return Err(errors::vdi_in_use(vdi, "data_destroy"));
     }
     super::sr::placement(st, &st.db.str_field("VDI", vdi, "SR")?)?;
@@ -138,9 +201,6 @@ fn data_destroy(st: &mut State, vdi: &str) -> ApiResult<()> {
     st.disks
         .data_destroy(&uuid)
         .map_err(|e| disk_error(vdi, e))?;
-    for vbd in st.db.refs_field("VDI", vdi, "VBDs")? {
-        super::vbd::remove_vbd(st, &vbd)?;
-    }
     st.db.update("VDI", vdi, |rec| {
         rec.insert("type".into(), "cbt_metadata".into());
         rec.insert("physical_utilisation".into(), Value::Int(0));
@@ -301,9 +361,8 @@ pub(crate) fn disk_error(vdi: &str, e: DiskError) -> ApiError {
     match e {
         DiskError::NoCbt(_) => errors::vdi_no_cbt_metadata(vdi),
         DiskError::DataDestroyed(_) => errors::vdi_incompatible_type(vdi, "cbt_metadata"),
-        DiskError::Unrelated(..) => errors::sr_backend_failure(
+        DiskError::Unrelated(..) => errors::sm_failure(
             "SR_BACKEND_FAILURE_460",
-            "",
             "Failed to calculate changed blocks for given VDIs. [opterr=Source and target VDI are unrelated]",
         ),
         e => errors::sr_backend_failure("SR_BACKEND_FAILURE", "", &e.to_string()),

@@ -12,12 +12,12 @@ use super::{Ctx, Table, params, void};
 use crate::errors::{self, ApiResult};
 use crate::model::{Ref, new_ref, new_uuid, null, vm as vm_model};
 use crate::state::State;
-use crate::{abd, clock};
+use crate::{abd, clock, guest_agent};
 
 pub(super) fn register(t: &mut Table) {
     t.add("VM.create", 1, 0, |ctx, p| {
         let args = params::record(p, 1, "args")?;
-        Ok(Value::from(create_vm(ctx.st, args)?))
+        Ok(Value::from(create_vm(ctx.st, args, CREATE_FIELDS)?))
     });
     t.add("VM.snapshot", 3, 1, |ctx, p| {
         let vm = params::object(ctx.st, p, 1, "VM")?;
@@ -177,10 +177,11 @@ const CREATE_FIELDS: &[&str] = &[
     "NVRAM",
 ];
 
-/// `VM.create`: a halted VM from a record, with no devices.
-fn create_vm(st: &mut State, args: &Struct) -> ApiResult<Ref> {
+/// A halted VM with no devices: the `fields` of `args` over xapi's defaults. The VM of
+/// `VM.create`, and of an XVA import ([`crate::import_xva`]).
+pub(crate) fn create_vm(st: &mut State, args: &Struct, fields: &[&str]) -> ApiResult<Ref> {
     let mut rec = vm_model::vm(&new_uuid(), "", vm_model::VmKind::Guest, 1 << 30, 1);
-    for &f in CREATE_FIELDS {
+    for &f in fields {
         if let Some(v) = args.get(f) {
             let v = params::coerce(f, &rec[f], v.clone())?;
             rec.insert(f.to_owned(), v);
@@ -392,14 +393,46 @@ fn next_domid(st: &mut State) -> i64 {
     d
 }
 
-/// Starts a halted VM on a host picked round-robin.
+/// Starts a halted VM on a host that sees all its disks' SRs: its `affinity` host when it
+/// can, else one picked round-robin; `NO_HOSTS_AVAILABLE` when none can (xapi's
+/// `choose_host_for_vm`, xen-api `ocaml/xapi/xapi_vm_helpers.ml`).
 fn start_vm(ctx: &mut Ctx<'_>, vm: &str, paused: bool) -> ApiResult<()> {
-    let hosts = ctx.st.hosts();
-    let pick = hosts[(ctx.st.next_domid as usize) % hosts.len().max(1)].clone();
+    let able: Vec<Ref> = ctx
+        .st
+        .hosts()
+        .into_iter()
+        .filter(|h| missing_sr(ctx.st, vm, h).is_ok_and(|m| m.is_none()))
+        .collect();
+    if able.is_empty() {
+        return Err(errors::no_hosts_available());
+    }
+    let affinity = ctx.st.db.str_field("VM", vm, "affinity")?;
+    let pick = if able.contains(&affinity) {
+        affinity
+    } else {
+        able[(ctx.st.next_domid as usize) % able.len()].clone()
+    };
     start_on(ctx.st, vm, &pick, paused)
 }
 
-/// Starts a halted VM on `host`: attaches its devices and reports guest metrics.
+/// The first SR of the VM's disks that `host` does not see (no plugged PBD there), as
+/// xapi_vm_helpers.ml `assert_can_see_SRs` looks for it.
+fn missing_sr(st: &State, vm: &str, host: &str) -> ApiResult<Option<Ref>> {
+    for b in st.db.refs_field("VM", vm, "VBDs")? {
+        let vdi = st.db.str_field("VBD", &b, "VDI")?;
+        if vdi == NULL_REF || !st.db.exists("VDI", &vdi) {
+            continue;
+        }
+        let sr = st.db.str_field("VDI", &vdi, "SR")?;
+        if !super::host_sees(st, host, &sr) {
+            return Ok(Some(sr));
+        }
+    }
+    Ok(None)
+}
+
+/// Starts a halted VM on `host`: attaches its devices and reports guest metrics. The host
+/// must see every disk's SR (`VM_REQUIRES_SR [vm, sr]`, xapi_vm_helpers.ml).
 pub(crate) fn start_on(st: &mut State, vm: &str, host: &str, paused: bool) -> ApiResult<()> {
     let rec = st.db.get("VM", vm)?.clone();
     let flag = |f: &str| rec.get(f).and_then(Value::as_bool).unwrap_or(false);
@@ -412,6 +445,9 @@ pub(crate) fn start_on(st: &mut State, vm: &str, host: &str, paused: bool) -> Ap
         ));
     }
     require_state(st, vm, "Halted")?;
+    if let Some(sr) = missing_sr(st, vm, host)? {
+        return Err(errors::vm_requires_sr(vm, &sr));
+    }
     let vbds = st.db.refs_field("VM", vm, "VBDs")?;
     for b in &vbds {
         vbd::check_attachable(st, b)?;
@@ -423,21 +459,20 @@ pub(crate) fn start_on(st: &mut State, vm: &str, host: &str, paused: bool) -> Ap
     for v in st.db.refs_field("VM", vm, "VIFs")? {
         st.db.set("VIF", &v, "currently_attached", true)?;
     }
-    let ip = format!("10.0.{}.{}", (domid / 250) % 256, domid % 250 + 2);
-    let gm = new_ref();
-    st.db.insert(
-        "VM_guest_metrics",
-        gm.clone(),
-        vm_model::guest_metrics(&new_uuid(), &ip, clock::unix_now()),
-    );
     st.db.update("VM", vm, |rec| {
         let state = if paused { "Paused" } else { "Running" };
         rec.insert("power_state".into(), state.into());
         rec.insert("resident_on".into(), host.into());
         rec.insert("domid".into(), Value::Int(domid));
-        rec.insert("guest_metrics".into(), gm.into());
     })?;
     st.db.add_to_set("host", host, "resident_VMs", vm)?;
+    // A guest the simulator runs reports its own metrics; the others have tools that
+    // report at once.
+    let runs_process = abd::is_abd(&rec) && st.abd.is_some();
+    if !runs_process {
+        let ip = format!("10.0.{}.{}", (domid / 250) % 256, domid % 250 + 2);
+        guest_agent::invented(st, vm, &ip)?;
+    }
     if abd::is_abd(&rec) {
         abd::notify(
             st,
@@ -460,15 +495,11 @@ fn stop_vm(st: &mut State, vm: &str) -> ApiResult<()> {
     }
     let host = st.db.str_field("VM", vm, "resident_on")?;
     st.db.remove_from_set("host", &host, "resident_VMs", vm);
-    let gm = st.db.str_field("VM", vm, "guest_metrics")?;
-    if st.db.exists("VM_guest_metrics", &gm) {
-        st.db.remove("VM_guest_metrics", &gm)?;
-    }
+    guest_agent::forget(st, vm)?;
     st.db.update("VM", vm, |rec| {
         rec.insert("power_state".into(), "Halted".into());
         rec.insert("resident_on".into(), null());
         rec.insert("domid".into(), Value::Int(-1));
-        rec.insert("guest_metrics".into(), null());
     })
 }
 

@@ -109,6 +109,7 @@ pub const CLASSES: &[ClassSpec] = &[
             "tags",
             "on_boot",
             "allow_caching",
+            "read_only",
         ],
         maps: &["other_config", "sm_config", "xenstore_data"],
     },

@@ -124,10 +124,11 @@ pub fn vm(uuid: &str, name: &str, kind: VmKind, memory: i64, vcpus: i64) -> Stru
     ])
 }
 
-/// A `VM_guest_metrics` record for a running Linux guest with `ip` on its first VIF.
+/// A `VM_guest_metrics` record for a running Linux guest with `ip` on its first VIF, whose
+/// PV tools reported everything (an ordinary simulated guest).
 pub fn guest_metrics(uuid: &str, ip: &str, now: f64) -> Struct {
-    record([
-        ("uuid", uuid.into()),
+    let mut rec = reported_guest_metrics(uuid, now);
+    for (k, v) in [
         (
             "os_version",
             str_map([
@@ -148,18 +149,37 @@ pub fn guest_metrics(uuid: &str, ip: &str, now: f64) -> Struct {
             ]),
         ),
         ("PV_drivers_up_to_date", true.into()),
-        ("memory", map()),
-        ("disks", map()),
         ("networks", str_map([("0/ip", ip), ("0/ipv4/0", ip)])),
         (
             "other",
             str_map([("feature-balloon", "1"), ("has-vendor-device", "0")]),
         ),
-        ("last_updated", Value::DateTime(clock::xapi_datetime(now))),
-        ("other_config", map()),
-        ("live", true.into()),
         ("can_use_hotplug_vbd", "yes".into()),
         ("can_use_hotplug_vif", "yes".into()),
         ("PV_drivers_detected", true.into()),
+    ] {
+        rec.insert(k.into(), v);
+    }
+    rec
+}
+
+/// The `VM_guest_metrics` record xapi creates when a guest first reports: empty until the
+/// guest's keys fill it (xapi_guest_agent.ml).
+pub fn reported_guest_metrics(uuid: &str, now: f64) -> Struct {
+    record([
+        ("uuid", uuid.into()),
+        ("os_version", map()),
+        ("PV_drivers_version", map()),
+        ("PV_drivers_up_to_date", false.into()),
+        ("memory", map()),
+        ("disks", map()),
+        ("networks", map()),
+        ("other", map()),
+        ("last_updated", Value::DateTime(clock::xapi_datetime(now))),
+        ("other_config", map()),
+        ("live", true.into()),
+        ("can_use_hotplug_vbd", "unspecified".into()),
+        ("can_use_hotplug_vif", "unspecified".into()),
+        ("PV_drivers_detected", false.into()),
     ])
 }

@@ -184,7 +184,7 @@ for vdi in snap_vdis:
     check(x.VDI.get_is_a_snapshot(vdi), "snapshot disks are VDI snapshots")
 free = x.VM.get_allowed_VBD_devices(helper)
 vbd = x.VBD.create({"VM": helper, "VDI": snap_vdis[0], "userdevice": free[0], "bootable": False,
-                    "mode": "RO", "type": "Disk", "unpluggable": True, "empty": False,
+                    "mode": "RW", "type": "Disk", "unpluggable": True, "empty": False,
                     "other_config": {}, "qos_algorithm_type": "", "qos_algorithm_params": {}})
 x.VBD.plug(vbd)
 check(x.VBD.get_currently_attached(vbd) and x.VBD.get_device(vbd).startswith("xvd"), "VBD.plug attaches the disk")

@@ -1,6 +1,8 @@
 //! What a qemu ABD reports on its serial console, carried into its VM's `xenstore_data` as
 //! xenstored carries a guest's writes: with no xenstore to write to, the agent prints
-//! `abd-vm-data: <key>=<value>` for each `vm-data/abd/<key>` it would write.
+//! `abd-vm-data: <key>=<value>` for each `vm-data/abd/<key>` it would write, and
+//! `abd-xenstore-write: <path>=<value>` for its other writes (`feature/hotplug/vbd`),
+//! which go where a xenstore write would ([`guest_agent::guest_write`]).
 //!
 //! `assigned-ip` is the address the guest got on qemu's user network (10.0.2.15), which
 //! nothing on the host can reach; it is recorded as the ABD's host address instead
@@ -15,6 +17,7 @@ use std::time::Duration;
 use a3_shared::xapi_wire::Value;
 use tokio::task::JoinHandle;
 
+use crate::guest_agent;
 use crate::model::Ref;
 use crate::sim::Shared;
 
@@ -33,6 +36,16 @@ pub fn report(line: &str) -> Option<(&str, &str)> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     valid.then_some((key, value))
+}
+
+/// The marker of a line carrying any other xenstore write of the guest (relative to its
+/// domain's home), such as `feature/hotplug/vbd=1`.
+pub const MARK_WRITE: &str = "abd-xenstore-write: ";
+
+/// The path and value of a console line carrying a xenstore write outside `vm-data/`.
+pub fn write_report(line: &str) -> Option<(&str, &str)> {
+    let (path, value) = line.trim_end().strip_prefix(MARK_WRITE)?.split_once('=')?;
+    (!path.starts_with("vm-data/")).then_some((path, value))
 }
 
 /// The value recorded for a reported key.
@@ -66,6 +79,13 @@ pub fn watch(shared: Arc<Shared>, vm: Ref, path: PathBuf, host: Ipv4Addr) -> Joi
             };
             let lines: Vec<u8> = partial.drain(..=end).collect();
             for line in String::from_utf8_lossy(&lines).lines() {
+                if let Some((path, value)) = write_report(line) {
+                    let written = guest_agent::guest_write(&mut shared.lock(), &vm, path, value);
+                    match written {
+                        Ok(()) => shared.changed(),
+                        Err(e) => tracing::warn!(%vm, path, "the qemu ABD's write: {e:?}"),
+                    }
+                }
                 if let Some((key, value)) = report(line) {
                     record(&shared, &vm, key, &recorded(key, value, host));
                     if key == ASSIGNED_IP {
@@ -112,5 +132,10 @@ mod tests {
             "127.0.5.3/24"
         );
         assert_eq!(recorded("ssh-hostkey", "k", host), "k");
+        assert_eq!(
+            write_report("abd-xenstore-write: feature/hotplug/vbd=1\r"),
+            Some(("feature/hotplug/vbd", "1"))
+        );
+        assert_eq!(write_report("abd-xenstore-write: vm-data/abd/x=1"), None);
     }
 }
