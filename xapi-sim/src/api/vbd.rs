@@ -175,6 +175,14 @@ pub(crate) fn plug(st: &mut State, vbd: &str) -> ApiResult<()> {
     }
     check_hotplug(st, &vm)?;
     check_attachable(st, vbd)?;
+    // xapi_vbd.ml `plug` (CA-83260): an HVM guest (one with qemu) takes no read-only disk.
+    // A read-only CD is fine, and so is any mode for PV and PVH guests.
+    let hvm = st.db.str_field("VM", &vm, "domain_type")? == "hvm";
+    let ro_disk = st.db.str_field("VBD", vbd, "type")? != "CD"
+        && st.db.str_field("VBD", vbd, "mode")? == "RO";
+    if hvm && ro_disk {
+        return Err(errors::disk_vbd_must_be_readwrite_for_hvm(vbd));
+    }
     // The VM's host must see the disk's SR: a host-local SR's disk attaches only on its
     // host. xapi fails in the storage layer with an internal error (storage_utils.ml
     // `transform_storage_exn`) naming the SR that is not attached.
@@ -188,14 +196,6 @@ pub(crate) fn plug(st: &mut State, vbd: &str) -> ApiResult<()> {
                 "Storage_interface.Storage_error(Sr_not_attached(\"{uuid}\"))"
             )));
         }
-    }
-    // xapi_vbd.ml `plug` (CA-83260): an HVM guest (one with qemu) takes no read-only disk.
-    // A read-only CD is fine, and so is any mode for PV and PVH guests.
-    let hvm = st.db.str_field("VM", &vm, "domain_type")? == "hvm";
-    let ro_disk = st.db.str_field("VBD", vbd, "type")? != "CD"
-        && st.db.str_field("VBD", vbd, "mode")? == "RO";
-    if hvm && ro_disk {
-        return Err(errors::disk_vbd_must_be_readwrite_for_hvm(vbd));
     }
     set_attached(st, vbd, true)?;
     let (vm, vbd) = (vm.clone(), vbd.to_owned());

@@ -182,8 +182,10 @@ for vbd in srec["VBDs"]:
 check(len(snap_vdis) == 2, f"the snapshot has the VM's two disks, got {len(snap_vdis)}")
 for vdi in snap_vdis:
     check(x.VDI.get_is_a_snapshot(vdi), "snapshot disks are VDI snapshots")
-free = x.VM.get_allowed_VBD_devices(helper)
-vbd = x.VBD.create({"VM": helper, "VDI": snap_vdis[0], "userdevice": free[0], "bootable": False,
+# The snapshot's disks are on the source's host-local SR: only a VM on that host can plug
+# them, so the source itself takes them.
+free = x.VM.get_allowed_VBD_devices(source)
+vbd = x.VBD.create({"VM": source, "VDI": snap_vdis[0], "userdevice": free[0], "bootable": False,
                     "mode": "RW", "type": "Disk", "unpluggable": True, "empty": False,
                     "other_config": {}, "qos_algorithm_type": "", "qos_algorithm_params": {}})
 x.VBD.plug(vbd)
@@ -195,7 +197,7 @@ check(details == ["DEVICE_ALREADY_ATTACHED", vbd], f"plugging twice fails: {deta
 x.VBD.unplug(vbd)
 check(not x.VBD.get_currently_attached(vbd), "VBD.unplug detaches the disk")
 x.VBD.destroy(vbd)
-check(vbd not in x.VM.get_VBDs(helper), "VBD.destroy removes the VBD")
+check(vbd not in x.VM.get_VBDs(source), "VBD.destroy removes the VBD")
 task = x.Async.VM.destroy(snap)
 deadline = time.time() + 10
 while x.task.get_status(task) == "pending" and time.time() < deadline:

@@ -66,7 +66,9 @@ running = [r for r, v in vms.items()
 check(len(running) >= 2, "at least two running demo VMs")
 source, helper = running[0], running[1]
 check(x.VM.get_domain_type(helper) == "hvm", "demo VMs are HVM, as XCP-ng guests are")
-sr = x.pool.get_default_SR(x.pool.get_all()[0])
+# The helper's own (host-local) SR: a VM attaches only disks its host sees.
+sr = x.VDI.get_SR(next(x.VBD.get_VDI(b) for b in x.VM.get_VBDs(helper)
+                       if x.VBD.get_type(b) == "Disk"))
 
 
 def new_vdi(name):
