@@ -2,7 +2,8 @@
 //! `/sim/faults` knob, as a pool fails when storage or a host misbehaves) through ABD
 //! provisioning, a VM backup and a restore. Each time the run fails naming xapi's error,
 //! the pool holds nothing the run made (no snapshot, VBD, half-made ABD, VM or disk), and
-//! the next run succeeds.
+//! the next run succeeds. A failure in the clean-up after a commit keeps the version, and
+//! the next backup removes what it left.
 
 mod pool_support;
 
@@ -38,14 +39,14 @@ fn uuids(inv: &Json, class: &str, keep: impl Fn(&Json) -> bool) -> Vec<String> {
     out
 }
 
-/// VMs and disks with data: what a failed run must not add. The ABD template and its disk
-/// are left out: the first job imports them into `Alike_SR` and keeps them, as it should.
+/// VMs (snapshots too) and disks with data: what a failed run must not add. The ABD
+/// template and its disk are left out: the first job imports them into `Alike_SR` and keeps them, as it should.
 fn footprint(inv: &Json) -> (Vec<String>, Vec<String>) {
     let templates: Vec<&String> = inv["objects"]["VM"]
         .as_object()
         .map(|vms| {
             vms.iter()
-                .filter(|(_, vm)| vm["is_a_template"] == true)
+                .filter(|(_, vm)| vm["is_a_template"] == true && vm["is_a_snapshot"] != true)
                 .map(|(r, _)| r)
                 .collect()
         })
@@ -65,7 +66,9 @@ fn footprint(inv: &Json) -> (Vec<String>, Vec<String>) {
         })
         .unwrap_or_default();
     (
-        uuids(inv, "VM", |vm| vm["is_a_template"] != true),
+        uuids(inv, "VM", |vm| {
+            vm["is_a_template"] != true || vm["is_a_snapshot"] == true
+        }),
         uuids(inv, "VDI", |v| {
             v["type"] != "cbt_metadata" && !template_disk_uuids.contains(&v["uuid"])
         }),
@@ -121,7 +124,8 @@ async fn a_failure_at_any_step_leaves_nothing_behind() {
         "VM.set_is_a_template",
         "VIF.create",
         "VM.set_xenstore_data",
-        "VM.start",
+        // The demo VM's disks are on host-local storage, so the ABD starts on that host.
+        "VM.start_on",
     ] {
         fails_cleanly(&sim, &a3, method, &backup).await;
         assert!(a3.abd_vms().is_empty(), "{method}: a half-made ABD is kept");
@@ -140,6 +144,40 @@ async fn a_failure_at_any_step_leaves_nothing_behind() {
         fails_cleanly(&sim, &a3, method, &backup).await;
     }
     assert_eq!(a3.versions(&name).len(), 1, "no version from a failed run");
+
+    // After the commit: a failed clean-up is logged, the version stands, and the next
+    // backup of the VM removes what was left (the snapshot VM, or its disks' data).
+    let clean = sim.inventory().await;
+    for method in ["VM.destroy", "VDI.data_destroy"] {
+        let versions = a3.versions(&name).len();
+        arm(&sim, method).await;
+        let out = a3.cli(&backup);
+        disarm(&sim).await;
+        assert!(
+            out.status.success(),
+            "a failed {method} after the commit failed the run:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            a3.versions(&name).len(),
+            versions + 1,
+            "{method}: no version"
+        );
+        assert_ne!(
+            footprint(&sim.inventory().await),
+            footprint(&clean),
+            "{method} failed, so something of the snapshot must still be there"
+        );
+        a3.backup(&[&name], 1)
+            .unwrap_or_else(|e| panic!("backup: {e}\nA3 log: {}", a3.log_path().display()));
+        let inv = sim.inventory().await;
+        assert_nothing_left(&inv);
+        assert_eq!(
+            footprint(&inv),
+            footprint(&clean),
+            "the backup after a failed {method} did not remove the leftovers"
+        );
+    }
 
     // A restore's steps, as a new VM. (A failed VM.start is left out: the disks are
     // restored by then, so the A3 keeps the VM and says it "is restored but did not start".)

@@ -154,7 +154,7 @@ pub async fn import_raw(
         }
         // The response came before the body was read: keep it (and so the request, whose
         // body is still being sent) until the task says the write is over.
-        let done = s.await_task("VDI.import", &task, WRITE_LIMIT).await;
+        let done = s.await_task("/import_raw_vdi", &task, WRITE_LIMIT).await;
         drop(resp);
         done.with_context(|| format!("writing {what}"))?;
         anyhow::Ok(())

@@ -110,12 +110,48 @@ async fn drop_snapshot_data(s: &Session, snap: &str) -> anyhow::Result<()> {
         if ops::flag(&ops::record(s, "VDI", &vdi).await?, "cbt_enabled") {
             ops::vdi_data_destroy(s, &vdi)
                 .await
-                .with_context(|| format!("VDI.data_destroy of snapshot disk {vdi}"))?;
+                .with_context(|| format!("data_destroy of snapshot disk {vdi}"))?;
         } else {
             ops::destroy_vdi(s, &vdi).await?;
         }
     }
     Ok(())
+}
+
+/// Removes the snapshots of the VM that an earlier, ended run of this A3 left because its
+/// clean-up after the commit failed (step 5). Only snapshots tagged with one of this
+/// catalog's ended runs are touched; a failure is logged and the backup goes on.
+async fn sweep_leftover_snapshots(
+    e: &Engine,
+    s: &Session,
+    t: &Target,
+    vm: &ops::Record,
+    log: &RunLog,
+) {
+    for snap in ops::refs(vm, "snapshots") {
+        let Ok(rec) = ops::record(s, "VM", &snap).await else {
+            continue;
+        };
+        let Some(run) =
+            ops::map_key(&rec, "other_config", RUN_KEY).and_then(|r| r.parse::<i64>().ok())
+        else {
+            continue;
+        };
+        let ended = matches!(e.catalog().run_get(run), Ok(Some(r)) if r.state != "running");
+        if !ended {
+            continue;
+        }
+        match drop_snapshot_data(s, &snap).await {
+            Ok(()) => log.info(&format!(
+                "{}: removed the snapshot run {run} left behind",
+                t.name
+            )),
+            Err(err) => log.warn(&format!(
+                "{}: removing the snapshot run {run} left behind: {err:#}",
+                t.name
+            )),
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -130,6 +166,7 @@ async fn snapshot_and_stream(
 ) -> anyhow::Result<i64> {
     let vm = ops::by_uuid(s, "VM", &t.uuid).await?;
     let rec = ops::record(s, "VM", &vm).await?;
+    sweep_leftover_snapshots(e, s, t, &rec, log).await;
     let mut meta = metadata::capture(s, &t.pool_uuid, &rec).await?;
     if meta.disks.is_empty() {
         bail!("VM '{}' has no disk to back up", t.name);

@@ -232,6 +232,14 @@ impl Api {
                 return Err(errors::session_invalid(session));
             }
         }
+        // An injected failure comes before any waiting: the call fails as it is made.
+        if let Some(e) = crate::faults::take(&mut st.faults, base) {
+            if is_async {
+                let task = task::run_async(&mut Ctx { st, host }, name, |_| Err(e));
+                return Ok(Outcome::Done(Response::Success(Value::from(task))));
+            }
+            return Err(e);
+        }
         let handler = match &method.kind {
             Kind::EventFrom => return event::from(st, params),
             Kind::ListMethods => {
@@ -261,13 +269,6 @@ impl Api {
             }
         };
         let mut ctx = Ctx { st, host };
-        if let Some(e) = crate::faults::take(&mut ctx.st.faults, base) {
-            if is_async {
-                let task = task::run_async(&mut ctx, name, |_| Err(e));
-                return Ok(Outcome::Done(Response::Success(Value::from(task))));
-            }
-            return Err(e);
-        }
         if is_async {
             let task = task::run_async(&mut ctx, name, |ctx| handler(ctx, params));
             return Ok(Outcome::Done(Response::Success(Value::from(task))));
