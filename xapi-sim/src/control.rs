@@ -18,6 +18,7 @@
 //! | `POST /sim/vms/{vm}/kill` | SIGKILLs a running ABD's agent process or qemu (XAPI is not told; the VM restarts it) |
 //! | `POST /sim/vms/{vm}/guest-tools?present=false` | simulated-only: the guest loses its PV tools (no guest metrics; HVM hot-plug is refused); `present=true` gives them back |
 //! | `POST /sim/vbds/{vbd}/held?held=true` | simulated-only: the guest holds the device open, so `VBD.unplug` is rejected (`DEVICE_DETACH_REJECTED`) until `held=false` or an `unplug_force` |
+//! | `POST /sim/latency?ms=N&method=M` | simulated-only: calls of `M` (every method without `method`) answer after N ms; an `Async.` call's task stays pending N ms; `ms=0` ends it |
 //! | `POST /sim/import-write-failure?after=N` | simulated-only: the next `PUT /import_raw_vdi` fails its write after N bytes (`VDI_IO_ERROR` in its task) |
 //!
 //! `{vdi}` and `{vm}` are a ref or uuid; `{host}` a ref, uuid or address. A host cannot take its own
@@ -72,6 +73,7 @@ pub async fn handle(shared: Arc<Shared>, host: String, req: Request<Incoming>) -
         (Method::POST, ["vms", id, "guest-tools"]) => guest_tools(&shared, id, &req),
         (Method::POST, ["vbds", id, "held"]) => held(&shared, id, &req),
         (Method::POST, ["import-write-failure"]) => import_write_failure(&shared, &req),
+        (Method::POST, ["latency"]) => latency(&shared, &req),
         _ => Err((
             StatusCode::NOT_FOUND,
             format!("no control endpoint {path}; see the xapi-sim README"),
@@ -322,6 +324,23 @@ fn import_write_failure(shared: &Shared, req: &Request<Incoming>) -> Reply {
     let after = num(&query(req), "after")?.ok_or_else(|| bad("give ?after=<bytes>"))?;
     shared.lock().knobs.import_write_failure_after = Some(after);
     Ok(json_reply(StatusCode::OK, json!({ "after": after })))
+}
+
+/// Simulated-only: makes calls slow (see [`crate::knobs::Latency`]).
+fn latency(shared: &Shared, req: &Request<Incoming>) -> Reply {
+    let q = query(req);
+    let ms = num(&q, "ms")?.ok_or_else(|| bad("give ?ms=<milliseconds>"))?;
+    let method = q
+        .get("method")
+        .map(|m| m.trim_start_matches("Async.").to_owned());
+    shared.lock().knobs.latency = (ms > 0).then(|| crate::knobs::Latency {
+        delay: std::time::Duration::from_millis(ms),
+        method: method.clone(),
+    });
+    Ok(json_reply(
+        StatusCode::OK,
+        json!({ "ms": ms, "method": method }),
+    ))
 }
 
 /// Simulated-only: the guest holds a VBD's device open (or lets it go).

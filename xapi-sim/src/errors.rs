@@ -96,6 +96,18 @@ pub fn vm_is_template(vm: &str) -> ApiError {
     err("VM_IS_TEMPLATE", [vm])
 }
 
+/// `VM_IS_SNAPSHOT [vm, op]`: the operation is not one a snapshot allows
+/// (xapi_vm_lifecycle.ml `check_snapshot`).
+pub fn vm_is_snapshot(vm: &str, op: &str) -> ApiError {
+    err("VM_IS_SNAPSHOT", [vm, op])
+}
+
+/// `MEMORY_CONSTRAINT_VIOLATION_ORDER []`: memory limits out of order
+/// (xapi_vm_memory_constraints.ml `assert_valid`).
+pub fn memory_constraint_violation_order() -> ApiError {
+    err("MEMORY_CONSTRAINT_VIOLATION_ORDER", [])
+}
+
 /// `VDI_IN_USE [vdi, op]`, as `VDI.destroy` and `VDI.data_destroy` raise it (xapi_vdi.ml).
 pub fn vdi_in_use(vdi: &str, op: &str) -> ApiError {
     err("VDI_IN_USE", [vdi, op])

@@ -99,7 +99,9 @@ pub async fn export(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Bod
 /// `PUT /import_raw_vdi`, as xen-api `ocaml/xapi/import_raw_vdi.ml` serves it:
 /// - when the host that got the request does not see the VDI's SR, a 302 to one that does
 ///   (the same path and query; xapi's URL has no port, the simulator's hosts share one);
-/// - otherwise 200 with the task's ref in `Task-Id`, the write's outcome being the task's
+/// - otherwise 200 at once, before the body is read (`Connection: close`, no length: the
+///   reply ends when the write does), with the task's ref in `Task-Id`, the write's outcome
+///   being the task's
 ///   (the client's `task_id`, else a new task): success with the VDI as result, or the
 ///   write's error (`VDI_IO_ERROR ["Device I/O errors"]`, as `vhd_tool_wrapper.ml` raises
 ///   it), so a failed write still answers 200.
@@ -152,7 +154,12 @@ pub async fn import(shared: Arc<Shared>, host: String, req: Request<Incoming>) -
     };
     shared.changed();
     let body = req.into_body();
-    let writer = {
+    // As xapi: the 200 goes out before the body is read, with `Connection: close` and no
+    // length, so the reply's (empty) body ends when the connection closes after the write.
+    // A client that reads the reply to its end has therefore waited for the write; the
+    // outcome itself is only in the task.
+    let (written, ended) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn({
         let (shared, task) = (shared.clone(), task.clone());
         async move {
             let outcome = write_body(&shared, body, &vdi_ref, &uuid, failure_after)
@@ -160,15 +167,25 @@ pub async fn import(shared: Arc<Shared>, host: String, req: Request<Incoming>) -
                 .map(|()| Value::from(vdi_ref.clone()));
             api::task::finish(&mut shared.lock(), &task, outcome);
             shared.changed();
+            let _ = written.send(());
         }
-    };
-    // xapi replies before it reads the body; here the reply waits for the write, because
-    // hyper's client stopped sending a body once the reply had come (seen as truncated
-    // writes). The outcome is in the task either way, which is what clients must read.
-    writer.await;
-    let mut r = text(StatusCode::OK, String::new());
+    });
+    let until_written = futures_util::stream::once(async move {
+        let _ = ended.await;
+        Ok::<_, std::convert::Infallible>(bytes::Bytes::new())
+    });
+    let mut r = Response::new(Body::from_stream(until_written));
+    let headers = r.headers_mut();
+    headers.insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("close"),
+    );
+    headers.insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-cache, no-store"),
+    );
     if let Ok(v) = header::HeaderValue::from_str(&task) {
-        r.headers_mut().insert("task-id", v);
+        headers.insert("task-id", v);
     }
     r
 }

@@ -35,39 +35,6 @@ use crate::server::{query, text};
 use crate::sim::Shared;
 use crate::state::State;
 
-/// VM fields taken from `ova.xml` (the rest are the new VM's own).
-const VM_FIELDS: &[&str] = &[
-    "name_label",
-    "name_description",
-    "is_a_template",
-    "memory_static_max",
-    "memory_dynamic_max",
-    "memory_dynamic_min",
-    "memory_static_min",
-    "VCPUs_params",
-    "VCPUs_max",
-    "VCPUs_at_startup",
-    "actions_after_shutdown",
-    "actions_after_reboot",
-    "actions_after_crash",
-    "PV_bootloader",
-    "PV_kernel",
-    "PV_ramdisk",
-    "PV_args",
-    "PV_bootloader_args",
-    "PV_legacy_args",
-    "HVM_boot_policy",
-    "HVM_boot_params",
-    "HVM_shadow_multiplier",
-    "platform",
-    "other_config",
-    "xenstore_data",
-    "blocked_operations",
-    "tags",
-    "domain_type",
-    "user_version",
-];
-
 /// Bodies in flight between the HTTP reader and the parser.
 const BODY_QUEUE: usize = 8;
 
@@ -503,12 +470,17 @@ impl XvaSink for Importer {
     }
 }
 
-/// The new VM: the exported fields over a fresh halted VM.
+/// The new VM, as import.ml makes it: `VM.create_from_record` of the exported record (the
+/// fields `VM.create` takes, over a fresh halted VM), then its affinity looked up among the
+/// imported objects, which hold no host here, so none.
 fn create_vm(st: &mut State, snap: &Value) -> ApiResult<Ref> {
     let fields = snap
         .as_struct()
         .ok_or_else(|| import_error("the VM object's snapshot is not a struct"))?;
-    api::create_vm(st, fields, VM_FIELDS).map_err(|e| import_error(&format!("the VM record: {e}")))
+    let vm = api::create_vm(st, fields, api::VM_CREATE_FIELDS)
+        .map_err(|e| import_error(&format!("the VM record: {e}")))?;
+    st.db.set("VM", &vm, "affinity", crate::model::null())?;
+    Ok(vm)
 }
 
 /// Refuses records xapi's import cannot read ([`ova_fields`]), in the order import.ml

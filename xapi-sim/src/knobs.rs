@@ -3,6 +3,7 @@
 //! demand. None of them is XAPI; none is saved (a restarted simulator starts without them).
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use crate::model::Ref;
 
@@ -18,4 +19,27 @@ pub struct SimKnobs {
     /// The next `PUT /import_raw_vdi` with more than this many bytes fails its write after
     /// them, with the error xapi reports for a failed write (`VDI_IO_ERROR`).
     pub import_write_failure_after: Option<u64>,
+    /// A slow pool: calls take this long, as a loaded host's xapi or a slow SR does.
+    pub latency: Option<Latency>,
+}
+
+/// How slow calls are: a sync call answers after `delay`; an `Async.` call returns its
+/// task at once and the task stays pending for `delay` before the operation runs.
+#[derive(Debug, Clone)]
+pub struct Latency {
+    /// The added time.
+    pub delay: Duration,
+    /// Only this method (without `Async.`), or every method when `None`.
+    pub method: Option<String>,
+}
+
+impl SimKnobs {
+    /// The latency to add to a call of `method` (without `Async.`), if any.
+    pub fn latency_of(&self, method: &str) -> Option<Duration> {
+        let l = self.latency.as_ref()?;
+        l.method
+            .as_deref()
+            .is_none_or(|m| m == method)
+            .then_some(l.delay)
+    }
 }

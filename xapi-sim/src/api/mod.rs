@@ -37,7 +37,7 @@ pub(crate) use network::create_vif;
 pub(crate) use sr::{create_sr, host_seeing, host_sees, placement};
 pub(crate) use vbd::{VbdSpec, create_vbd};
 pub(crate) use vdi::create_vdi;
-pub(crate) use vm::{create_vm, start_on};
+pub(crate) use vm::{VM_CREATE_FIELDS, create_vm, start_on};
 
 /// The context of a call: the state and the host that received the call.
 pub struct Ctx<'a> {
@@ -246,7 +246,24 @@ impl Api {
                 let names = self.method_names().into_iter().map(Value::from).collect();
                 return Ok(Outcome::Done(Response::Success(Value::Array(names))));
             }
-            Kind::Sync(h) => h,
+            Kind::Sync(h) => match st.knobs.latency_of(base) {
+                // A slow pool (a simulated-only knob): the call runs once the delay is over.
+                Some(delay) => {
+                    let mut deferred = Deferred {
+                        ready: |_, _| false,
+                        deadline: std::time::Instant::now() + delay,
+                        handler: h.clone(),
+                        params: params.to_vec(),
+                        host: host.to_owned(),
+                        task: None,
+                    };
+                    if is_async {
+                        deferred.task = Some(task::create(st, host, name));
+                    }
+                    return Ok(Outcome::Wait(deferred));
+                }
+                None => h,
+            },
             Kind::WaitThen {
                 ready,
                 timeout,

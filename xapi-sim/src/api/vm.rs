@@ -17,7 +17,7 @@ use crate::{abd, clock, guest_agent};
 pub(super) fn register(t: &mut Table) {
     t.add("VM.create", 1, 0, |ctx, p| {
         let args = params::record(p, 1, "args")?;
-        Ok(Value::from(create_vm(ctx.st, args, CREATE_FIELDS)?))
+        Ok(Value::from(create_vm(ctx.st, args, VM_CREATE_FIELDS)?))
     });
     t.add("VM.snapshot", 3, 1, |ctx, p| {
         let vm = params::object(ctx.st, p, 1, "VM")?;
@@ -117,6 +117,17 @@ pub(super) fn register(t: &mut Table) {
             Ok(void())
         });
     }
+    t.add("VM.set_memory_limits", 5, 0, |ctx, p| {
+        let vm = params::object(ctx.st, p, 1, "VM")?;
+        let limits = MemoryLimits {
+            static_min: params::int(p, 2, "static_min")?,
+            static_max: params::int(p, 3, "static_max")?,
+            dynamic_min: params::int(p, 4, "dynamic_min")?,
+            dynamic_max: params::int(p, 5, "dynamic_max")?,
+        };
+        set_memory_limits(ctx.st, &vm, limits)?;
+        Ok(void())
+    });
     t.add("VM.destroy", 1, 0, |ctx, p| {
         let vm = params::object(ctx.st, p, 1, "VM")?;
         destroy_vm(ctx.st, &vm)?;
@@ -137,7 +148,7 @@ pub(super) fn register(t: &mut Table) {
 
 /// Fields `VM.create` takes from its record; the rest are xapi's defaults or are
 /// managed by xapi itself (power state, devices, snapshots, …).
-const CREATE_FIELDS: &[&str] = &[
+pub(crate) const VM_CREATE_FIELDS: &[&str] = &[
     "name_label",
     "name_description",
     "user_version",
@@ -190,6 +201,50 @@ pub(crate) fn create_vm(st: &mut State, args: &Struct, fields: &[&str]) -> ApiRe
     let r = new_ref();
     st.db.insert("VM", r.clone(), rec);
     Ok(r)
+}
+
+/// The four limits `VM.set_memory_limits` takes, in bytes.
+struct MemoryLimits {
+    static_min: i64,
+    static_max: i64,
+    dynamic_min: i64,
+    dynamic_max: i64,
+}
+
+/// `VM.set_memory_limits` as xapi runs it: the `changing_memory_limits` operation needs a
+/// Halted VM (xapi_vm_lifecycle.ml `allowed_power_states`; templates may, snapshots may
+/// not: `check_template`, `check_snapshot`), then the limits must be in order,
+/// static_min ≤ dynamic_min ≤ dynamic_max ≤ static_max, or
+/// `MEMORY_CONSTRAINT_VIOLATION_ORDER []` (xapi_vm.ml `set_memory_limits`,
+/// xapi_vm_memory_constraints.ml `assert_valid`; XCP-ng licenses DMC, so the pinned
+/// variant does not apply). The target follows dynamic_min, as xapi sets it.
+fn set_memory_limits(st: &mut State, vm: &str, m: MemoryLimits) -> ApiResult<()> {
+    let snapshot = st
+        .db
+        .get("VM", vm)?
+        .get("is_a_snapshot")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    if snapshot {
+        return Err(errors::vm_is_snapshot(vm, "changing_memory_limits"));
+    }
+    require_state(st, vm, "Halted")?;
+    if !(m.static_min <= m.dynamic_min
+        && m.dynamic_min <= m.dynamic_max
+        && m.dynamic_max <= m.static_max)
+    {
+        return Err(errors::memory_constraint_violation_order());
+    }
+    for (field, v) in [
+        ("memory_static_min", m.static_min),
+        ("memory_static_max", m.static_max),
+        ("memory_dynamic_min", m.dynamic_min),
+        ("memory_dynamic_max", m.dynamic_max),
+        ("memory_target", m.dynamic_min),
+    ] {
+        st.db.set("VM", vm, field, Value::Int(v))?;
+    }
+    Ok(())
 }
 
 fn require_state(st: &State, vm: &str, expected: &str) -> ApiResult<()> {

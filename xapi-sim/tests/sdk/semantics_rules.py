@@ -204,4 +204,36 @@ for v in (moved, disk):
     x.VDI.destroy(v)
 ok("VDI.enable_cbt is refused on an SR type without CBT and on an on_boot=reset VDI")
 
+# --- xapi_vm_lifecycle.ml + xapi_vm.ml `set_memory_limits`: Halted only, limits in order ---
+mib = 1 << 20
+details = failure_of(x.VM.set_memory_limits, helper, str(64 * mib), str(256 * mib),
+                     str(128 * mib), str(128 * mib))
+check(details == ["VM_BAD_POWER_STATE", helper, "halted", "running"],
+      f"set_memory_limits of a running VM gives VM_BAD_POWER_STATE [vm, halted, running], got {details}")
+clone = x.VM.clone(next(r for r, v in vms.items() if v["is_a_template"] and not v["is_a_snapshot"]
+                        and not v["is_control_domain"]), "rules-memory")
+details = failure_of(x.VM.set_memory_limits, clone, str(64 * mib), str(128 * mib),
+                     str(256 * mib), str(256 * mib))
+check(details == ["MEMORY_CONSTRAINT_VIOLATION_ORDER"],
+      f"dynamic above static_max gives MEMORY_CONSTRAINT_VIOLATION_ORDER, got {details}")
+x.VM.set_memory_limits(clone, str(64 * mib), str(256 * mib), str(128 * mib), str(192 * mib))
+rec = x.VM.get_record(clone)
+check((rec["memory_static_min"], rec["memory_static_max"], rec["memory_dynamic_min"],
+       rec["memory_dynamic_max"], rec["memory_target"])
+      == (str(64 * mib), str(256 * mib), str(128 * mib), str(192 * mib), str(128 * mib)),
+      f"the limits are set, the target at dynamic_min: {rec}")
+x.VM.destroy(clone)
+ok("VM.set_memory_limits: Halted VMs only, limits in order, target at dynamic_min")
+
+# --- simulated-only latency knob: Async tasks stay pending while a slow pool works ---------
+control("/sim/latency?ms=1500&method=VM.get_allowed_VBD_devices")
+started = time.time()
+x.VM.get_allowed_VBD_devices(helper)
+check(time.time() - started >= 1.4, "a slow sync call answers after the latency")
+task = x.Async.VM.get_allowed_VBD_devices(helper)
+check(x.task.get_status(task) == "pending", "a slow Async call's task is pending at first")
+check(wait_task(task)["status"] == "success", "the slow task then succeeds")
+control("/sim/latency?ms=0")
+ok("the latency knob makes calls slow and tasks pending")
+
 print("all semantics rules hold")
