@@ -32,6 +32,31 @@ pub struct Config {
     pub dns: Vec<String>,
     /// How long a new ABD may take to boot and connect on port 2811, in seconds.
     pub abd_boot_timeout_secs: u64,
+    /// How long a synchronous XAPI call may take, in seconds. Slow operations run as
+    /// `Async.` tasks with bounds of their own, so this bounds record reads and quick
+    /// changes: a pool slower than this is reported as not answering.
+    pub xapi_call_timeout_secs: u64,
+}
+
+/// A config file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("config {}: cannot read: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not a valid config.
+    #[error("config {}: invalid: {source}", path.display())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        source: toml::de::Error,
+    },
 }
 
 impl Default for Config {
@@ -47,20 +72,25 @@ impl Default for Config {
             abd_template: None,
             dns: Vec::new(),
             abd_boot_timeout_secs: 120,
+            xapi_call_timeout_secs: 60,
         }
     }
 }
 
 impl Config {
     /// Reads `path`, or returns the defaults when no path is given.
-    pub fn load(path: Option<&Path>) -> anyhow::Result<Config> {
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
         let Some(path) = path else {
             return Ok(Config::default());
         };
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| anyhow::anyhow!("config {}: cannot read: {e}", path.display()))?;
-        toml::from_str(&text)
-            .map_err(|e| anyhow::anyhow!("config {}: invalid: {e}", path.display()))
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Invalid {
+            path: path.to_owned(),
+            source,
+        })
     }
 
     /// The file where `serve` publishes the URL its API actually listens on.

@@ -58,7 +58,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     )?;
 
     let shutdown = CancellationToken::new();
-    let inventory = Inventory::new(catalog.clone(), state_dir, shutdown.clone());
+    let timeouts = crate::xapi::Timeouts {
+        request: std::time::Duration::from_secs(config.xapi_call_timeout_secs),
+        ..Default::default()
+    };
+    let inventory = Inventory::new(catalog.clone(), state_dir, timeouts, shutdown.clone());
     inventory
         .start_watchers()
         .context("starting the pool watchers")?;

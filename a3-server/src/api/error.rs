@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use crate::catalog::ip_pool::IpListError;
 use crate::dataport::DispatchError;
+use crate::fleet::FleetError;
 use crate::fleet::ips::IpsError;
 use crate::inventory::InventoryError;
 use crate::jobs::StartError;
@@ -103,7 +104,15 @@ impl From<crate::dataport::storage::StorageError> for ApiError {
 
 impl From<InventoryError> for ApiError {
     fn from(e: InventoryError) -> ApiError {
-        let status = match &e {
+        let message = e.to_string();
+        ApiError::from_inventory_ref(&e, message)
+    }
+}
+
+impl ApiError {
+    /// The status of an inventory failure, with `message`.
+    fn from_inventory_ref(e: &InventoryError, message: String) -> ApiError {
+        let status = match e {
             InventoryError::BadAddress(_) => StatusCode::BAD_REQUEST,
             InventoryError::UnknownHost(_) | InventoryError::UnknownPool(_) => {
                 StatusCode::NOT_FOUND
@@ -118,10 +127,7 @@ impl From<InventoryError> for ApiError {
             | InventoryError::Secrets { .. }
             | InventoryError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        ApiError {
-            status,
-            message: e.to_string(),
-        }
+        ApiError { status, message }
     }
 }
 
@@ -167,6 +173,31 @@ impl From<IpsError> for ApiError {
             | IpsError::Inventory(_)
             | IpsError::Xapi(_) => ApiError::bad_request(e.to_string()),
             IpsError::List(IpListError::Catalog(c)) | IpsError::Catalog(c) => c.into(),
+        }
+    }
+}
+
+impl From<FleetError> for ApiError {
+    fn from(e: FleetError) -> ApiError {
+        let status = match &e {
+            FleetError::UnknownAbd(_) => StatusCode::NOT_FOUND,
+            FleetError::Busy { .. } | FleetError::NoVm { .. } => StatusCode::CONFLICT,
+            FleetError::Inventory(i) => return ApiError::from_inventory_ref(i, e.to_string()),
+            FleetError::Xapi(_)
+            | FleetError::BadAddress { .. }
+            | FleetError::NoAddress(_)
+            | FleetError::NotConnected { .. }
+            | FleetError::Provisioning { .. } => StatusCode::BAD_GATEWAY,
+            FleetError::UnspecifiedDataAddress(_)
+            | FleetError::Dns(_)
+            | FleetError::Template(_)
+            | FleetError::Catalog(_)
+            | FleetError::Pki(_)
+            | FleetError::Key(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError {
+            status,
+            message: e.to_string(),
         }
     }
 }

@@ -46,12 +46,7 @@ async fn destroy(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<AbdVmRow>, ApiError> {
-    let row = state
-        .engine
-        .fleet()
-        .destroy(&id)
-        .await
-        .map_err(|e| ApiError::bad_request(format!("{e:#}")))?;
+    let row = state.engine.fleet().destroy(&id).await?;
     Ok(Json(row))
 }
 
@@ -60,12 +55,7 @@ async fn ssh(
     Path(id): Path<String>,
     Json(cmd): Json<SshCommand>,
 ) -> Result<Json<crate::ssh::ExecOutput>, ApiError> {
-    let target = state
-        .engine
-        .fleet()
-        .ssh_target(&id)
-        .await
-        .map_err(|e| ApiError::bad_request(format!("{e:#}")))?;
+    let target = state.engine.fleet().ssh_target(&id).await?;
     let key = crate::ssh::A3Key::load(&state.config.state_dir)
         .map_err(|e| ApiError::internal(format!("{e:#}")))?;
     let timeout = std::time::Duration::from_secs(cmd.timeout_secs);

@@ -17,7 +17,7 @@ const INSERTS_IN_FLIGHT: usize = 16;
 
 /// Where the manifest of a disk of a VM backup goes, instead of a commit of its own: the VM
 /// backup commits one version with all of its disks.
-pub type Handoff = tokio::sync::oneshot::Sender<Result<Manifest, String>>;
+pub type Handoff = tokio::sync::oneshot::Sender<Result<Manifest, super::DispatchError>>;
 
 /// One running backup job.
 pub struct BackupWork {
@@ -76,7 +76,7 @@ impl BackupWork {
     }
 
     /// Hands a disk of a VM backup its outcome (the first one only).
-    pub fn finish(&self, outcome: Result<Manifest, String>) {
+    pub fn finish(&self, outcome: Result<Manifest, super::DispatchError>) {
         let tx = self
             .handoff
             .lock()

@@ -173,7 +173,7 @@ pub struct DiskJob {
     /// The data-path job, for its progress.
     pub id: u64,
     /// The disk's manifest once stored, or why it failed.
-    pub done: tokio::sync::oneshot::Receiver<Result<a3_shared::proto::Manifest, String>>,
+    pub done: tokio::sync::oneshot::Receiver<Result<a3_shared::proto::Manifest, DispatchError>>,
 }
 
 /// A restore to dispatch.
@@ -541,7 +541,7 @@ impl DataPort {
         let was = self.lock_active().remove(&job);
         let reason = match was {
             Some(Active::Backup(w)) => {
-                w.finish(Err(reason.to_owned()));
+                w.finish(Err(DispatchError::Failed(reason.to_owned())));
                 format!("{reason}; no version was committed")
             }
             Some(Active::Hash(w)) => {

@@ -13,13 +13,12 @@
 //! and a new one provisioned.
 
 pub mod bootcfg;
+mod error;
 pub mod ips;
 pub mod template;
 
 use std::sync::Arc;
 use std::time::Duration;
-
-use anyhow::Context;
 
 use crate::catalog::Catalog;
 use crate::catalog::abd_fleet::AbdVmRow;
@@ -31,9 +30,11 @@ use crate::xapi::Session;
 use crate::xapi::create::VifSpec;
 use crate::xapi::ops::{self, ABD_KEY, HIDE_KEY, TEMPLATE_VERSION_KEY};
 
+pub use error::FleetError;
+
 /// Starts an ABD's VM: on `on_host` when given (`VM.start_on`), else where the pool
 /// places it.
-async fn start(s: &Session, vm: &str, on_host: Option<&str>) -> anyhow::Result<()> {
+async fn start(s: &Session, vm: &str, on_host: Option<&str>) -> Result<(), FleetError> {
     match on_host {
         Some(host) => ops::vm_start_on(s, vm, host).await?,
         None => ops::vm_start(s, vm).await?,
@@ -45,7 +46,7 @@ async fn start(s: &Session, vm: &str, on_host: Option<&str>) -> anyhow::Result<(
 /// host-local (not shared) SR holding one of them, as only a VM on that host can attach
 /// its VDIs (xapi refuses others: `VM_REQUIRES_SR`, or an internal `Sr_not_attached` on
 /// `VBD.plug`). `None` when every disk is on shared storage.
-pub async fn host_for_disks(s: &Session, vm_uuid: &str) -> anyhow::Result<Option<String>> {
+pub async fn host_for_disks(s: &Session, vm_uuid: &str) -> Result<Option<String>, FleetError> {
     let vm = ops::record(s, "VM", &ops::by_uuid(s, "VM", vm_uuid).await?).await?;
     for vbd in ops::refs(&vm, "VBDs") {
         let b = ops::record(s, "VBD", &vbd).await?;
@@ -116,7 +117,7 @@ impl Fleet {
         run: i64,
         log: &RunLog,
         on_host: Option<&str>,
-    ) -> anyhow::Result<Held> {
+    ) -> Result<Held, FleetError> {
         let carried = template::carried(&self.config)?;
         let template_ref = template::ensure(s, &self.catalog, pool_uuid, &carried).await?;
         self.retire_outdated(s, pool_uuid, &carried.version, log)
@@ -183,22 +184,22 @@ impl Fleet {
     }
 
     /// Gives an ABD back: idle, running, ready for the next job.
-    pub fn release(&self, id: &str) -> anyhow::Result<()> {
+    pub fn release(&self, id: &str) -> Result<(), FleetError> {
         self.catalog.abd_vm_set_state(id, "idle", None)?;
         Ok(())
     }
 
     /// Destroys an ABD on request: its VM and disks, its credential, its address.
-    pub async fn destroy(&self, id: &str) -> anyhow::Result<AbdVmRow> {
+    pub async fn destroy(&self, id: &str) -> Result<AbdVmRow, FleetError> {
         let row = self
             .catalog
             .abd_vm_get(id)?
-            .ok_or_else(|| anyhow::anyhow!("no ABD '{id}'; see `a3-server abd list`"))?;
+            .ok_or_else(|| FleetError::UnknownAbd(id.to_owned()))?;
         if row.state == "busy" {
-            anyhow::bail!(
-                "ABD '{id}' is busy with run {}; wait for it to end (`a3-server job list`)",
-                row.busy_run.unwrap_or_default()
-            );
+            return Err(FleetError::Busy {
+                id: id.to_owned(),
+                run: row.busy_run.unwrap_or_default(),
+            });
         }
         let (s, _) = self.inventory.connect(&row.pool_uuid).await?;
         let result = self.destroy_row(&s, &row).await;
@@ -214,11 +215,11 @@ impl Fleet {
         row: &AbdVmRow,
         on_host: Option<&str>,
         log: &RunLog,
-    ) -> anyhow::Result<String> {
-        let vm_uuid = row
-            .vm_uuid
-            .as_deref()
-            .ok_or_else(|| anyhow::anyhow!("it has no VM"))?;
+    ) -> Result<String, FleetError> {
+        let vm_uuid = row.vm_uuid.as_deref().ok_or_else(|| FleetError::NoVm {
+            id: row.id.clone(),
+            state: row.state.clone(),
+        })?;
         let vm_ref = ops::by_uuid(s, "VM", vm_uuid).await?;
         if self.dataport.connected().contains_key(&row.id) {
             return Ok(vm_ref);
@@ -259,7 +260,7 @@ impl Fleet {
         run: i64,
         log: &RunLog,
         on_host: Option<&str>,
-    ) -> anyhow::Result<Held> {
+    ) -> Result<Held, FleetError> {
         let id = format!("abd-{}", hex::encode(rand::random::<[u8; 4]>()));
         let ip = self.catalog.abd_ip_take(pool_uuid, &id)?;
         let (network_ref, network_uuid) = match &ip {
@@ -318,7 +319,10 @@ impl Fleet {
                 if let Err(c) = self.destroy_row(s, &row).await {
                     log.warn(&format!("cleaning up ABD '{id}': {c:#}"));
                 }
-                Err(e.context(format!("provisioning ABD '{id}'")))
+                Err(FleetError::Provisioning {
+                    id,
+                    source: Box::new(e),
+                })
             }
         }
     }
@@ -332,7 +336,7 @@ impl Fleet {
         network_ref: &str,
         addressing: bootcfg::Addressing,
         on_host: Option<&str>,
-    ) -> anyhow::Result<String> {
+    ) -> Result<String, FleetError> {
         let id = &row.id;
         let vm = ops::vm_clone(s, template_ref, &format!("ABD {id}")).await?;
         let rec = ops::record(s, "VM", &vm).await?;
@@ -367,16 +371,13 @@ impl Fleet {
         &self,
         id: &str,
         addressing: bootcfg::Addressing,
-    ) -> anyhow::Result<bootcfg::BootConfig> {
+    ) -> Result<bootcfg::BootConfig, FleetError> {
         let a3 = self.dataport.addr();
         if a3.ip().is_unspecified() {
-            anyhow::bail!(
-                "port 2811 listens on {a3}: ABDs need the address to reach the A3 at; set \
-                 `data_listen` to the A3's address on the pool's network"
-            );
+            return Err(FleetError::UnspecifiedDataAddress(a3));
         }
         let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-        let dns = bootcfg::dns_servers(&self.config.dns, &resolv).map_err(anyhow::Error::msg)?;
+        let dns = bootcfg::dns_servers(&self.config.dns, &resolv).map_err(FleetError::Dns)?;
         Ok(bootcfg::BootConfig {
             a3,
             name: a3.ip().to_string(),
@@ -390,23 +391,21 @@ impl Fleet {
     }
 
     /// The A3's SSH key, which every ABD's boot config names.
-    pub fn a3_key(&self) -> anyhow::Result<crate::ssh::A3Key> {
+    pub fn a3_key(&self) -> Result<crate::ssh::A3Key, FleetError> {
         Ok(crate::ssh::A3Key::load_or_create(&self.config.state_dir)?)
     }
 
     /// Where and how to reach an ABD over SSH: the address its agent reported
     /// (`vm-data/abd/assigned-ip`), else its static address, else the one it connects to
     /// port 2811 from; and the host key it published (`vm-data/abd/ssh-hostkey`), to pin.
-    pub async fn ssh_target(&self, id: &str) -> anyhow::Result<crate::ssh::Target> {
+    pub async fn ssh_target(&self, id: &str) -> Result<crate::ssh::Target, FleetError> {
         let row = self
             .catalog
             .abd_vm_get(id)?
-            .ok_or_else(|| anyhow::anyhow!("no ABD '{id}'; see `a3-server abd list`"))?;
-        let vm_uuid = row.vm_uuid.as_deref().ok_or_else(|| {
-            anyhow::anyhow!(
-                "ABD '{id}' has no VM yet (state {}); try again later",
-                row.state
-            )
+            .ok_or_else(|| FleetError::UnknownAbd(id.to_owned()))?;
+        let vm_uuid = row.vm_uuid.as_deref().ok_or_else(|| FleetError::NoVm {
+            id: id.to_owned(),
+            state: row.state.clone(),
         })?;
         let (s, _) = self.inventory.connect(&row.pool_uuid).await?;
         let rec = async {
@@ -415,22 +414,21 @@ impl Fleet {
         }
         .await;
         s.logout().await;
-        let rec = rec.with_context(|| format!("ABD '{id}': reading its VM {vm_uuid}"))?;
+        let rec = rec?;
         let key = |k: &str| ops::map_key(&rec, "xenstore_data", k).map(str::to_owned);
         let reported = key(&format!("{}/assigned-ip", bootcfg::XS_DIR))
             .or_else(|| (row.ip != "dhcp").then(|| row.ip.clone()));
         let ip: std::net::IpAddr = match reported {
             Some(cidr) => {
                 let addr = cidr.split('/').next().unwrap_or_default();
-                addr.parse()
-                    .with_context(|| format!("ABD '{id}': bad address {cidr:?}"))?
+                addr.parse().map_err(|_| FleetError::BadAddress {
+                    id: id.to_owned(),
+                    cidr: cidr.clone(),
+                })?
             }
             None => match self.dataport.connected().get(id) {
                 Some(from) => from.remote.ip(),
-                None => anyhow::bail!(
-                    "ABD '{id}' has no known address: it uses DHCP, has not reported its \
-                     lease (vm-data/abd/assigned-ip) and is not connected; check its VM runs"
-                ),
+                None => return Err(FleetError::NoAddress(id.to_owned())),
             },
         };
         Ok(crate::ssh::Target {
@@ -440,15 +438,15 @@ impl Fleet {
         })
     }
 
-    async fn wait_connected(&self, id: &str) -> anyhow::Result<()> {
+    async fn wait_connected(&self, id: &str) -> Result<(), FleetError> {
         let limit = Duration::from_secs(self.config.abd_boot_timeout_secs);
         let deadline = tokio::time::Instant::now() + limit;
         while !self.dataport.connected().contains_key(id) {
             if tokio::time::Instant::now() >= deadline {
-                anyhow::bail!(
-                    "ABD '{id}' did not connect to port 2811 within {limit:?}; check that the \
-                     pool's network reaches the A3 (`a3-server abd diag`)"
-                );
+                return Err(FleetError::NotConnected {
+                    id: id.to_owned(),
+                    limit,
+                });
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -475,7 +473,7 @@ impl Fleet {
     }
 
     /// Destroys the VM (and disks) of an ABD row, revokes its credential, forgets it.
-    pub async fn destroy_row(&self, s: &Session, row: &AbdVmRow) -> anyhow::Result<()> {
+    pub async fn destroy_row(&self, s: &Session, row: &AbdVmRow) -> Result<(), FleetError> {
         if let Some(uuid) = &row.vm_uuid {
             match ops::by_uuid(s, "VM", uuid).await {
                 Ok(vm) => ops::destroy_vm(s, &vm, false).await?,

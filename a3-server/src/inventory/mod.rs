@@ -126,13 +126,18 @@ pub struct Inventory {
 }
 
 impl Inventory {
-    /// The component over `catalog`, keeping passwords under `state_dir`. Watchers stop when
-    /// `shutdown` fires.
-    pub fn new(catalog: Catalog, state_dir: &Path, shutdown: CancellationToken) -> Inventory {
+    /// The component over `catalog`, keeping passwords under `state_dir` and calling
+    /// XAPI within `timeouts`. Watchers stop when `shutdown` fires.
+    pub fn new(
+        catalog: Catalog,
+        state_dir: &Path,
+        timeouts: Timeouts,
+        shutdown: CancellationToken,
+    ) -> Inventory {
         Inventory {
             catalog,
             secrets: Secrets::new(state_dir),
-            timeouts: Timeouts::default(),
+            timeouts,
             shutdown,
             watchers: Arc::default(),
         }

@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
+use super::error::{Context, JobError, JobResult, bail};
 
 use crate::catalog::Catalog;
 use crate::xapi::create::{VbdMode, VbdSpec};
@@ -31,7 +31,7 @@ pub async fn for_reading(
     abd: &str,
     vdi: &str,
     run: i64,
-) -> anyhow::Result<(String, String)> {
+) -> JobResult<(String, String)> {
     let userdevice = ops::vm_allowed_vbd_devices(s, abd_vm)
         .await?
         .into_iter()
@@ -69,7 +69,7 @@ pub async fn for_reading(
 
 /// Waits until an HVM ABD's guest metrics allow hot-plug, as xapi_vbd_helpers.ml decides:
 /// `can_use_hotplug_vbd` is `yes`, or `unspecified` with PV drivers detected.
-async fn wait_hotplug_ready(s: &Session, abd_vm: &str, abd: &str) -> anyhow::Result<()> {
+async fn wait_hotplug_ready(s: &Session, abd_vm: &str, abd: &str) -> JobResult<()> {
     let deadline = tokio::time::Instant::now() + HOTPLUG_READY;
     loop {
         let vm = ops::record(s, "VM", abd_vm).await?;
@@ -83,7 +83,7 @@ async fn wait_hotplug_ready(s: &Session, abd_vm: &str, abd: &str) -> anyhow::Res
             let m = ops::record(s, "VM_guest_metrics", gm).await?;
             match ops::text(&m, "can_use_hotplug_vbd") {
                 "yes" => return Ok(()),
-                "no" => anyhow::bail!(
+                "no" => bail!(
                     "ABD '{abd}': its guest says it cannot hot-plug disks \
                      (can_use_hotplug_vbd=no); recreate it from the A3's template"
                 ),
@@ -92,7 +92,7 @@ async fn wait_hotplug_ready(s: &Session, abd_vm: &str, abd: &str) -> anyhow::Res
             }
         };
         if tokio::time::Instant::now() >= deadline {
-            anyhow::bail!(
+            bail!(
                 "ABD '{abd}' cannot take disks: {why} after {}s; xapi refuses hot-plug into an \
                  HVM guest without PV drivers; check the ABD's console (`a3-server abd ssh \
                  {abd} logs`)",
@@ -121,7 +121,7 @@ pub async fn import_raw(
     what: &str,
     size: u64,
     body: reqwest::Body,
-) -> anyhow::Result<()> {
+) -> JobResult<()> {
     let task = ops::task_create(s, &format!("A3: write {what}"))
         .await?
         .with_context(|| format!("{} has no task.create to follow a disk write", s.endpoint()))?;
@@ -146,18 +146,24 @@ pub async fn import_raw(
         if !resp.status().is_success() {
             let status = resp.status();
             let text = resp.text().await.unwrap_or_default();
-            anyhow::bail!(
+            bail!(
                 "writing {what} to {}: HTTP {status}: {}",
                 s.endpoint(),
                 text.trim()
             );
         }
-        // The response came before the body was read: keep it (and so the request, whose
-        // body is still being sent) until the task says the write is over.
-        let done = s.await_task("/import_raw_vdi", &task, WRITE_LIMIT).await;
-        drop(resp);
-        done.with_context(|| format!("writing {what}"))?;
-        anyhow::Ok(())
+        // xapi answers before it reads the body, and ends its reply (`Connection: close`,
+        // no length) when the write is over; a failed write closes the connection under
+        // the body still being sent, cutting the reply. Either way the task then holds the
+        // write's outcome, which is the one to report.
+        let reply = resp.bytes().await;
+        s.await_task("/import_raw_vdi", &task, WRITE_LIMIT)
+            .await
+            .with_context(|| format!("writing {what}"))?;
+        if let Err(e) = reply {
+            tracing::debug!("writing {what}: the reply was cut off after the write: {e}");
+        }
+        Ok::<_, super::error::JobError>(())
     }
     .await;
     ops::task_destroy(s, &task).await;
@@ -166,7 +172,7 @@ pub async fn import_raw(
 
 /// Where a host sends an import it cannot serve: the `Location` of its 302 to an
 /// empty-bodied probe (without `task_id`, whose task the probe must not settle).
-async fn redirected(s: &Session, query: &str) -> anyhow::Result<Option<reqwest::Url>> {
+async fn redirected(s: &Session, query: &str) -> JobResult<Option<reqwest::Url>> {
     let resp = s
         .transport()
         .http()
@@ -188,9 +194,13 @@ async fn redirected(s: &Session, query: &str) -> anyhow::Result<Option<reqwest::
                 s.endpoint()
             )
         })?;
-    Ok(Some(reqwest::Url::parse(location).with_context(|| {
-        format!("{} redirected a disk write to {location:?}", s.endpoint())
-    })?))
+    let url = reqwest::Url::parse(location).map_err(|e| {
+        JobError::Refused(format!(
+            "{} redirected a disk write to {location:?}: {e}",
+            s.endpoint()
+        ))
+    })?;
+    Ok(Some(url))
 }
 
 /// An HTTPS client for the pool host at `location`, pinned to its recorded certificate,
@@ -199,7 +209,7 @@ fn other_host(
     s: &Session,
     catalog: &Catalog,
     location: &reqwest::Url,
-) -> anyhow::Result<(reqwest::Client, String)> {
+) -> JobResult<(reqwest::Client, String)> {
     let address = location.host_str().unwrap_or_default();
     let host = catalog.find_host(address)?.with_context(|| {
         format!(
@@ -212,7 +222,7 @@ fn other_host(
         .as_deref()
         .map(str::parse::<Fingerprint>)
         .transpose()
-        .map_err(|e| anyhow::anyhow!("host {address}: bad pinned fingerprint: {e:?}"))?;
+        .map_err(|e| JobError::Refused(format!("host {address}: bad pinned fingerprint: {e:?}")))?;
     let port = location.port().unwrap_or(host.port);
     let endpoint = Endpoint::new(address, port);
     let transport = Transport::new(endpoint, pin, s.transport().timeouts())?;

@@ -16,8 +16,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::error::{Context, JobResult, bail};
 use a3_shared::proto::{CbtBitmap, Manifest};
-use anyhow::{Context, bail};
 
 use super::metadata::{self, VmMetadata};
 use super::{Engine, attach};
@@ -57,7 +57,7 @@ pub async fn backup_vm(
     t: &Target,
     held: &Held,
     log: &RunLog,
-) -> anyhow::Result<i64> {
+) -> JobResult<i64> {
     let mut created = Created::default();
     let result = snapshot_and_stream(e, s, run, t, held, log, &mut created).await;
     for vbd in created.vbds.drain(..) {
@@ -102,7 +102,7 @@ pub async fn backup_vm(
 /// disk (a disk without CBT goes whole). In this order because xapi's `VDI.data_destroy`
 /// waits for every VBD of the VDI to go and fails with `VDI_IN_USE` while the snapshot VM
 /// still has them (xen-api `ocaml/xapi/xapi_vdi.ml`); xs-cbt-backup does the same.
-async fn drop_snapshot_data(s: &Session, snap: &str) -> anyhow::Result<()> {
+async fn drop_snapshot_data(s: &Session, snap: &str) -> JobResult<()> {
     let rec = ops::record(s, "VM", snap).await?;
     let vdis = snapshot_vdis(s, &rec).await?;
     ops::destroy_vm(s, snap, true).await?;
@@ -163,7 +163,7 @@ async fn snapshot_and_stream(
     held: &Held,
     log: &RunLog,
     created: &mut Created,
-) -> anyhow::Result<i64> {
+) -> JobResult<i64> {
     let vm = ops::by_uuid(s, "VM", &t.uuid).await?;
     let rec = ops::record(s, "VM", &vm).await?;
     sweep_leftover_snapshots(e, s, t, &rec, log).await;
@@ -301,7 +301,7 @@ async fn incremental_base(
     last: Option<&(i64, VmMetadata)>,
     cbt_just_enabled: bool,
     log: &RunLog,
-) -> anyhow::Result<(Option<Manifest>, Option<CbtBitmap>)> {
+) -> JobResult<(Option<Manifest>, Option<CbtBitmap>)> {
     let full = |why: String| {
         log.info(&format!("{}: disk {}: full read: {why}", t.name, d.name));
         Ok((None, None))
@@ -391,7 +391,7 @@ async fn incremental_base(
 }
 
 /// The snapshot's disk VDIs by userdevice.
-async fn snapshot_vdis(s: &Session, snap: &ops::Record) -> anyhow::Result<HashMap<String, String>> {
+async fn snapshot_vdis(s: &Session, snap: &ops::Record) -> JobResult<HashMap<String, String>> {
     let mut out = HashMap::new();
     for vbd in ops::refs(snap, "VBDs") {
         let b = ops::record(s, "VBD", &vbd).await?;
@@ -404,7 +404,7 @@ async fn snapshot_vdis(s: &Session, snap: &ops::Record) -> anyhow::Result<HashMa
 }
 
 /// Waits for a disk job's manifest, publishing its progress meanwhile.
-async fn wait_disk(e: &Engine, run: i64, subject: &str, job: DiskJob) -> anyhow::Result<Manifest> {
+async fn wait_disk(e: &Engine, run: i64, subject: &str, job: DiskJob) -> JobResult<Manifest> {
     let DiskJob { id, mut done } = job;
     let mut tick = tokio::time::interval(PROGRESS_EVERY);
     loop {
@@ -412,7 +412,7 @@ async fn wait_disk(e: &Engine, run: i64, subject: &str, job: DiskJob) -> anyhow:
             outcome = &mut done => {
                 return match outcome {
                     Ok(Ok(manifest)) => Ok(manifest),
-                    Ok(Err(reason)) => bail!("{reason}"),
+                    Ok(Err(failure)) => Err(failure.into()),
                     Err(_) => bail!("data-path job {id} ended without a result (the A3 is stopping)"),
                 };
             }

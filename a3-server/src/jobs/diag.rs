@@ -16,9 +16,9 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
+use super::error::{Context, JobResult};
 use super::{Engine, StartError, Started, attach};
 use crate::catalog::jobs::CheckRow;
 use crate::catalog::run_log::RunLog;
@@ -158,12 +158,7 @@ impl Engine {
     }
 
     /// Holds an ABD of the pool for the run and checks it.
-    async fn diag_pool(
-        &self,
-        run: i64,
-        pool_uuid: &str,
-        log: &RunLog,
-    ) -> anyhow::Result<Vec<CheckRow>> {
+    async fn diag_pool(&self, run: i64, pool_uuid: &str, log: &RunLog) -> JobResult<Vec<CheckRow>> {
         let (s, _) = self.inventory().connect(pool_uuid).await?;
         let result = async {
             // The test disk is on Alike_SR, which every host sees: any host will do.
@@ -180,7 +175,7 @@ impl Engine {
             if let Err(e) = self.fleet().release(&held.row.id) {
                 log.warn(&format!("ABD '{}': {e}", held.row.id));
             }
-            anyhow::Ok(checks)
+            Ok::<_, super::error::JobError>(checks)
         }
         .await;
         s.logout().await;
@@ -336,12 +331,12 @@ impl Engine {
                 tokio::time::timeout(HASH_TIMEOUT, self.dataport().hash_device(abd, &device))
                     .await
                     .map_err(|_| {
-                        anyhow::anyhow!(
+                        super::error::JobError::Refused(format!(
                             "the ABD did not read {device} within {}s",
                             HASH_TIMEOUT.as_secs()
-                        )
+                        ))
                     })??;
-            anyhow::Ok((device, found, started.elapsed()))
+            Ok::<_, super::error::JobError>((device, found, started.elapsed()))
         }
         .await;
         if let Some(vbd) = vbd
@@ -408,7 +403,7 @@ fn test_pattern(run: i64) -> Vec<u8> {
 }
 
 /// A new VDI on `sr` for the test disk, tagged with the run.
-async fn create_test_vdi(s: &Session, sr: &str, run: i64) -> anyhow::Result<String> {
+async fn create_test_vdi(s: &Session, sr: &str, run: i64) -> JobResult<String> {
     Ok(VdiSpec {
         name_label: format!("A3 diag test disk (run {run})"),
         name_description: "created by the A3's ABD diag job; removed when it ends".into(),

@@ -17,11 +17,14 @@
 pub mod attach;
 pub mod backup;
 pub mod diag;
+mod error;
 pub mod metadata;
 pub mod pools;
 pub mod recovery;
 pub mod restore;
 pub mod verify;
+
+pub use error::{JobError, JobResult};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

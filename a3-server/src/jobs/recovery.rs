@@ -9,6 +9,7 @@
 use std::collections::HashSet;
 
 use super::Engine;
+use super::error::JobResult;
 use crate::catalog::run_log::RunLog;
 use crate::xapi::ops::{self, RUN_KEY};
 
@@ -24,7 +25,7 @@ pub struct Recovered {
 }
 
 /// Recovers every interrupted run.
-pub async fn recover(e: &Engine) -> anyhow::Result<Recovered> {
+pub async fn recover(e: &Engine) -> JobResult<Recovered> {
     let runs = e.catalog().runs_running()?;
     let mut done = Recovered::default();
     let broken_abds: Vec<_> = e
@@ -80,7 +81,7 @@ pub async fn recover(e: &Engine) -> anyhow::Result<Recovered> {
                 e.fleet().destroy_row(&s, row).await?;
                 done.vms += 1;
             }
-            anyhow::Ok(())
+            Ok::<_, super::error::JobError>(())
         };
         if let Err(err) = clean.await {
             problems.push(format!("pool {pool}: clean-up failed: {err:#}"));

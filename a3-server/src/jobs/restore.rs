@@ -7,8 +7,8 @@
 //! Everything a restore creates carries `other_config:a3_run`, so recovery removes a VM a
 //! crash left half-restored.
 
+use super::error::{Context, JobResult, bail};
 use a3_shared::chunk::BlockId;
-use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
 use super::metadata::{DiskMeta, VmMetadata};
@@ -43,7 +43,7 @@ pub async fn restore(
     spec: &RestoreSpec,
     pool_uuid: &str,
     log: &RunLog,
-) -> anyhow::Result<String> {
+) -> JobResult<String> {
     let v = e.catalog().version_get(spec.version)?.with_context(|| {
         format!(
             "no version {}; see `a3-server version list VM`",
@@ -72,7 +72,7 @@ async fn over_original(
     spec: &RestoreSpec,
     meta: &VmMetadata,
     log: &RunLog,
-) -> anyhow::Result<String> {
+) -> JobResult<String> {
     let vm = ops::by_uuid(s, "VM", &meta.vm_uuid)
         .await
         .with_context(|| format!("the original VM {} is not in this pool", meta.vm_uuid))?;
@@ -121,7 +121,7 @@ async fn as_new_vm(
     spec: &RestoreSpec,
     meta: &VmMetadata,
     log: &RunLog,
-) -> anyhow::Result<String> {
+) -> JobResult<String> {
     let sr = target_sr(s, spec.sr.as_deref()).await?;
     let tag = vec![(RUN_KEY.to_owned(), run.to_string())];
     let date = crate::util::clock::utc_minute(crate::util::clock::unix_now());
@@ -175,7 +175,7 @@ async fn add_devices(
     tag: &[(String, String)],
     log: &RunLog,
     vdis: &mut Vec<String>,
-) -> anyhow::Result<()> {
+) -> JobResult<()> {
     for d in &meta.disks {
         let vdi = VdiSpec {
             name_label: d.vdi_name.clone(),
@@ -231,19 +231,19 @@ async fn add_devices(
 }
 
 /// Removes a half-restored VM and the disks made for it.
-async fn remove_half_restored(s: &Session, vm: &str, vdis: &[String]) -> anyhow::Result<()> {
+async fn remove_half_restored(s: &Session, vm: &str, vdis: &[String]) -> JobResult<()> {
     ops::destroy_vm(s, vm, true).await?;
     for vdi in vdis {
         ops::destroy_vdi(s, vdi).await?;
     }
     Ok(())
 }
-async fn start(s: &Session, vm: &str) -> anyhow::Result<()> {
+async fn start(s: &Session, vm: &str) -> JobResult<()> {
     Ok(ops::vm_start(s, vm).await?)
 }
 
 /// The SR by uuid or name; the pool's default SR when none is given.
-async fn target_sr(s: &Session, sr: Option<&str>) -> anyhow::Result<String> {
+async fn target_sr(s: &Session, sr: Option<&str>) -> JobResult<String> {
     let all = ops::all_records(s, "SR").await?;
     match sr {
         Some(want) => all
@@ -276,7 +276,7 @@ async fn write_disk(
     d: &DiskMeta,
     vdi: &str,
     log: &RunLog,
-) -> anyhow::Result<()> {
+) -> JobResult<()> {
     let store = e.store().clone();
     let name = d.name.clone();
     let manifest = {

@@ -13,9 +13,8 @@ pub mod portmap;
 pub use lifecycle::{HostPbd, PoolSr, SR_NAME, SrError, SrService, alike_sr};
 
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use anyhow::Context;
 use nfs3_server::tcp::{NFSTcp, NFSTcpListener};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -25,31 +24,64 @@ pub const NFS_PORT: u16 = 2049;
 /// The MOUNT path of the SR directory (the PBDs' `serverpath`).
 pub const EXPORT: &str = "/alike";
 
+/// Why the A3 SR could not be served.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The SR directory cannot be made or read.
+    #[error("SR directory {}: {source}", dir.display())]
+    Dir {
+        /// The directory.
+        dir: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Port 2049 is taken.
+    #[error(
+        "NFS server: cannot listen on {ip}:{NFS_PORT}: {source}; stop the other NFS server \
+         or set sr_address"
+    )]
+    Nfs {
+        /// The address.
+        ip: IpAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Port 111 is taken.
+    #[error(
+        "portmapper: cannot listen on {ip}:{}: {source}; is rpcbind running? stop it or set \
+         sr_address",
+        portmap::PORT
+    )]
+    Portmap {
+        /// The address.
+        ip: IpAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
 /// Starts the NFS server and the portmapper on `ip`, serving `sr_dir` (created if missing),
 /// until `shutdown`. Binding errors are reported here, before anything runs.
 pub async fn start(
     ip: IpAddr,
     sr_dir: &Path,
     shutdown: CancellationToken,
-) -> anyhow::Result<JoinHandle<()>> {
-    std::fs::create_dir_all(sr_dir)
-        .with_context(|| format!("SR directory {}: cannot create", sr_dir.display()))?;
-    let fs = dirfs::DirFs::new(sr_dir)
-        .with_context(|| format!("SR directory {}: cannot read", sr_dir.display()))?;
+) -> Result<JoinHandle<()>, ServeError> {
+    let dir_error = |source| ServeError::Dir {
+        dir: sr_dir.to_owned(),
+        source,
+    };
+    std::fs::create_dir_all(sr_dir).map_err(dir_error)?;
+    let fs = dirfs::DirFs::new(sr_dir).map_err(dir_error)?;
     let generation = fs.generation();
     let mut nfs = NFSTcpListener::bind_with_generation(&format!("{ip}:{NFS_PORT}"), fs, generation)
         .await
-        .with_context(|| {
-            format!("NFS server: cannot listen on {ip}:{NFS_PORT}; stop the other NFS server or set sr_address")
-        })?;
+        .map_err(|source| ServeError::Nfs { ip, source })?;
     nfs.with_export_name(EXPORT);
     // Bind the portmapper's sockets now, so that a clash fails the start, not a task.
-    let pmap = portmap::Portmapper::bind(ip).await.with_context(|| {
-        format!(
-            "portmapper: cannot listen on {ip}:{}; is rpcbind running? stop it or set sr_address",
-            portmap::PORT
-        )
-    })?;
+    let pmap = portmap::Portmapper::bind(ip)
+        .await
+        .map_err(|source| ServeError::Portmap { ip, source })?;
     tracing::info!(%ip, port = NFS_PORT, dir = %sr_dir.display(), "A3 SR served over NFS v3");
     Ok(tokio::spawn(async move {
         tokio::select! {

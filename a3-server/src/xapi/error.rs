@@ -22,7 +22,10 @@ pub enum XapiError {
         detail: String,
     },
     /// The host took longer than the bound on this call.
-    #[error("host {host}: no answer to {method} within {after:?}; check the host and the network")]
+    #[error(
+        "host {host}: no answer to {method} within {after:?}; check the host and the network \
+         (for a pool this slow, raise `xapi_call_timeout_secs` in the A3's config)"
+    )]
     Timeout {
         /// The host.
         host: String,

@@ -255,13 +255,18 @@ pub struct A3 {
 impl A3 {
     /// Writes the config (template, DNS) and starts `a3-server serve`.
     pub fn start(state: &Path, ip: &str) -> A3 {
+        A3::start_configured(state, ip, "")
+    }
+
+    /// [`A3::start`], with `extra` lines appended to the config.
+    pub fn start_configured(state: &Path, ip: &str, extra: &str) -> A3 {
         std::fs::create_dir_all(state).unwrap();
         let xva = state.join("abd.xva");
         if !xva.exists() {
             template_xva(&xva);
         }
         let config = format!(
-            "abd_template = {:?}\ndns = [\"{ip}:53\", \"127.0.0.53\"]\nabd_boot_timeout_secs = 60\n",
+            "abd_template = {:?}\ndns = [\"{ip}:53\", \"127.0.0.53\"]\nabd_boot_timeout_secs = 60\n{extra}",
             xva.display().to_string()
         );
         A3::start_with(state, ip, &config, &format!("{ip}:0"))
