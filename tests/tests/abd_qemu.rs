@@ -21,7 +21,7 @@ use std::time::Duration;
 use a3_e2e::wait_until;
 use a3_server::ssh::{A3Key, Target};
 use abd_qemu_util::{
-    Boot, DnsServer, Vm, assert_same_files, diag_line, free_tcp_port, silent_udp_port,
+    Boot, DnsServer, Vm, assert_same_files, boot_keys, diag_line, free_tcp_port, silent_udp_port,
     write_data_disk,
 };
 use datapath_util::{A3, scratch};
@@ -46,34 +46,7 @@ impl Site {
     fn start(id: &str) -> Site {
         let dir = scratch();
         let a3 = A3::start(&dir.path().join("a3"), "127.0.0.1:0");
-        let port = std::fs::read_to_string(a3.state.join("data.addr"))
-            .unwrap()
-            .trim()
-            .rsplit_once(':')
-            .unwrap()
-            .1
-            .to_owned();
-        let cfg = std::fs::read_to_string(a3.enroll(id, dir.path())).unwrap();
-        let field = |k: &str| {
-            cfg.lines()
-                .find_map(|l| l.strip_prefix(&format!("{k} = \"")))
-                .and_then(|v| v.strip_suffix('"'))
-                .unwrap_or_else(|| panic!("no {k} in the enrolled config:\n{cfg}"))
-                .to_owned()
-        };
-        // The A3 made its SSH key at start; the command line takes it without spaces.
-        let sshkey = A3Key::load(&a3.state).unwrap().public_line();
-        let (alg, blob) = sshkey.split_once(' ').unwrap();
-        let blob = blob.split_whitespace().next().unwrap();
-        let keys = vec![
-            ("sshkey", format!("{alg}:{blob}")),
-            ("a3", format!("{HOST}:{port}")),
-            // A name the A3's certificate carries, resolved through the test's DNS.
-            ("name", "a3".to_owned()),
-            ("id", id.to_owned()),
-            ("token", field("token")),
-            ("ca", field("ca_pin")),
-        ];
+        let keys = boot_keys(&a3.state, &a3.enroll(id, dir.path()), HOST, id);
         Site {
             dir,
             a3,

@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use a3_e2e::{ChildGuard, built_image, wait_until};
+use a3_server::abdssh::A3Key;
 use abd_image::recipe;
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::{RData, Record, RecordType};
@@ -247,6 +248,45 @@ impl Vm {
             })
             .collect()
     }
+}
+
+/// The boot config keys of an ABD enrolled as `id` (`enrolled` is the config file
+/// `a3-server abd enroll` wrote) for an A3 with state dir `state`, reached at `host`, the
+/// host's loopback as the guest sees it. The DNS and addressing keys are the test's.
+pub fn boot_keys(
+    state: &Path,
+    enrolled: &Path,
+    host: &str,
+    id: &str,
+) -> Vec<(&'static str, String)> {
+    let port = std::fs::read_to_string(state.join("data.addr"))
+        .unwrap()
+        .trim()
+        .rsplit_once(':')
+        .unwrap()
+        .1
+        .to_owned();
+    let cfg = std::fs::read_to_string(enrolled).unwrap();
+    let field = |k: &str| {
+        cfg.lines()
+            .find_map(|l| l.strip_prefix(&format!("{k} = \"")))
+            .and_then(|v| v.strip_suffix('"'))
+            .unwrap_or_else(|| panic!("no {k} in the enrolled config:\n{cfg}"))
+            .to_owned()
+    };
+    // The A3 made its SSH key at start; the command line takes it without spaces.
+    let sshkey = A3Key::load(state).unwrap().public_line();
+    let (alg, blob) = sshkey.split_once(' ').unwrap();
+    let blob = blob.split_whitespace().next().unwrap();
+    vec![
+        ("sshkey", format!("{alg}:{blob}")),
+        ("a3", format!("{host}:{port}")),
+        // A name the A3's certificate carries, resolved through the test's DNS.
+        ("name", "a3".to_owned()),
+        ("id", id.to_owned()),
+        ("token", field("token")),
+        ("ca", field("ca_pin")),
+    ]
 }
 
 /// A TCP port on 127.0.0.1 free right now, for a qemu host forward (qemu binds it itself).
