@@ -23,7 +23,12 @@ OPTS=soft,proto=tcp,vers=3,acdirmin=0,acdirmax=0,timeo=200,retrans=4
 # mount.nfs needs rpc.statd for NFSv3 locking, and statd registers with a local rpcbind.
 rpcbind || fail "rpcbind"
 rpc.statd || fail "rpc.statd"
-rpcinfo -s "$NFS_SERVER" || fail "rpcinfo -s $NFS_SERVER"
+rpcinfo -s "$NFS_SERVER" || {
+	ip addr show xenbr0
+	echo | nc -w 5 "$NFS_SERVER" 111 && echo "tcp 111 connects"
+	rpcinfo -T tcp "$NFS_SERVER" 100000 2
+	fail "rpcinfo -s $NFS_SERVER"
+}
 showmount -e "$NFS_SERVER" | tee /tmp/exports
 grep -q "^$EXPORT " /tmp/exports || fail "showmount -e lists no $EXPORT"
 mkdir -p /run/sr-root "/run/sr-mount/$SR_UUID"

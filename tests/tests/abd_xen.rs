@@ -64,9 +64,11 @@ impl Machine {
     fn boot(dir: &Path, extra: &[Entry]) -> Machine {
         let initrd = dir.join("dom0.img");
         let mut out = File::create(&initrd).unwrap();
-        out.write_all(&std::fs::read(bundle("dom0.img")).unwrap())
-            .unwrap();
-        // The kernel unpacks concatenated archives in turn.
+        let mut base = std::fs::read(bundle("dom0.img")).unwrap();
+        // The kernel unpacks concatenated archives in turn; an uncompressed one must start
+        // 4-byte aligned, and the zero padding before it is skipped.
+        base.resize(base.len().next_multiple_of(4), 0);
+        out.write_all(&base).unwrap();
         initramfs::write_cpio(extra, &mut out).unwrap();
         drop(out);
         let console = dir.join("console.log");

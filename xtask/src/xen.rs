@@ -412,8 +412,8 @@ impl Files {
         Ok(())
     }
 
-    /// `/init` and the files the NFS client's daemons look up: libtirpc's `/etc/netconfig`,
-    /// and the `_rpc` user rpcbind and rpc.statd drop to.
+    /// `/init` and the files the NFS client's tools look up: libtirpc's `/etc/netconfig`,
+    /// service and protocol names, and the `_rpc` user rpcbind and rpc.statd drop to.
     fn add_config(&mut self) -> anyhow::Result<()> {
         let xen = setup::workspace_root().join("xen");
         self.files
@@ -425,6 +425,12 @@ impl Files {
                 "root:x:0:0:root:/root:/bin/sh\n_rpc:x:105:65534::/run/rpcbind:/usr/sbin/nologin\nstatd:x:106:65534::/var/lib/nfs:/usr/sbin/nologin\n",
             ),
             ("etc/group", "root:x:0:\nnogroup:x:65534:\n"),
+            // libtirpc looks up rpcbind's port by service name ("sunrpc").
+            (
+                "etc/services",
+                "sunrpc 111/tcp portmapper\nsunrpc 111/udp portmapper\nnfs 2049/tcp\nnfs 2049/udp\n",
+            ),
+            ("etc/protocols", "ip 0 IP\ntcp 6 TCP\nudp 17 UDP\n"),
         ] {
             self.generated.insert(path.into(), text.as_bytes().to_vec());
         }
