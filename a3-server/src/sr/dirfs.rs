@@ -26,8 +26,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use nfs3_server::fs_util::metadata_to_fattr3;
 use nfs3_server::nfs3_types::nfs3::{
-    Nfs3Option, createverf3, fattr3, filename3, nfspath3, nfsstat3, sattr3, set_atime, set_mtime,
-    stable_how,
+    Nfs3Option, createverf3, fattr3, filename3, nfspath3, nfsstat3, nfstime3, sattr3, set_atime,
+    set_mtime, stable_how,
 };
 use nfs3_server::vfs::{
     DirEntryPlus, FileHandleU64, NextResult, NfsFileSystem, NfsReadFileSystem, ReadDirPlusIterator,
@@ -154,6 +154,13 @@ impl DirFs {
 fn attributes(meta: &Metadata) -> fattr3 {
     let mut attr = metadata_to_fattr3(meta.ino(), meta);
     attr.used = meta.blocks() * 512; // sparse VHDs use less than their size
+    // The status change time, not the birth time `metadata_to_fattr3` gives: Linux's NFSv3
+    // client derives its change attribute from ctime and revalidates nothing cached while it
+    // stays put, so a directory would never show the files the A3 adds to it.
+    attr.ctime = nfstime3 {
+        seconds: meta.ctime() as u32,
+        nseconds: meta.ctime_nsec() as u32,
+    };
     attr
 }
 
@@ -641,6 +648,43 @@ mod tests {
         fs.remove(&sr, &name("a.vhd")).await.unwrap();
         fs.remove(&root, &name("sr-uuid")).await.unwrap();
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    /// A file the A3 adds to a directory (not through NFS) moves the directory's ctime, from
+    /// which Linux's NFSv3 client derives its change attribute.
+    #[tokio::test]
+    async fn a_directory_changes_ctime_when_the_a3_adds_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("sr-uuid")).unwrap();
+        let fs = DirFs::new(dir.path()).unwrap();
+        let sr = fs.lookup(&fs.root_dir(), &name("sr-uuid")).await.unwrap();
+        let before = fs.getattr(&sr).await.unwrap();
+        let meta = std::fs::metadata(dir.path().join("sr-uuid")).unwrap();
+        assert_eq!(
+            (before.ctime.seconds, before.ctime.nseconds),
+            (meta.ctime() as u32, meta.ctime_nsec() as u32)
+        );
+        // Past the file system's timestamp granularity.
+        wait_for_clock_past(&meta);
+        std::fs::write(dir.path().join("sr-uuid/template.vhd"), b"v").unwrap();
+        let after = fs.getattr(&sr).await.unwrap();
+        assert_ne!(
+            (after.ctime.seconds, after.ctime.nseconds),
+            (before.ctime.seconds, before.ctime.nseconds)
+        );
+    }
+
+    /// Returns once the clock reads later than `meta`'s ctime.
+    fn wait_for_clock_past(meta: &Metadata) {
+        let ctime = UNIX_EPOCH + Duration::new(meta.ctime() as u64, meta.ctime_nsec() as u32);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while SystemTime::now() <= ctime + Duration::from_millis(10) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the clock stands still"
+            );
+            std::thread::yield_now();
+        }
     }
 
     #[tokio::test]
