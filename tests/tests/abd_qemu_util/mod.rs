@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use a3_e2e::{ChildGuard, built_image, wait_until};
-use a3_server::abdssh::A3Key;
+use a3_server::ssh::A3Key;
 use abd_image::recipe;
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::{RData, Record, RecordType};
