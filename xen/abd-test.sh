@@ -70,8 +70,14 @@ vnc = 0
 serial = "file:/var/log/xen/abd-serial.log"
 on_crash = "preserve"
 EOF
+# libxl gives the device model 60 s to start (LIBXL_DEVICE_MODEL_START_TIMEOUT); qemu-xen
+# under nested TCG takes longer.
+export LIBXL_DEVICE_MODEL_START_TIMEOUT=900
+mkdir -p /var/log/xen
 xl create -p /tmp/abd.cfg >/tmp/xl-create.log 2>&1 || {
-	cat /tmp/xl-create.log /var/log/xen/qemu-dm-abd.log
+	cat /tmp/xl-create.log
+	ls -l /var/log/xen
+	cat /var/log/xen/qemu-dm-abd.log
 	fail "xl create"
 }
 DOMID=$(xl domid abd)
