@@ -511,6 +511,7 @@ fn load_or_build(config: &SimConfig) -> Result<State, SimError> {
             next_domid: saved.next_domid,
             abd: None,
             faults: Vec::new(),
+            detaching: Default::default(),
             knobs: Default::default(),
         };
         if let Some(pw) = &config.password {
@@ -531,6 +532,7 @@ fn load_or_build(config: &SimConfig) -> Result<State, SimError> {
         next_domid: 1,
         abd: None,
         faults: Vec::new(),
+        detaching: Default::default(),
         knobs: Default::default(),
     };
     let plan = Plan {

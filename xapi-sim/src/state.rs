@@ -1,6 +1,6 @@
 //! The simulator's whole mutable state, guarded by one lock in the server.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use crate::disks::DiskStore;
 use crate::errors::{self, ApiResult};
@@ -34,6 +34,10 @@ pub struct State {
     pub next_domid: i64,
     /// The process backend for ABD VMs, when the simulator runs them (`--abd-agent`).
     pub abd: Option<crate::abd::Hook>,
+    /// VBDs unplugged from a running ABD whose guest still holds the device; the backend
+    /// removes each once the device is gone, and `VBD.unplug` replies only then (not
+    /// persisted).
+    pub detaching: BTreeSet<Ref>,
     /// Failures a test injected (not persisted).
     pub faults: Vec<crate::faults::Fault>,
     /// The simulated-only test knobs (not saved).

@@ -392,11 +392,13 @@ impl Dispatcher {
                 Some((tx, _)) => {
                     let _ = tx.send(action);
                 }
-                None => {
-                    if let Action::Kill { reply, .. } = action {
+                None => match action {
+                    Action::Kill { reply, .. } => {
                         let _ = reply.send(None);
                     }
-                }
+                    Action::Unplug { vbd, .. } => released(&self.shared, &vbd),
+                    _ => {}
+                },
             }
             if stop && let Some((_, task)) = self.actors.remove(&vm) {
                 self.stopping.insert(vm, task);
@@ -633,6 +635,7 @@ impl<G: Guest> Actor<G> {
             self.guest.detach(&self.ctx, &dev).await;
             remove_device(&self.ctx, dev).await;
         }
+        released(&self.ctx.shared, vbd);
     }
 
     /// Ends the guest's process: SIGKILL, or a clean stop and a grace period.
@@ -673,6 +676,13 @@ impl<G: Guest> Actor<G> {
             tracing::warn!(vm = %self.ctx.vm, "removing {}: {e}", self.ctx.dir.display());
         }
         tracing::info!(vm = %self.ctx.vm, hard, "ABD stopped");
+    }
+}
+
+/// The guest no longer sees `vbd`'s disk: its `VBD.unplug` may reply.
+fn released(shared: &Shared, vbd: &str) {
+    if shared.lock().detaching.remove(vbd) {
+        shared.changed();
     }
 }
 

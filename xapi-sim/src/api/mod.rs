@@ -68,6 +68,19 @@ pub enum Kind {
         /// The body, run once the wait is over.
         handler: Handler,
     },
+    /// Runs `handler` under the lock, then holds the reply until `settled` (at most
+    /// `timeout`) and sends what `reply` says, as xenopsd's device calls wait for the
+    /// guest after changing xenstore.
+    RunThenWait {
+        /// The body, run at once.
+        handler: Handler,
+        /// True once the effect is complete.
+        settled: Ready,
+        /// The longest wait.
+        timeout: std::time::Duration,
+        /// The reply, made once the wait is over.
+        reply: Handler,
+    },
     /// `event.from`: may wait for events outside the lock.
     EventFrom,
     /// `system.listMethods`: reads the table itself.
@@ -284,6 +297,34 @@ impl Api {
                 }
                 return Ok(Outcome::Wait(deferred));
             }
+            Kind::RunThenWait {
+                handler,
+                settled,
+                timeout,
+                reply,
+            } => {
+                if let Err(e) = handler(&mut Ctx { st, host }, params) {
+                    if is_async {
+                        let task = task::run_async(&mut Ctx { st, host }, name, |_| Err(e));
+                        return Ok(Outcome::Done(Response::Success(Value::from(task))));
+                    }
+                    return Err(e);
+                }
+                let mut deferred = Deferred {
+                    ready: *settled,
+                    deadline: std::time::Instant::now() + *timeout,
+                    handler: reply.clone(),
+                    params: params.to_vec(),
+                    host: host.to_owned(),
+                    task: None,
+                };
+                if is_async {
+                    deferred.task = Some(task::create(st, host, name));
+                } else if deferred.ready(st) {
+                    return Ok(Outcome::Done(deferred.finish(st)));
+                }
+                return Ok(Outcome::Wait(deferred));
+            }
         };
         let mut ctx = Ctx { st, host };
         if is_async {
@@ -347,6 +388,35 @@ impl Table {
                     ready,
                     timeout,
                     handler: Arc::new(f),
+                },
+            },
+        );
+    }
+
+    /// Like [`Table::add`], for a method whose effect completes outside the lock: `f`
+    /// runs at once, then the reply waits until `settled` (at most `timeout`) and is what
+    /// `reply` returns.
+    pub fn add_settling(
+        &mut self,
+        name: &str,
+        args: usize,
+        f: impl Fn(&mut Ctx<'_>, &[Value]) -> ApiResult<Value> + Send + Sync + 'static,
+        settled: Ready,
+        timeout: std::time::Duration,
+        reply: impl Fn(&mut Ctx<'_>, &[Value]) -> ApiResult<Value> + Send + Sync + 'static,
+    ) {
+        self.methods.insert(
+            name.to_owned(),
+            Method {
+                required: 1 + args,
+                max: 1 + args,
+                session: true,
+                has_async: true,
+                kind: Kind::RunThenWait {
+                    handler: Arc::new(f),
+                    settled,
+                    timeout,
+                    reply: Arc::new(reply),
                 },
             },
         );

@@ -50,24 +50,31 @@ pub(super) fn register(t: &mut Table) {
     });
     for name in ["VBD.unplug", "VBD.unplug_force"] {
         let force = name == "VBD.unplug_force";
-        t.add(name, 1, 0, move |ctx, p| {
-            let vbd = params::object(ctx.st, p, 1, "VBD")?;
-            let vm = ctx.st.db.str_field("VBD", &vbd, "VM")?;
-            require_running(ctx.st, &vm)?;
-            if !attached(ctx.st, &vbd)? {
-                return Err(errors::device_already_detached(&vbd));
-            }
-            check_hotplug(ctx.st, &vm)?;
-            // xapi_xenops.ml `vbd_unplug`: a guest that keeps the device open rejects a
-            // clean unplug (xenopsd's Device_detach_rejected); a forced one goes through.
-            if !force && ctx.st.knobs.held_vbds.contains(&vbd) {
-                return Err(errors::device_detach_rejected("VBD", &vbd));
-            }
-            ctx.st.knobs.held_vbds.remove(&vbd);
-            set_attached(ctx.st, &vbd, false)?;
-            abd::notify(ctx.st, abd::Action::Unplug { vm, vbd });
-            Ok(void())
-        });
+        // xenopsd's `Device.Generic.clean_shutdown_wait` (ocaml/xenopsd/xc/device.ml):
+        // the unplug returns once the guest's frontend has closed and the backend is
+        // gone, so the guest no longer sees the disk; it gives up after
+        // `hotplug_timeout` (xenopsd.ml, 300 s) with a device error.
+        t.add_settling(
+            name,
+            1,
+            move |ctx, p| unplug(ctx.st, p, force),
+            |st, p| {
+                p.get(1)
+                    .and_then(Value::as_str)
+                    .is_none_or(|vbd| !st.detaching.contains(vbd))
+            },
+            HOTPLUG_TIMEOUT,
+            |ctx, p| {
+                let vbd = p.get(1).and_then(Value::as_str).unwrap_or_default();
+                if ctx.st.detaching.remove(vbd) {
+                    return Err(errors::internal_error(&format!(
+                        "Device_error: the guest did not release VBD {vbd} within {}s",
+                        HOTPLUG_TIMEOUT.as_secs()
+                    )));
+                }
+                Ok(void())
+            },
+        );
     }
     t.add("VBD.destroy", 1, 0, |ctx, p| {
         let vbd = params::object(ctx.st, p, 1, "VBD")?;
@@ -79,6 +86,33 @@ pub(super) fn register(t: &mut Table) {
         remove_vbd(ctx.st, &vbd)?;
         Ok(void())
     });
+}
+
+/// How long an unplug waits for the guest to let go (xenopsd.ml `hotplug_timeout`).
+const HOTPLUG_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// `VBD.unplug[_force]`'s checks and state change; a running ABD's backend then takes the
+/// device away from its guest.
+fn unplug(st: &mut State, p: &[Value], force: bool) -> ApiResult<Value> {
+    let vbd = params::object(st, p, 1, "VBD")?;
+    let vm = st.db.str_field("VBD", &vbd, "VM")?;
+    require_running(st, &vm)?;
+    if !attached(st, &vbd)? {
+        return Err(errors::device_already_detached(&vbd));
+    }
+    check_hotplug(st, &vm)?;
+    // xapi_xenops.ml `vbd_unplug`: a guest that keeps the device open rejects a clean
+    // unplug (xenopsd's Device_detach_rejected); a forced one goes through.
+    if !force && st.knobs.held_vbds.contains(&vbd) {
+        return Err(errors::device_detach_rejected("VBD", &vbd));
+    }
+    st.knobs.held_vbds.remove(&vbd);
+    set_attached(st, &vbd, false)?;
+    if st.abd.is_some() {
+        st.detaching.insert(vbd.clone());
+    }
+    abd::notify(st, abd::Action::Unplug { vm, vbd });
+    Ok(void())
 }
 
 /// The fields of a new VBD.
