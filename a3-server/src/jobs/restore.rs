@@ -7,7 +7,7 @@
 //! Everything a restore creates carries `other_config:a3_run`, so recovery removes a VM a
 //! crash left half-restored.
 
-use super::error::{Context, JobResult, bail};
+use super::error::{Context, JobError, JobResult, bail};
 use a3_shared::chunk::BlockId;
 use serde::{Deserialize, Serialize};
 
@@ -288,20 +288,39 @@ async fn write_disk(
         "writing disk {} ({size} bytes) from version {version}",
         d.name
     ));
-    let body = reqwest::Body::wrap_stream(disk_stream(store, manifest));
-    attach::import_raw(s, e.catalog(), vdi, &format!("disk {}", d.name), size, body).await
+    let failed = ReadFailure::default();
+    let body = reqwest::Body::wrap_stream(disk_stream(store, manifest, failed.clone()));
+    let written =
+        attach::import_raw(s, e.catalog(), vdi, &format!("disk {}", d.name), size, body).await;
+    // A block the store cannot give cuts the body; the pool then reports only that its
+    // write failed, so the store's reason comes first.
+    let stashed = failed.lock().unwrap_or_else(|p| p.into_inner()).take();
+    match stashed {
+        Some(why) => Err(why).with_context(|| {
+            format!(
+                "reading disk {} of version {version} from the store",
+                d.name
+            )
+        }),
+        None => written,
+    }
 }
+
+/// The first reason the body of a disk write ended early.
+type ReadFailure = std::sync::Arc<std::sync::Mutex<Option<JobError>>>;
 
 /// The disk's bytes in order: stored blocks read (and checked) from the store, zeros for
 /// the zero blocks.
 fn disk_stream(
     store: Store,
     manifest: crate::store::manifest::DiskManifest,
+    failed: ReadFailure,
 ) -> impl futures::Stream<Item = Result<Vec<u8>, std::io::Error>> + Send + 'static {
     let manifest = std::sync::Arc::new(manifest);
     futures::stream::unfold(0usize, move |i| {
         let store = store.clone();
         let manifest = manifest.clone();
+        let failed = failed.clone();
         async move {
             if i >= manifest.blocks.len() {
                 return None;
@@ -309,24 +328,30 @@ fn disk_stream(
             let offset = manifest.offset_of(i);
             let len = (manifest.size - offset).min(u64::from(manifest.block_size)) as usize;
             let block: Option<BlockId> = manifest.blocks[i];
-            let bytes = match block {
+            let read = match block {
                 None => Ok(vec![0u8; len]),
-                Some(id) => tokio::task::spawn_blocking(move || store.read_block(&id))
-                    .await
-                    .map_err(std::io::Error::other)
-                    .and_then(|r| r.map_err(std::io::Error::other))
-                    .and_then(|b| {
-                        if b.len() == len {
-                            Ok(b)
-                        } else {
-                            Err(std::io::Error::other(format!(
-                                "block {i} is {} bytes, the disk needs {len}",
-                                b.len()
-                            )))
-                        }
-                    }),
+                Some(id) => read_block(store, id, i, len).await,
             };
-            Some((bytes, i + 1))
+            Some((
+                read.map_err(|why| {
+                    let text = why.to_string();
+                    failed
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get_or_insert(why);
+                    std::io::Error::other(text)
+                }),
+                i + 1,
+            ))
         }
     })
+}
+
+/// Block `i` of a disk, read and checked from the store; it must be `len` bytes.
+async fn read_block(store: Store, id: BlockId, i: usize, len: usize) -> JobResult<Vec<u8>> {
+    let bytes = tokio::task::spawn_blocking(move || store.read_block(&id)).await??;
+    if bytes.len() != len {
+        bail!("block {i} is {} bytes, the disk needs {len}", bytes.len());
+    }
+    Ok(bytes)
 }
