@@ -5,7 +5,6 @@ use std::path::Path;
 use std::sync::Arc;
 
 use a3_shared::durable::write_private;
-use anyhow::Context;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -13,6 +12,59 @@ use crate::api::{self, AppState};
 use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::inventory::Inventory;
+
+/// Why the A3 could not start, or did not stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// A file or socket of the A3's own.
+    #[error("{what}: {source}")]
+    Io {
+        /// What the A3 was doing.
+        what: String,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+    /// A private file could not be written.
+    #[error(transparent)]
+    Write(#[from] a3_shared::durable::WriteError),
+    /// The catalog.
+    #[error(transparent)]
+    Catalog(#[from] crate::catalog::CatalogError),
+    /// The pool watchers.
+    #[error("starting the pool watchers: {0}")]
+    Inventory(#[from] crate::inventory::InventoryError),
+    /// The certificate authority.
+    #[error(transparent)]
+    Pki(#[from] crate::pki::PkiError),
+    /// The A3's SSH key.
+    #[error(transparent)]
+    Key(#[from] crate::ssh::KeyError),
+    /// The store.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// Port 2811.
+    #[error(transparent)]
+    DataPort(#[from] crate::dataport::StartError),
+    /// A component's task panicked.
+    #[error("{what} task: {source}")]
+    Task {
+        /// The component.
+        what: &'static str,
+        /// Why it ended.
+        source: tokio::task::JoinError,
+    },
+}
+
+impl ServerError {
+    fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServerError {
+        let what = what.into();
+        move |source| ServerError::Io { what, source }
+    }
+
+    fn task(what: &'static str) -> impl FnOnce(tokio::task::JoinError) -> ServerError {
+        move |source| ServerError::Task { what, source }
+    }
+}
 
 /// A running server, as started by [`start`].
 pub struct Running {
@@ -28,21 +80,26 @@ pub struct Running {
 
 impl Running {
     /// Asks every component to stop and waits until they have.
-    pub async fn shutdown(self) -> anyhow::Result<()> {
+    pub async fn shutdown(self) -> Result<(), ServerError> {
         // While NFS still serves: the pools show Alike_SR unplugged while the A3 is away.
         self.state.sr.unplug_everywhere().await;
         self.state.shutdown.cancel();
-        self.http.await.context("HTTP server task")??;
-        self.dataport.await.context("port 2811 task")?;
+        self.http
+            .await
+            .map_err(ServerError::task("HTTP server"))?
+            .map_err(ServerError::io("HTTP server"))?;
+        self.dataport
+            .await
+            .map_err(ServerError::task("port 2811"))?;
         if let Some(task) = self.sr_server {
-            task.await.context("NFS server task")?;
+            task.await.map_err(ServerError::task("NFS server"))?;
         }
         Ok(())
     }
 }
 
 /// Starts the server in the current tokio runtime.
-pub async fn start(config: Config) -> anyhow::Result<Running> {
+pub async fn start(config: Config) -> Result<Running, ServerError> {
     let state_dir = &config.state_dir;
     create_private_dir(state_dir)?;
     let catalog = Catalog::open(&config.catalog_file())?;
@@ -50,8 +107,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 
     let listener = tokio::net::TcpListener::bind(config.http_listen)
         .await
-        .with_context(|| format!("HTTP API: cannot listen on {}", config.http_listen))?;
-    let http_addr = listener.local_addr()?;
+        .map_err(ServerError::io(format!(
+            "HTTP API: cannot listen on {}",
+            config.http_listen
+        )))?;
+    let http_addr = listener
+        .local_addr()
+        .map_err(ServerError::io("HTTP API: the bound address"))?;
     write_private(
         &config.api_url_file(),
         format!("http://{http_addr}\n").as_bytes(),
@@ -63,9 +125,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         ..Default::default()
     };
     let inventory = Inventory::new(catalog.clone(), state_dir, timeouts, shutdown.clone());
-    inventory
-        .start_watchers()
-        .context("starting the pool watchers")?;
+    inventory.start_watchers()?;
     let pki = crate::pki::Pki::open(state_dir, catalog.clone())?;
     // Made once; every ABD's boot config carries its public half (`sshkey`).
     crate::ssh::A3Key::load_or_create(state_dir)?;
@@ -82,18 +142,20 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     // The A3 SR. A clash on 111 or 2049 (rpcbind, another A3 on this address) leaves the
     // other services running; `sr status` and the log say why the SR is not served.
     let sr_ip = config.sr_address.unwrap_or(config.data_listen.ip());
-    let (sr_server, serving) =
-        match crate::sr::start(sr_ip, &config.sr_dir(), shutdown.clone()).await {
-            Ok(task) => (Some(task), Ok(())),
-            Err(e) => {
-                tracing::error!("the A3 SR is not served: {e:#}");
-                (None, Err(format!("{e:#}")))
-            }
-        };
+    let started = crate::sr::start(sr_ip, &config.sr_dir(), shutdown.clone()).await;
+    if let Err(e) = &started {
+        tracing::error!("the A3 SR is not served: {e}");
+    }
     let advertised = config
         .sr_address
         .or((!sr_ip.is_unspecified()).then_some(sr_ip));
-    let sr = crate::sr::SrService::new(catalog.clone(), inventory.clone(), advertised, serving);
+    let sr = crate::sr::SrService::new(
+        catalog.clone(),
+        inventory.clone(),
+        advertised,
+        started.as_ref().map(drop),
+    );
+    let sr_server = started.ok();
     tokio::spawn(sr.clone().upkeep(shutdown.clone()));
     let config = Arc::new(config);
     let engine = crate::jobs::Engine::new(
@@ -157,9 +219,10 @@ async fn startup_upkeep(
 }
 
 /// Runs the server until SIGINT or SIGTERM, then shuts it down.
-pub async fn serve(config: Config) -> anyhow::Result<()> {
+pub async fn serve(config: Config) -> Result<(), ServerError> {
     let running = start(config).await?;
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(ServerError::io("SIGTERM handler"))?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
@@ -168,16 +231,19 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     running.shutdown().await
 }
 
-fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+fn create_private_dir(dir: &Path) -> Result<(), ServerError> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .with_context(|| format!("state dir {}: cannot create", dir.display()))
+        .map_err(ServerError::io(format!(
+            "state dir {}: cannot create",
+            dir.display()
+        )))
 }
 
-fn load_or_create_token(path: &Path) -> anyhow::Result<String> {
+fn load_or_create_token(path: &Path) -> Result<String, ServerError> {
     match std::fs::read_to_string(path) {
         Ok(token) => Ok(token.trim().to_owned()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -186,6 +252,9 @@ fn load_or_create_token(path: &Path) -> anyhow::Result<String> {
             write_private(path, token.as_bytes())?;
             Ok(token)
         }
-        Err(e) => Err(e).with_context(|| format!("{}: cannot read API token", path.display())),
+        Err(e) => Err(ServerError::io(format!(
+            "{}: cannot read API token",
+            path.display()
+        ))(e)),
     }
 }

@@ -1,6 +1,7 @@
 //! The architecture, enforced: a3-server's top-level modules form layers, and a module may
 //! use only modules of a strictly lower layer; the workspace's crates depend on each other
-//! only as the design allows; XAPI method names live in `xapi/` only. In the spirit of
+//! only as the design allows; XAPI method names live in `xapi/` only; `anyhow` is used in
+//! main and cli only. In the spirit of
 //! firecracker's `verify_dependencies` test, this reads the sources, so a new upward `use`
 //! fails here and not in review.
 
@@ -338,4 +339,32 @@ fn xapi_method_names_live_in_xapi_only() {
         xapi_method_names(r#"call("Async.VM.snapshot"); record("VM"); "VM. is off""#),
         vec!["\"VM.snapshot".to_owned()]
     );
+}
+
+/// Whether `source` uses `anyhow` (in code, not comments).
+fn uses_anyhow(source: &str) -> bool {
+    code_only(source).contains("anyhow")
+}
+
+#[test]
+fn anyhow_is_used_only_at_the_edge() {
+    let src = src_dir();
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let found: Vec<String> = files
+        .iter()
+        .filter(|file| {
+            let rel = file.strip_prefix(&src).unwrap();
+            !(rel.starts_with("cli") || rel == Path::new("main.rs"))
+        })
+        .filter(|file| uses_anyhow(&std::fs::read_to_string(file).unwrap()))
+        .map(|file| file.strip_prefix(&src).unwrap().display().to_string())
+        .collect();
+    assert!(
+        found.is_empty(),
+        "give the area its own thiserror enum; anyhow belongs to main and cli only:\n{}",
+        found.join("\n")
+    );
+    assert!(uses_anyhow("fn f() -> anyhow::Result<()> {}"));
+    assert!(!uses_anyhow("// not anyhow here"));
 }

@@ -109,7 +109,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 config.data_listen = addr;
             }
             init_logging(config.log_json);
-            runtime.block_on(crate::server::serve(config))
+            Ok(runtime.block_on(crate::server::serve(config))?)
         }
         Command::Host(cmd) => {
             let api = client::ApiClient::connect(&config, cli.api.as_deref())?;

@@ -7,7 +7,8 @@ use a3_shared::proto::{Assembler, CbtBitmap, DataDown, DataUp, MAX_FRAME_LEN, Ma
 
 use tokio::task::JoinSet;
 
-use super::storage::BackupSession;
+use super::StreamError;
+use super::storage::{BackupSession, StorageError};
 use super::wire;
 
 /// Chunk inserts one data stream keeps in flight. Each insert ends in an fsync of the file
@@ -67,11 +68,11 @@ impl BackupWork {
         }
     }
 
-    fn with_assembler<T>(&self, f: impl FnOnce(&mut Assembler) -> T) -> Result<T, String> {
+    fn with_assembler<T>(&self, f: impl FnOnce(&mut Assembler) -> T) -> Result<T, StreamError> {
         let mut guard = self.assembler.lock().unwrap_or_else(|p| p.into_inner());
-        let a = guard
-            .as_mut()
-            .ok_or_else(|| "no data stream announced the disk size".to_owned())?;
+        let a = guard.as_mut().ok_or_else(|| {
+            StreamError::Protocol("no data stream announced the disk size".into())
+        })?;
         Ok(f(a))
     }
 
@@ -87,12 +88,12 @@ impl BackupWork {
         }
     }
 
-    fn session(&self) -> Result<Arc<BackupSession>, String> {
+    fn session(&self) -> Result<Arc<BackupSession>, StreamError> {
         self.session
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
-            .ok_or_else(|| format!("job {}: already committed or aborted", self.job))
+            .ok_or_else(|| self.ended())
     }
 
     /// Serves one data stream until the agent's End; `Err` names what failed.
@@ -101,7 +102,7 @@ impl BackupWork {
         size: u64,
         send: &mut wire::SendStream,
         recv: &mut wire::RecvStream,
-    ) -> Result<(), String> {
+    ) -> Result<(), StreamError> {
         {
             let mut guard = self.assembler.lock().unwrap_or_else(|p| p.into_inner());
             match guard.as_ref() {
@@ -114,52 +115,45 @@ impl BackupWork {
                     ))
                 }
                 Some(a) if a.size() != size => {
-                    return Err(format!(
+                    return Err(StreamError::Protocol(format!(
                         "data streams disagree on the disk size ({} vs {size})",
                         a.size()
-                    ));
+                    )));
                 }
                 Some(_) => {}
             }
         }
         let session = self.session()?;
-        let mut inserts: JoinSet<Result<WireId, String>> = JoinSet::new();
-        let ctx = |e: wire::WireError| e.describe(&self.abd);
+        let mut inserts: JoinSet<Result<WireId, StorageError>> = JoinSet::new();
+        let ctx = |e: wire::WireError| StreamError::Link(e.describe(&self.abd));
         loop {
             match wire::recv::<DataUp>(recv, MAX_FRAME_LEN)
                 .await
                 .map_err(ctx)?
             {
                 Some(DataUp::Hashes(batch)) => {
-                    let pending = self
-                        .with_assembler(|a| a.record_batch(&batch))?
-                        .map_err(|e| e.to_string())?;
+                    let pending = self.with_assembler(|a| a.record_batch(&batch))??;
                     let ids: Vec<WireId> = pending.ids().copied().collect();
                     let present = if ids.is_empty() {
                         Vec::new()
                     } else {
-                        session.has_chunks(ids).await.map_err(|e| e.to_string())?
+                        session.has_chunks(ids).await?
                     };
                     let need = self.with_assembler(|a| a.resolve(pending, &present))?;
                     wire::send(send, &need).await.map_err(ctx)?;
                 }
                 Some(DataUp::Chunk { id, data }) => {
                     if !self.with_assembler(|a| a.is_outstanding(&id))? {
-                        return Err(format!(
+                        return Err(StreamError::Protocol(format!(
                             "chunk {} was not requested",
                             a3_shared::proto::assemble::hex(&id)
-                        ));
+                        )));
                     }
                     while inserts.len() >= INSERTS_IN_FLIGHT {
                         self.inserted(inserts.join_next().await)?;
                     }
                     let s = session.clone();
-                    inserts.spawn(async move {
-                        s.insert_chunk(id, data)
-                            .await
-                            .map(|()| id)
-                            .map_err(|e| e.to_string())
-                    });
+                    inserts.spawn(async move { s.insert_chunk(id, data).await.map(|()| id) });
                     while let Some(done) = inserts.try_join_next() {
                         self.inserted(Some(done))?;
                     }
@@ -175,8 +169,15 @@ impl BackupWork {
                     wire::send(send, &DataDown::End).await.map_err(ctx)?;
                     return Ok(());
                 }
-                Some(DataUp::Open { .. }) => return Err("Open sent twice on a stream".into()),
-                None => return Err(format!("ABD '{}' closed a data stream early", self.abd)),
+                Some(DataUp::Open { .. }) => {
+                    return Err(StreamError::Protocol("Open sent twice on a stream".into()));
+                }
+                None => {
+                    return Err(StreamError::Link(format!(
+                        "ABD '{}' closed a data stream early",
+                        self.abd
+                    )));
+                }
             }
         }
     }
@@ -184,28 +185,36 @@ impl BackupWork {
     /// Accounts for a finished insert.
     fn inserted(
         &self,
-        done: Option<Result<Result<WireId, String>, tokio::task::JoinError>>,
-    ) -> Result<(), String> {
+        done: Option<Result<Result<WireId, StorageError>, tokio::task::JoinError>>,
+    ) -> Result<(), StreamError> {
         let Some(done) = done else { return Ok(()) };
-        let id = done.map_err(|e| format!("chunk insert task: {e}"))??;
-        self.with_assembler(|a| a.chunk_received(&id))?
-            .map_err(|e| e.to_string())
+        let id = done??;
+        Ok(self.with_assembler(|a| a.chunk_received(&id))??)
+    }
+
+    /// The session is gone: the job was committed or aborted.
+    fn ended(&self) -> StreamError {
+        StreamError::Protocol(format!("job {}: already committed or aborted", self.job))
     }
 
     /// The agent is done: commit if, and only if, the version is complete. Returns the
     /// version id.
-    pub async fn commit(&self) -> Result<String, String> {
+    pub async fn commit(&self) -> Result<String, StreamError> {
         let manifest = self
             .with_assembler(|a| a.finish())?
-            .map_err(|e| format!("disk '{}': {e}", self.disk))?;
+            .map_err(|e| StreamError::from(e).during(format!("disk '{}'", self.disk)))?;
         let session = self
             .session
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take()
-            .ok_or_else(|| format!("job {}: already committed or aborted", self.job))?;
-        let session = Arc::try_unwrap(session)
-            .map_err(|_| format!("job {}: data streams still running at commit", self.job))?;
+            .ok_or_else(|| self.ended())?;
+        let session = Arc::try_unwrap(session).map_err(|_| {
+            StreamError::Protocol(format!(
+                "job {}: data streams still running at commit",
+                self.job
+            ))
+        })?;
         if self.hands_off {
             // Every chunk is durable (each stream waited for its inserts before End); the
             // VM's commit checks them all again under the same lease.
@@ -216,9 +225,6 @@ impl BackupWork {
                 self.disk
             ));
         }
-        session
-            .commit(self.disk.clone(), manifest)
-            .await
-            .map_err(|e| e.to_string())
+        Ok(session.commit(self.disk.clone(), manifest).await?)
     }
 }

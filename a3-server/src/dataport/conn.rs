@@ -7,12 +7,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use a3_shared::proto::{A3Msg, AgentMsg, DataDown, DataUp, PROTOCOL_VERSION};
-use anyhow::{Context, bail};
 use tokio::sync::mpsc;
 
 use super::hash::DeviceHash;
 use super::wire::{RecvStream, SendStream};
-use super::{Active, AgentLink, DataPort, JobState, Transport, wire};
+use super::{Active, AgentLink, ConnError, DataPort, JobState, StreamError, Transport, wire};
 
 /// Frames on the control stream from an agent are small (no manifests go up).
 const MAX_CONTROL_UP: usize = 64 << 10;
@@ -80,9 +79,16 @@ pub async fn handle_quic(
     port: DataPort,
     incoming: quinn::Incoming,
     conn_id: usize,
-) -> anyhow::Result<()> {
+) -> Result<(), ConnError> {
     let remote = incoming.remote_address();
-    let conn = incoming.await.context("handshake")?;
+    let quic = |what| {
+        move |source| ConnError::Quic {
+            remote,
+            what,
+            source,
+        }
+    };
+    let conn = incoming.await.map_err(quic("handshake"))?;
     let certs = conn.peer_identity().and_then(|any| {
         any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
             .ok()
@@ -92,9 +98,11 @@ pub async fn handle_quic(
     let (send, recv) = tokio::time::timeout(FIRST_MESSAGE_TIMEOUT, conn.accept_bi())
         .await
         .map_err(|_| {
-            anyhow::anyhow!("{remote}: opened no stream within {FIRST_MESSAGE_TIMEOUT:?}")
+            ConnError::Ended(format!(
+                "{remote}: opened no stream within {FIRST_MESSAGE_TIMEOUT:?}"
+            ))
         })?
-        .context("control stream")?;
+        .map_err(quic("control stream"))?;
     let peer = Peer {
         remote,
         abd,
@@ -117,14 +125,18 @@ pub async fn handle_control(
     carrier: Carrier,
     mut send: SendStream,
     mut recv: RecvStream,
-) -> anyhow::Result<()> {
+) -> Result<(), ConnError> {
     let remote = peer.remote;
     let first = tokio::time::timeout(
         FIRST_MESSAGE_TIMEOUT,
         wire::recv::<AgentMsg>(&mut recv, MAX_CONTROL_UP),
     )
     .await
-    .map_err(|_| anyhow::anyhow!("{remote}: said nothing within {FIRST_MESSAGE_TIMEOUT:?}"))??;
+    .map_err(|_| {
+        ConnError::Ended(format!(
+            "{remote}: said nothing within {FIRST_MESSAGE_TIMEOUT:?}"
+        ))
+    })??;
     let abd = peer.abd.clone();
     match (abd, first) {
         (
@@ -180,7 +192,7 @@ pub async fn handle_control(
             .await;
             wire::finish(&mut send).await;
             carrier.close(1, b"not enrolled");
-            bail!("{remote}: refused: not enrolled");
+            Err(ConnError::Ended(format!("{remote}: refused: not enrolled")))
         }
         (
             Some(id),
@@ -205,7 +217,7 @@ pub async fn handle_control(
                 .await;
                 wire::finish(&mut send).await;
                 carrier.close(1, b"refused");
-                bail!("{remote}: refused: {reason}");
+                return Err(ConnError::Ended(format!("{remote}: refused: {reason}")));
             }
             wire::send(
                 &mut send,
@@ -219,7 +231,9 @@ pub async fn handle_control(
         }
         (Some(id), other) => {
             carrier.close(1, b"protocol");
-            bail!("ABD '{id}' at {remote}: expected Hello, got {other:?}");
+            Err(ConnError::Ended(format!(
+                "ABD '{id}' at {remote}: expected Hello, got {other:?}"
+            )))
         }
     }
 }
@@ -231,7 +245,7 @@ async fn session(
     abd: String,
     mut send: SendStream,
     mut recv: RecvStream,
-) -> anyhow::Result<()> {
+) -> Result<(), ConnError> {
     let conn_id = peer.conn_id;
     let (ctl, mut ctl_rx) = mpsc::unbounded_channel::<A3Msg>();
     let link = AgentLink {
@@ -287,7 +301,7 @@ async fn session(
                     let abd = abd.clone();
                     port.inner.tasks.clone().spawn(async move {
                         if let Err(e) = data_stream(&port, &abd, s, r).await {
-                            tracing::warn!(abd = %abd, "data stream: {e:#}");
+                            tracing::warn!(abd = %abd, "data stream: {e}");
                         }
                     });
                 }
@@ -305,7 +319,7 @@ async fn session(
     for job in port.jobs().running_of(&abd) {
         port.fail(job, &why);
     }
-    bail!("{why}")
+    Err(ConnError::Ended(why))
 }
 
 /// A control message from the agent.
@@ -328,10 +342,10 @@ fn control(port: &DataPort, abd: &str, msg: AgentMsg) {
                 let result = match &active {
                     Active::Backup(w) => w.commit().await,
                     Active::Restore(w) => w.check_served(),
-                    Active::Hash(_) => Err(format!(
+                    Active::Hash(_) => Err(StreamError::Protocol(format!(
                         "ABD '{}' answered a hash job without its digest",
                         active.abd()
-                    )),
+                    ))),
                 };
                 match result {
                     Ok(version) => {
@@ -340,7 +354,7 @@ fn control(port: &DataPort, abd: &str, msg: AgentMsg) {
                         port.jobs().set(job, JobState::Succeeded { version });
                     }
                     // Removes the job, and hands a VM backup's disk its failure.
-                    Err(reason) => port.fail(job, &reason),
+                    Err(reason) => port.fail(job, &reason.to_string()),
                 }
             });
         }
@@ -377,7 +391,7 @@ pub async fn data_stream(
     abd: &str,
     mut send: SendStream,
     mut recv: RecvStream,
-) -> anyhow::Result<()> {
+) -> Result<(), ConnError> {
     let Some(DataUp::Open {
         job,
         stream,
@@ -385,7 +399,7 @@ pub async fn data_stream(
         size,
     }) = wire::recv::<DataUp>(&mut recv, 1024).await?
     else {
-        bail!("a data stream must start with Open");
+        return Err(StreamError::Protocol("a data stream must start with Open".into()).into());
     };
     let active = port.active(job).filter(|a| a.abd() == abd);
     let Some(active) = active else {
@@ -397,14 +411,17 @@ pub async fn data_stream(
             },
         )
         .await;
-        bail!("{reason}");
+        return Err(ConnError::Ended(reason));
     };
     let result = match &active {
         Active::Backup(w) => Arc::clone(w).serve_stream(size, &mut send, &mut recv).await,
         Active::Restore(w) => Arc::clone(w).serve_stream(stream, streams, &mut send).await,
-        Active::Hash(_) => Err(format!("job {job} is a hash job: it has no data stream")),
+        Active::Hash(_) => Err(StreamError::Protocol(format!(
+            "job {job} is a hash job: it has no data stream"
+        ))),
     };
-    if let Err(reason) = result {
+    if let Err(e) = result {
+        let reason = e.to_string();
         let _ = wire::send(
             &mut send,
             &DataDown::Error {
@@ -414,7 +431,7 @@ pub async fn data_stream(
         .await;
         wire::finish(&mut send).await;
         port.fail(job, &reason);
-        bail!("job {job}: {reason}");
+        return Err(e.during(format!("job {job}")).into());
     }
     wire::finish(&mut send).await;
     wire::drain(&mut recv).await;

@@ -4,7 +4,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use a3_shared::proto::transport;
-use anyhow::Context;
+
+use super::StartError;
 
 /// The names the server certificate carries: `a3`, the host name, and the listen address
 /// when it is a specific one.
@@ -26,26 +27,32 @@ pub fn server_names(listen: SocketAddr) -> Vec<String> {
 /// `net.core.[rw]mem_max`; as root the A3 could force more, but a clamped buffer only costs
 /// retransmissions, never correctness), so a burst from several agents is not dropped
 /// before quinn reads it.
-pub fn bind(listen: SocketAddr, tls: Arc<rustls::ServerConfig>) -> anyhow::Result<quinn::Endpoint> {
+pub fn bind(
+    listen: SocketAddr,
+    tls: Arc<rustls::ServerConfig>,
+) -> Result<quinn::Endpoint, StartError> {
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(
         quinn::crypto::rustls::QuicServerConfig::try_from(tls)?,
     ));
     server.transport_config(Arc::new(transport::transport(transport::Side::A3)));
+    let udp = || format!("UDP {listen}");
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(listen),
         socket2::Type::DGRAM,
         Some(socket2::Protocol::UDP),
-    )?;
+    )
+    .map_err(|e| StartError::bind(udp(), e))?;
     let _ = socket.set_recv_buffer_size(8 << 20);
     let _ = socket.set_send_buffer_size(8 << 20);
     socket
         .bind(&listen.into())
-        .with_context(|| format!("port 2811: cannot listen on UDP {listen}"))?;
+        .map_err(|e| StartError::bind(udp(), e))?;
     let endpoint = quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
         Some(server),
         socket.into(),
         Arc::new(quinn::TokioRuntime),
-    )?;
+    )
+    .map_err(|e| StartError::bind(udp(), e))?;
     Ok(endpoint)
 }

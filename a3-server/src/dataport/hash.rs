@@ -5,6 +5,8 @@ use std::sync::Mutex;
 
 use tokio::sync::oneshot;
 
+use super::DispatchError;
+
 /// What the agent found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceHash {
@@ -22,12 +24,15 @@ pub struct DeviceHash {
 pub struct HashWork {
     /// The ABD running it.
     pub abd: String,
-    answer: Mutex<Option<oneshot::Sender<Result<DeviceHash, String>>>>,
+    answer: Mutex<Option<oneshot::Sender<Result<DeviceHash, DispatchError>>>>,
 }
 
 impl HashWork {
     /// A job whose answer goes to `answer`.
-    pub fn new(abd: String, answer: oneshot::Sender<Result<DeviceHash, String>>) -> HashWork {
+    pub fn new(
+        abd: String,
+        answer: oneshot::Sender<Result<DeviceHash, DispatchError>>,
+    ) -> HashWork {
         HashWork {
             abd,
             answer: Mutex::new(Some(answer)),
@@ -35,7 +40,7 @@ impl HashWork {
     }
 
     /// Delivers the outcome (the first one only).
-    pub fn finish(&self, outcome: Result<DeviceHash, String>) {
+    pub fn finish(&self, outcome: Result<DeviceHash, DispatchError>) {
         let tx = self.answer.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(tx) = tx {
             let _ = tx.send(outcome);

@@ -9,7 +9,9 @@
 //! - [`backup`], [`restore`]: the A3's half of each job's data streams;
 //! - [`storage`]: the calls into the store, all through `spawn_blocking`;
 //! - [`jobs`]: job status for the API and CLI;
-//! - [`wire`]: frames on streams.
+//! - [`wire`]: frames on streams;
+//! - [`error`]: why a job could not start, a stream or connection ended, or the port
+//!   could not open.
 //!
 //! Jobs are dispatched to the connected agent of an ABD id. A job's version is committed
 //! only when the agent reports success *and* the A3's own bookkeeping says every block is
@@ -19,6 +21,7 @@
 pub mod backup;
 pub mod conn;
 pub mod endpoint;
+pub mod error;
 pub mod hash;
 pub mod jobs;
 pub mod restore;
@@ -38,30 +41,12 @@ use tokio_util::task::TaskTracker;
 
 use crate::pki::Pki;
 use crate::store::Store;
+pub use error::{ConnError, DispatchError, StartError, StreamError};
 pub use jobs::{JobState, JobStatus, Jobs};
 use storage::StoreHandle;
 
 /// At most this many agent connections at once; more wait in the accept queue.
 const MAX_CONNECTIONS: usize = 256;
-
-/// Why a job cannot start.
-#[derive(Debug, thiserror::Error)]
-pub enum DispatchError {
-    /// No agent of that id is connected.
-    #[error(
-        "ABD '{0}' is not connected to this A3; start `abd-agent run --config FILE` (its config comes from `a3-server abd enroll --id {0}`) and check `a3-server abd list`"
-    )]
-    NotConnected(String),
-    /// The request is wrong.
-    #[error("{0}")]
-    BadRequest(String),
-    /// The store failed.
-    #[error(transparent)]
-    Store(#[from] storage::StorageError),
-    /// The agent ran the job and it failed.
-    #[error("{0}")]
-    Failed(String),
-}
 
 /// A connected agent, as the dispatcher sees it.
 #[derive(Clone)]
@@ -203,11 +188,13 @@ pub struct Dispatched {
 fn bind_both(
     listen: SocketAddr,
     tls: &Arc<rustls::ServerConfig>,
-) -> anyhow::Result<(quinn::Endpoint, std::net::TcpListener)> {
+) -> Result<(quinn::Endpoint, std::net::TcpListener), StartError> {
     let mut attempts = 0;
     loop {
         let endpoint = endpoint::bind(listen, tls.clone())?;
-        let addr = endpoint.local_addr()?;
+        let addr = endpoint
+            .local_addr()
+            .map_err(|e| StartError::bind(format!("UDP {listen}"), e))?;
         match tcp::listen(addr) {
             Ok(l) => return Ok((endpoint, l)),
             Err(e) if listen.port() == 0 && attempts < 16 => {
@@ -215,10 +202,13 @@ fn bind_both(
                 attempts += 1;
             }
             Err(e) => {
-                return Err(anyhow::Error::new(e).context(format!(
-                    "port 2811: cannot listen on TCP {addr} (the TLS/TCP fallback); free that \
-                     port or pick another `data_listen`"
-                )));
+                return Err(StartError::bind(
+                    format!(
+                        "TCP {addr} (the TLS/TCP fallback); free that port or pick another \
+                         `data_listen`"
+                    ),
+                    e,
+                ));
             }
         }
     }
@@ -234,10 +224,12 @@ impl DataPort {
         pki: Pki,
         store: Store,
         shutdown: CancellationToken,
-    ) -> anyhow::Result<(DataPort, JoinHandle<()>)> {
+    ) -> Result<(DataPort, JoinHandle<()>), StartError> {
         let tls = Arc::new(pki.server_config(&endpoint::server_names(listen))?);
         let (endpoint, tcp) = bind_both(listen, &tls)?;
-        let addr = endpoint.local_addr()?;
+        let addr = endpoint
+            .local_addr()
+            .map_err(|e| StartError::bind(format!("UDP {listen}"), e))?;
         a3_shared::durable::write_private(
             &state_dir.join("data.addr"),
             format!("{addr}\n").as_bytes(),
@@ -256,7 +248,8 @@ impl DataPort {
             }),
         };
         tracing::info!(%addr, "port 2811 (QUIC, and TLS/TCP fallback) listening");
-        let tcp = tokio::net::TcpListener::from_std(tcp)?;
+        let tcp = tokio::net::TcpListener::from_std(tcp)
+            .map_err(|e| StartError::bind(format!("TCP {addr}"), e))?;
         let tcp = tokio::spawn(tcp::accept_loop(port.clone(), tcp, tls));
         let accept = tokio::spawn(port.clone().accept_loop(endpoint, tcp));
         Ok((port, accept))
@@ -286,7 +279,7 @@ impl DataPort {
             self.inner.tasks.spawn(async move {
                 let remote = incoming.remote_address();
                 if let Err(e) = conn::handle_quic(port, incoming, conn_id).await {
-                    tracing::info!(%remote, "port 2811 connection ended: {e:#}");
+                    tracing::info!(%remote, "port 2811 connection ended: {e}");
                 }
                 drop(permit);
             });
@@ -528,8 +521,7 @@ impl DataPort {
             self.fail(id, &format!("ABD '{abd}' disconnected as the job started"));
         }
         match rx.await {
-            Ok(Ok(found)) => Ok(found),
-            Ok(Err(reason)) => Err(DispatchError::Failed(reason)),
+            Ok(outcome) => outcome,
             Err(_) => Err(DispatchError::Failed(format!(
                 "hash job {id} on ABD '{abd}' ended without an answer"
             ))),
@@ -545,7 +537,7 @@ impl DataPort {
                 format!("{reason}; no version was committed")
             }
             Some(Active::Hash(w)) => {
-                w.finish(Err(reason.to_owned()));
+                w.finish(Err(DispatchError::Failed(reason.to_owned())));
                 reason.to_owned()
             }
             _ => reason.to_owned(),

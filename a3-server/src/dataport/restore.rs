@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use a3_shared::proto::{DataDown, Manifest, restore_stream_of};
 use futures::StreamExt;
 
+use super::StreamError;
 use super::storage::StoreHandle;
 use super::wire;
 
@@ -57,13 +58,17 @@ impl RestoreWork {
         stream: u32,
         streams: u32,
         send: &mut wire::SendStream,
-    ) -> Result<(), String> {
+    ) -> Result<(), StreamError> {
         if streams == 0 || streams > 64 || stream >= streams {
-            return Err(format!("bad restore stream {stream} of {streams}"));
+            return Err(StreamError::Protocol(format!(
+                "bad restore stream {stream} of {streams}"
+            )));
         }
         let prev = self.streams_expected.swap(streams, Ordering::SeqCst);
         if prev != 0 && prev != streams {
-            return Err("restore streams disagree on their count".into());
+            return Err(StreamError::Protocol(
+                "restore streams disagree on their count".into(),
+            ));
         }
         let m = self.manifest.clone();
         let mine = (0..m.blocks.len() as u64).filter_map(|i| {
@@ -77,14 +82,16 @@ impl RestoreWork {
                 async move { (i, id, store.read_chunk(id).await) }
             })
             .buffered(READ_AHEAD);
-        let ctx = |e: wire::WireError| format!("{}: {}", self.label, e.describe(&self.abd));
+        let ctx = |e: wire::WireError| {
+            StreamError::Link(format!("{}: {}", self.label, e.describe(&self.abd)))
+        };
         while let Some((index, id, data)) = reads.next().await {
             let data = data.map_err(|e| {
-                format!(
-                    "{}: block at offset {}: {e}",
+                StreamError::from(e).during(format!(
+                    "{}: block at offset {}",
                     self.label,
                     index * u64::from(m.block_size)
-                )
+                ))
             })?;
             wire::send(send, &DataDown::Chunk { index, id, data })
                 .await
@@ -96,14 +103,14 @@ impl RestoreWork {
     }
 
     /// The agent says it is done: check every stream was served whole.
-    pub fn check_served(&self) -> Result<String, String> {
+    pub fn check_served(&self) -> Result<String, StreamError> {
         let expected = self.streams_expected.load(Ordering::SeqCst);
         let served = self.streams_served.load(Ordering::SeqCst);
         if expected == 0 || served != expected {
-            return Err(format!(
+            return Err(StreamError::Protocol(format!(
                 "{}: the agent reported success but only {served} of {expected} streams were served",
                 self.label
-            ));
+            )));
         }
         Ok(self.version.clone())
     }

@@ -11,13 +11,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use a3_shared::proto::tcp;
-use anyhow::{Context, bail};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
-use super::DataPort;
 use super::conn::{self, Carrier, FIRST_MESSAGE_TIMEOUT, Peer};
+use super::{ConnError, DataPort};
 
 /// At most this many TCP connections at once: a session holds one, plus one per data
 /// stream of its running jobs.
@@ -66,10 +65,10 @@ pub async fn accept_loop(port: DataPort, listener: TcpListener, tls: Arc<rustls:
             // The session loop watches shutdown itself; the opening and data streams do not.
             let ended = tokio::select! {
                 r = handle(port, acceptor, stream, remote, conn_id) => r,
-                _ = shutdown.cancelled() => Err(anyhow::anyhow!("the A3 is shutting down")),
+                _ = shutdown.cancelled() => Err(ConnError::Ended("the A3 is shutting down".into())),
             };
             if let Err(e) = ended {
-                tracing::info!(%remote, "port 2811 (TCP) connection ended: {e:#}");
+                tracing::info!(%remote, "port 2811 (TCP) connection ended: {e}");
             }
             drop(permit);
         });
@@ -83,7 +82,7 @@ async fn handle(
     stream: TcpStream,
     remote: SocketAddr,
     conn_id: usize,
-) -> anyhow::Result<()> {
+) -> Result<(), ConnError> {
     let _ = stream.set_nodelay(true);
     // A vanished agent fails its jobs within ~11 s (after 2 s of silence, nine unanswered
     // probes a second apart), as QUIC's 10 s idle timeout does.
@@ -92,16 +91,30 @@ async fn handle(
         .with_interval(Duration::from_secs(1));
     let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
     // Opening: the handshake and the stream kind, promptly.
+    let failed = |what| {
+        move |source| ConnError::Opening {
+            remote,
+            what,
+            source,
+        }
+    };
     let opening = async {
-        let mut tls = acceptor.accept(stream).await.context("TLS handshake")?;
+        let mut tls = acceptor
+            .accept(stream)
+            .await
+            .map_err(failed("TLS handshake"))?;
         let mut kind = [0u8; 1];
-        tls.read_exact(&mut kind).await.context("stream kind")?;
-        anyhow::Ok((tls, kind[0]))
+        tls.read_exact(&mut kind)
+            .await
+            .map_err(failed("stream kind"))?;
+        Ok::<_, ConnError>((tls, kind[0]))
     };
     let (tls, kind) = tokio::time::timeout(FIRST_MESSAGE_TIMEOUT, opening)
         .await
         .map_err(|_| {
-            anyhow::anyhow!("{remote}: said nothing within {FIRST_MESSAGE_TIMEOUT:?}")
+            ConnError::Ended(format!(
+                "{remote}: said nothing within {FIRST_MESSAGE_TIMEOUT:?}"
+            ))
         })??;
     let abd = conn::abd_of(&port, tls.get_ref().1.peer_certificates());
     let (recv, send) = tokio::io::split(tls);
@@ -116,10 +129,14 @@ async fn handle(
         }
         tcp::DATA => {
             let Some(abd) = abd else {
-                bail!("{remote}: a data stream without an enrolled certificate");
+                return Err(ConnError::Ended(format!(
+                    "{remote}: a data stream without an enrolled certificate"
+                )));
             };
             conn::data_stream(&port, &abd, Box::new(send), Box::new(recv)).await
         }
-        other => bail!("{remote}: unknown stream kind {other:#04x}"),
+        other => Err(ConnError::Ended(format!(
+            "{remote}: unknown stream kind {other:#04x}"
+        ))),
     }
 }

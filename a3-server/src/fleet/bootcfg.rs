@@ -4,6 +4,8 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use super::FleetError;
+
 /// The xenstore directory of the boot config.
 pub const XS_DIR: &str = "vm-data/abd";
 
@@ -71,7 +73,7 @@ impl BootConfig {
 /// The A3's DNS servers: the config's list when given, else the `nameserver` lines of
 /// `resolv_conf`. Loopback resolvers (systemd-resolved's 127.0.0.53) are kept: in tests
 /// ABDs share the A3's loopback; on a real pool the config should name reachable servers.
-pub fn dns_servers(configured: &[String], resolv_conf: &str) -> Result<Vec<String>, String> {
+pub fn dns_servers(configured: &[String], resolv_conf: &str) -> Result<Vec<String>, FleetError> {
     let list: Vec<String> = if configured.is_empty() {
         resolv_conf
             .lines()
@@ -85,16 +87,16 @@ pub fn dns_servers(configured: &[String], resolv_conf: &str) -> Result<Vec<Strin
     for s in &list {
         let ok = s.parse::<IpAddr>().is_ok() || s.parse::<SocketAddr>().is_ok();
         if !ok {
-            return Err(format!(
+            return Err(FleetError::Dns(format!(
                 "DNS server {s:?} is not ip or ip:port; fix `dns` in the config file"
-            ));
+            )));
         }
     }
     if list.is_empty() {
-        return Err(
+        return Err(FleetError::Dns(
             "the A3 has no DNS server: /etc/resolv.conf names none; set `dns` in the config file"
                 .into(),
-        );
+        ));
     }
     Ok(list)
 }

@@ -377,7 +377,7 @@ impl Fleet {
             return Err(FleetError::UnspecifiedDataAddress(a3));
         }
         let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-        let dns = bootcfg::dns_servers(&self.config.dns, &resolv).map_err(FleetError::Dns)?;
+        let dns = bootcfg::dns_servers(&self.config.dns, &resolv)?;
         Ok(bootcfg::BootConfig {
             a3,
             name: a3.ip().to_string(),

@@ -177,13 +177,13 @@ impl SrService {
         catalog: Catalog,
         inventory: Inventory,
         address: Option<IpAddr>,
-        serving: Result<(), String>,
+        serving: Result<(), &super::ServeError>,
     ) -> SrService {
         SrService {
             catalog,
             inventory,
             address,
-            serving: serving.map_err(Arc::from),
+            serving: serving.map_err(|e| Arc::from(e.to_string())),
             failures: Arc::default(),
             pool_locks: Arc::default(),
             stopping: Arc::default(),
