@@ -1,31 +1,197 @@
 //! Every XAPI call of a job's steps, failing: the simulator fails one call at a time (its
-//! `/sim/faults` knob, as a pool fails when storage or a host misbehaves) through ABD
+//! injected faults, as a pool fails when storage or a host misbehaves) through ABD
 //! provisioning, a VM backup and a restore. Each time the run fails naming xapi's error,
 //! the pool holds nothing the run made (no snapshot, VBD, half-made ABD, VM or disk), and
 //! the next run succeeds. A failure in the clean-up after a commit keeps the version, and
 //! the next backup removes what it left.
+//!
+//! In-process: the test starts xapi-sim and the A3 server in its own runtime, arms the
+//! faults in the simulator's state (what `/sim/faults` sets) and runs the jobs through the
+//! A3's job engine. Only the ABDs are processes (`abd-agent`, run by the simulator).
 
 mod pool_support;
 
-use pool_support::{A3, Sim, alike_sr, assert_nothing_left, objects, user_vms};
+use std::path::Path;
+
+use a3_server::catalog::jobs::RunRow;
+use a3_server::config::Config;
+use a3_server::jobs::BackupSpec;
+use a3_server::jobs::restore::RestoreSpec;
+use a3_server::server::Running;
+use a3_server::xapi::Credentials;
+use pool_support::{PASSWORD, assert_nothing_left, objects, user_vms};
 use serde_json::Value as Json;
+use xapi_sim::faults::Fault;
+use xapi_sim::{AbdBackend, Sim, SimConfig};
 
 /// The error every injected fault returns: a real storage failure code, with a message
 /// the test can find in the run's failure.
 const CODE: &str = "SR_BACKEND_FAILURE_46";
 const MESSAGE: &str = "injected by pool_faults";
 
-/// Arms one failure of `method`'s next call.
-async fn arm(sim: &Sim, method: &str) {
-    let path = format!("faults?method={method}&code={CODE}&params=,{MESSAGE},");
-    let (status, body) = sim.control("POST", &path, vec![]).await;
-    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+/// A job the test runs.
+enum Job {
+    /// A backup of the VM of this uuid.
+    Backup(String),
+    /// A restore of this version as a new VM, started.
+    Restore(i64),
 }
 
-/// Disarms every failure still armed.
-async fn disarm(sim: &Sim) {
-    let (status, body) = sim.control("DELETE", "faults", vec![]).await;
-    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+/// A simulated pool of one host and one VM, and an A3 managing it, both in this process.
+struct World {
+    sim: Sim,
+    a3: Running,
+}
+
+impl World {
+    async fn start(dir: &Path) -> World {
+        let (base, a3_ip) = pool_support::addresses();
+        let sim = Sim::start(SimConfig {
+            state_dir: dir.join("sim"),
+            hosts: 1,
+            vms: 1,
+            address: base.parse().unwrap(),
+            port: 0,
+            password: Some(PASSWORD.into()),
+            disk_size: 4 << 20,
+            abd_agent: Some(a3_e2e::bin("abd-agent")),
+            abd_backend: AbdBackend::Process,
+        })
+        .await
+        .unwrap();
+        let state_dir = dir.join("a3");
+        std::fs::create_dir_all(&state_dir).unwrap();
+        let xva = state_dir.join("abd.xva");
+        pool_support::template_xva(&xva);
+        let a3 = a3_server::server::start(Config {
+            state_dir,
+            http_listen: format!("{a3_ip}:0").parse().unwrap(),
+            data_listen: format!("{a3_ip}:0").parse().unwrap(),
+            abd_template: Some(xva),
+            dns: vec![format!("{a3_ip}:53"), "127.0.0.53".into()],
+            abd_boot_timeout_secs: 60,
+            ..Config::default()
+        })
+        .await
+        .unwrap();
+        let credentials = Credentials {
+            username: "root".into(),
+            password: PASSWORD.into(),
+        };
+        let endpoint = format!("{}:{}", sim.master_address(), sim.port);
+        // Adds the pool and gives it its `Alike_SR` before it returns.
+        a3_server::jobs::pools::add_host(&a3.state.inventory, &a3.state.sr, endpoint, credentials)
+            .await
+            .unwrap();
+        let world = World { sim, a3 };
+        let inv = world.inventory();
+        assert!(
+            objects(&inv, "SR")
+                .iter()
+                .any(|sr| sr["name_label"] == "Alike_SR" && sr["type"] == "nfs"),
+            "the A3 made no NFS Alike_SR in the pool"
+        );
+        world
+    }
+
+    /// Stops the A3 (which unplugs its SR from the pool), then the simulator.
+    async fn shutdown(self) {
+        self.a3.shutdown().await.unwrap();
+        self.sim.shutdown().await.unwrap();
+    }
+
+    /// What `GET /sim/inventory` answers.
+    fn inventory(&self) -> Json {
+        xapi_sim::control::inventory_json(self.sim.shared())
+    }
+
+    /// Fails the next call of `method` (what `POST /sim/faults` arms).
+    fn arm(&self, method: &str) {
+        let fault = Fault::new(method, 0, CODE, &format!(",{MESSAGE},"));
+        self.sim.shared().lock().faults.push(fault);
+    }
+
+    /// Disarms every failure still armed.
+    fn disarm(&self) {
+        self.sim.shared().lock().faults.clear();
+    }
+
+    /// Runs `job` to its end; its run.
+    async fn run(&self, job: &Job) -> RunRow {
+        let engine = &self.a3.state.engine;
+        let started = match job {
+            Job::Backup(vm) => engine.start_backup(BackupSpec {
+                vms: vec![vm.clone()],
+                concurrency: 1,
+            }),
+            Job::Restore(version) => engine.start_restore(RestoreSpec {
+                version: *version,
+                pool: None,
+                sr: None,
+                start: true,
+                in_place: false,
+            }),
+        }
+        .unwrap();
+        // The run's task ends after it recorded the run's end.
+        engine.wait_idle().await;
+        let run = self.a3.state.catalog.run_get(started.run).unwrap().unwrap();
+        assert_ne!(run.state, "running", "the run's task ended before the run");
+        run
+    }
+
+    /// Runs `job`, which must succeed.
+    async fn ok(&self, job: &Job) {
+        let run = self.run(job).await;
+        assert_eq!(run.state, "succeeded", "{}", self.log(&run));
+    }
+
+    /// A run's log, for failure messages.
+    fn log(&self, run: &RunRow) -> String {
+        let lines = self.a3.state.catalog.run_log_lines(run.id).unwrap();
+        let lines: Vec<String> = lines
+            .into_iter()
+            .map(|l| format!("{} {}", l.level, l.message))
+            .collect();
+        format!("run {} log:\n{}", run.id, lines.join("\n"))
+    }
+
+    /// The ids of a VM's versions, oldest first.
+    fn versions(&self, vm: &str) -> Vec<i64> {
+        let rows = self.a3.state.catalog.version_list(Some(vm)).unwrap();
+        rows.into_iter().map(|v| v.id).collect()
+    }
+
+    /// Whether the A3 has any ABD VM.
+    fn has_abds(&self) -> bool {
+        !self.a3.state.catalog.abd_vm_list(None).unwrap().is_empty()
+    }
+
+    /// Fails `job`'s `method` once; asserts the run fails with the injected error and the
+    /// pool holds what it held before.
+    async fn fails_cleanly(&self, method: &str, job: &Job) {
+        let before = footprint(&self.inventory());
+        self.arm(method);
+        let run = self.run(job).await;
+        self.disarm();
+        let log = self.log(&run);
+        assert_eq!(
+            run.state, "failed",
+            "succeeded though {method} failed; {log}"
+        );
+        let reason = run.reason.unwrap_or_default();
+        assert!(
+            reason.contains(CODE) && reason.contains(MESSAGE),
+            "with {method} failing, the run must say xapi's error, not {reason:?}; {log}"
+        );
+        let inv = self.inventory();
+        assert_nothing_left(&inv);
+        assert_eq!(
+            footprint(&inv),
+            before,
+            "with {method} failing, the run left VMs or disks behind; {log}"
+        );
+    }
 }
 
 /// The uuids of the objects of `class` that pass `keep`.
@@ -75,47 +241,15 @@ fn footprint(inv: &Json) -> (Vec<String>, Vec<String>) {
     )
 }
 
-/// Fails the run's `method` once; asserts the run fails with the injected error and the
-/// pool holds what it held before.
-async fn fails_cleanly(sim: &Sim, a3: &A3, method: &str, run: &[&str]) {
-    let before = footprint(&sim.inventory().await);
-    arm(sim, method).await;
-    let out = a3.cli(run);
-    disarm(sim).await;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        !out.status.success(),
-        "{run:?} succeeded though {method} failed:\n{stdout}"
-    );
-    assert!(
-        stderr.contains(CODE) && stderr.contains(MESSAGE),
-        "{run:?} with {method} failing must say xapi's error:\n{stderr}\nA3 log: {}",
-        a3.log_path().display()
-    );
-    let inv = sim.inventory().await;
-    assert_nothing_left(&inv);
-    assert_eq!(
-        footprint(&inv),
-        before,
-        "{run:?} with {method} failing left VMs or disks behind; A3 log: {}",
-        a3.log_path().display()
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_failure_at_any_step_leaves_nothing_behind() {
     let scratch = tempfile::Builder::new()
         .prefix("a3-pool-faults-")
         .tempdir()
         .unwrap();
-    let (base, a3_ip) = pool_support::addresses();
-    let sim = Sim::start(&scratch.path().join("sim"), &base, 1, 1, "4MiB");
-    let a3 = A3::start(&scratch.path().join("a3"), &a3_ip);
-    a3.add_pool(&sim);
-    alike_sr(&sim).await;
-    let (_, name) = user_vms(&sim.inventory().await)[0].clone();
-    let backup = ["backup", "run", name.as_str()];
+    let w = World::start(scratch.path()).await;
+    let (vm, _) = user_vms(&w.inventory())[0].clone();
+    let backup = Job::Backup(vm.clone());
 
     // ABD provisioning: no ABD yet, so each backup below first makes one. (No
     // VM.set_memory_limits: the template already has the ABD's memory.)
@@ -127,13 +261,12 @@ async fn a_failure_at_any_step_leaves_nothing_behind() {
         // The demo VM's disks are on host-local storage, so the ABD starts on that host.
         "VM.start_on",
     ] {
-        fails_cleanly(&sim, &a3, method, &backup).await;
-        assert!(a3.abd_vms().is_empty(), "{method}: a half-made ABD is kept");
+        w.fails_cleanly(method, &backup).await;
+        assert!(!w.has_abds(), "{method}: a half-made ABD is kept");
     }
 
     // A backup's steps, through the ABD the first good backup leaves idle.
-    a3.backup(&[&name], 1)
-        .unwrap_or_else(|e| panic!("backup: {e}\nA3 log: {}", a3.log_path().display()));
+    w.ok(&backup).await;
     for method in [
         "VM.snapshot",
         "VBD.create",
@@ -141,55 +274,50 @@ async fn a_failure_at_any_step_leaves_nothing_behind() {
         "VBD.unplug",
         "VBD.destroy",
     ] {
-        fails_cleanly(&sim, &a3, method, &backup).await;
+        w.fails_cleanly(method, &backup).await;
     }
-    assert_eq!(a3.versions(&name).len(), 1, "no version from a failed run");
+    assert_eq!(w.versions(&vm).len(), 1, "no version from a failed run");
 
     // After the commit: a failed clean-up is logged, the version stands, and the next
     // backup of the VM removes what was left (the snapshot VM, or its disks' data).
-    let clean = sim.inventory().await;
+    let clean = footprint(&w.inventory());
     for method in ["VM.destroy", "VDI.data_destroy"] {
-        let versions = a3.versions(&name).len();
-        arm(&sim, method).await;
-        let out = a3.cli(&backup);
-        disarm(&sim).await;
-        assert!(
-            out.status.success(),
-            "a failed {method} after the commit failed the run:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let versions = w.versions(&vm).len();
+        w.arm(method);
+        let run = w.run(&backup).await;
+        w.disarm();
         assert_eq!(
-            a3.versions(&name).len(),
-            versions + 1,
-            "{method}: no version"
+            run.state,
+            "succeeded",
+            "a failed {method} after the commit failed the run; {}",
+            w.log(&run)
         );
+        assert_eq!(w.versions(&vm).len(), versions + 1, "{method}: no version");
         assert_ne!(
-            footprint(&sim.inventory().await),
-            footprint(&clean),
+            footprint(&w.inventory()),
+            clean,
             "{method} failed, so something of the snapshot must still be there"
         );
-        a3.backup(&[&name], 1)
-            .unwrap_or_else(|e| panic!("backup: {e}\nA3 log: {}", a3.log_path().display()));
-        let inv = sim.inventory().await;
+        w.ok(&backup).await;
+        let inv = w.inventory();
         assert_nothing_left(&inv);
         assert_eq!(
             footprint(&inv),
-            footprint(&clean),
+            clean,
             "the backup after a failed {method} did not remove the leftovers"
         );
     }
 
     // A restore's steps, as a new VM. (A failed VM.start is left out: the disks are
     // restored by then, so the A3 keeps the VM and says it "is restored but did not start".)
-    let version = a3.versions(&name)[0]["id"].to_string();
-    let restore = ["restore", version.as_str(), "--start"];
+    let restore = Job::Restore(w.versions(&vm)[0]);
     for method in ["VDI.create", "VM.create", "VBD.create", "VIF.create"] {
-        fails_cleanly(&sim, &a3, method, &restore).await;
+        w.fails_cleanly(method, &restore).await;
     }
 
     // With nothing failing, both work again.
-    a3.backup(&[&name], 1)
-        .unwrap_or_else(|e| panic!("backup: {e}\nA3 log: {}", a3.log_path().display()));
-    a3.ok(&restore);
-    assert_nothing_left(&sim.inventory().await);
+    w.ok(&backup).await;
+    w.ok(&restore).await;
+    assert_nothing_left(&w.inventory());
+    w.shutdown().await;
 }

@@ -138,6 +138,12 @@ fn json_reply(status: StatusCode, v: serde_json::Value) -> Response<Body> {
 }
 
 fn inventory(shared: &Shared) -> Response<Body> {
+    json_reply(StatusCode::OK, inventory_json(shared))
+}
+
+/// What `GET /sim/inventory` answers: every object of every class, the hosts with their
+/// up/down state, the master. In-process tests read it without HTTP.
+pub fn inventory_json(shared: &Shared) -> serde_json::Value {
     let hosts = shared.host_infos();
     let st = shared.lock();
     let tables: serde_json::Map<String, serde_json::Value> = st
@@ -157,10 +163,7 @@ fn inventory(shared: &Shared) -> Response<Body> {
         .iter()
         .map(|h| json!({ "ref": h.r, "uuid": h.uuid, "address": h.address, "up": shared.is_up(&h.r) }))
         .collect();
-    json_reply(
-        StatusCode::OK,
-        json!({ "master": master, "hosts": hosts, "objects": tables }),
-    )
+    json!({ "master": master, "hosts": hosts, "objects": tables })
 }
 
 fn bad(msg: impl ToString) -> (StatusCode, String) {

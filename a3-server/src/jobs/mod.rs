@@ -374,7 +374,9 @@ impl Engine {
             .unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Waits for the running jobs to end (at shutdown, after port 2811 failed them).
+    /// Waits for the running jobs to end: in-process tests wait for a run this way. Jobs
+    /// started afterwards still run, and a later call waits for them too (a closed tracker
+    /// keeps tracking).
     pub async fn wait_idle(&self) {
         self.inner.tasks.close();
         self.inner.tasks.wait().await;
