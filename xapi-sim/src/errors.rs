@@ -91,9 +91,10 @@ pub fn vm_bad_power_state(vm: &str, expected: &str, actual: &str) -> ApiError {
     )
 }
 
-/// `VM_IS_TEMPLATE [vm]`
-pub fn vm_is_template(vm: &str) -> ApiError {
-    err("VM_IS_TEMPLATE", [vm])
+/// `VM_IS_TEMPLATE [vm, op]`: the operation is not one a template allows
+/// (xapi_vm_lifecycle.ml `check_template`).
+pub fn vm_is_template(vm: &str, op: &str) -> ApiError {
+    err("VM_IS_TEMPLATE", [vm, op])
 }
 
 /// `VM_IS_SNAPSHOT [vm, op]`: the operation is not one a snapshot allows

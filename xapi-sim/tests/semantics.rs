@@ -88,7 +88,7 @@ async fn power_state_checks() {
             vec![template.clone().into(), false.into(), false.into()]
         )
         .await,
-        ["VM_IS_TEMPLATE", &template]
+        ["VM_IS_TEMPLATE", &template, "start"]
     );
 }
 
@@ -158,6 +158,43 @@ async fn snapshots_are_point_in_time() {
     // The empty CD drive is kept, not snapshotted.
     let vbds = p.ok("VM.get_VBDs", vec![snap_vm.clone()]).await;
     assert_eq!(refs(&vbds).len(), 3);
+
+    // A snapshot VM cannot start; a disk reset at every boot has nothing to snapshot or
+    // copy, but it can be cloned.
+    assert_eq!(
+        p.fail(
+            "VM.start",
+            vec![snap_vm.clone(), false.into(), false.into()]
+        )
+        .await,
+        ["VM_IS_SNAPSHOT", snap_vm.as_str().unwrap(), "start"]
+    );
+    p.ok("VDI.set_on_boot", vec![disk.clone().into(), "reset".into()])
+        .await;
+    assert_eq!(
+        p.fail(
+            "VDI.snapshot",
+            vec![disk.clone().into(), Value::empty_struct()]
+        )
+        .await,
+        ["VDI_ON_BOOT_MODE_INCOMPATIBLE_WITH_OPERATION"]
+    );
+    p.ok(
+        "VDI.clone",
+        vec![disk.clone().into(), Value::empty_struct()],
+    )
+    .await;
+    assert_eq!(
+        p.fail("VM.snapshot", vec![vm.clone().into(), "again".into()])
+            .await,
+        ["VDI_ON_BOOT_MODE_INCOMPATIBLE_WITH_OPERATION"]
+    );
+    let ignored = Value::Array(vec![disk.clone().into()]);
+    p.ok(
+        "VM.snapshot",
+        vec![vm.clone().into(), "no scratch".into(), ignored],
+    )
+    .await;
 }
 
 #[tokio::test]

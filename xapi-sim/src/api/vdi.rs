@@ -63,6 +63,7 @@ pub(super) fn register(t: &mut Table) {
     });
     t.add("VDI.snapshot", 2, 1, |ctx, p| {
         let vdi = params::object(ctx.st, p, 1, "VDI")?;
+        refuse_reset_on_boot(ctx.st, &vdi)?;
         Ok(Value::from(copy_vdi(ctx.st, &vdi, None, Copy::Snapshot)?))
     });
     t.add("VDI.clone", 2, 1, |ctx, p| {
@@ -72,6 +73,7 @@ pub(super) fn register(t: &mut Table) {
     t.add("VDI.copy", 4, 2, |ctx, p| {
         let vdi = params::object(ctx.st, p, 1, "VDI")?;
         let sr = params::object(ctx.st, p, 2, "SR")?;
+        refuse_reset_on_boot(ctx.st, &vdi)?;
         Ok(Value::from(copy_vdi(ctx.st, &vdi, Some(&sr), Copy::Clone)?))
     });
     t.add("VDI.enable_cbt", 1, 0, |ctx, p| {
@@ -146,6 +148,16 @@ fn check_cbt_allowed(st: &State, vdi: &str) -> ApiResult<()> {
         return Err(errors::vdi_incompatible_type(vdi, ty));
     }
     if text("on_boot") == "reset" {
+        return Err(errors::vdi_on_boot_mode_incompatible_with_operation());
+    }
+    Ok(())
+}
+
+/// xapi_vdi.ml `check_operation_error`: `snapshot` and `copy` of an `on_boot=reset` VDI
+/// (whose content is thrown away at every boot) fail with
+/// `VDI_ON_BOOT_MODE_INCOMPATIBLE_WITH_OPERATION []`.
+pub(crate) fn refuse_reset_on_boot(st: &State, vdi: &str) -> ApiResult<()> {
+    if st.db.field("VDI", vdi, "on_boot")?.as_str() == Some("reset") {
         return Err(errors::vdi_on_boot_mode_incompatible_with_operation());
     }
     Ok(())

@@ -72,6 +72,7 @@ pub(super) fn register(t: &mut Table) {
         let vm = params::object(ctx.st, p, 1, "VM")?;
         let paused = params::boolean(p, 2, "start_paused")?;
         params::boolean(p, 3, "force")?;
+        check_startable(ctx.st, &vm, "start")?;
         start_vm(ctx, &vm, paused)?;
         Ok(void())
     });
@@ -79,6 +80,7 @@ pub(super) fn register(t: &mut Table) {
         let vm = params::object(ctx.st, p, 1, "VM")?;
         let host = params::object(ctx.st, p, 2, "host")?;
         let paused = params::boolean(p, 3, "start_paused")?;
+        check_startable(ctx.st, &vm, "start_on")?;
         start_on(ctx.st, &vm, &host, paused)?;
         Ok(void())
     });
@@ -277,6 +279,16 @@ fn copy_vm(
         return Err(errors::operation_not_allowed(
             "a control domain cannot be copied",
         ));
+    }
+    // xapi_vm_clone.ml copies each disk with `VDI.snapshot` or `VDI.copy`, which refuse a
+    // disk reset at every boot (xapi_vdi.ml); it checks them all before making anything.
+    if !matches!(how, VmCopy::Clone) {
+        for vbd in st.db.refs_field("VM", vm, "VBDs")? {
+            let vdi = st.db.str_field("VBD", &vbd, "VDI")?;
+            if st.db.exists("VDI", &vdi) && !ignore_vdis.contains(&vdi) {
+                vdi::refuse_reset_on_boot(st, &vdi)?;
+            }
+        }
     }
     let now = clock::unix_now();
     let r = new_ref();
@@ -488,17 +500,23 @@ fn missing_sr(st: &State, vm: &str, host: &str) -> ApiResult<Option<Ref>> {
 
 /// Starts a halted VM on `host`: attaches its devices and reports guest metrics. The host
 /// must see every disk's SR (`VM_REQUIRES_SR [vm, sr]`, xapi_vm_helpers.ml).
+/// xapi_vm_lifecycle.ml `check_operation_error`: a template (that is not a snapshot)
+/// refuses `op` with `VM_IS_TEMPLATE [vm, op]` (`check_template`), a snapshot with
+/// `VM_IS_SNAPSHOT [vm, op]` (`check_snapshot`); neither allows a start.
+fn check_startable(st: &State, vm: &str, op: &str) -> ApiResult<()> {
+    let rec = st.db.get("VM", vm)?;
+    let flag = |f: &str| rec.get(f).and_then(Value::as_bool).unwrap_or(false);
+    if flag("is_a_snapshot") {
+        return Err(errors::vm_is_snapshot(vm, op));
+    }
+    if flag("is_a_template") {
+        return Err(errors::vm_is_template(vm, op));
+    }
+    Ok(())
+}
+
 pub(crate) fn start_on(st: &mut State, vm: &str, host: &str, paused: bool) -> ApiResult<()> {
     let rec = st.db.get("VM", vm)?.clone();
-    let flag = |f: &str| rec.get(f).and_then(Value::as_bool).unwrap_or(false);
-    if flag("is_a_template") {
-        return Err(errors::vm_is_template(vm));
-    }
-    if flag("is_a_snapshot") {
-        return Err(errors::operation_not_allowed(
-            "a snapshot cannot be started; clone it first",
-        ));
-    }
     require_state(st, vm, "Halted")?;
     if let Some(sr) = missing_sr(st, vm, host)? {
         return Err(errors::vm_requires_sr(vm, &sr));
