@@ -168,6 +168,23 @@ async fn snapshot_and_stream(
     let rec = ops::record(s, "VM", &vm).await?;
     sweep_leftover_snapshots(e, s, t, &rec, log).await;
     let mut meta = metadata::capture(s, &t.pool_uuid, &rec).await?;
+    // A disk reset at every boot holds nothing that outlives a reboot, and xapi refuses
+    // to snapshot it (VDI_ON_BOOT_MODE_INCOMPATIBLE_WITH_OPERATION): leave it out.
+    let mut scratch = Vec::new();
+    let mut kept = Vec::new();
+    for d in std::mem::take(&mut meta.disks) {
+        let vdi = ops::by_uuid(s, "VDI", &d.vdi_uuid).await?;
+        if ops::text(&ops::record(s, "VDI", &vdi).await?, "on_boot") == "reset" {
+            log.warn(&format!(
+                "{}: disk {} is reset at every boot (on_boot=reset): not backed up",
+                t.name, d.name
+            ));
+            scratch.push(vdi);
+        } else {
+            kept.push(d);
+        }
+    }
+    meta.disks = kept;
     if meta.disks.is_empty() {
         bail!("VM '{}' has no disk to back up", t.name);
     }
@@ -194,7 +211,7 @@ async fn snapshot_and_stream(
         }
     }
     log.info(&format!("{}: taking a snapshot", t.name));
-    let snap = ops::vm_snapshot(s, &vm, &format!("{} a3-run-{run}", t.name)).await?;
+    let snap = ops::vm_snapshot(s, &vm, &format!("{} a3-run-{run}", t.name), &scratch).await?;
     created.snapshot = Some(snap.clone());
     ops::tag(s, "VM", &snap, RUN_KEY, &run.to_string()).await?;
     let snap_rec = ops::record(s, "VM", &snap).await?;

@@ -272,8 +272,24 @@ pub async fn destroy_vdi(s: &Session, vdi: &str) -> Result<(), XapiError> {
 }
 
 /// `VM.snapshot`: the snapshot VM's ref.
-pub async fn vm_snapshot(s: &Session, vm: &str, name: &str) -> Result<String, XapiError> {
-    let v = call_slow(s, "VM.snapshot", &[vm, name]).await?;
+/// `VM.snapshot`, leaving out the disks `ignore_vdis` names (sent only when there are
+/// some: pools older than XCP-ng 8.3 lack the parameter).
+pub async fn vm_snapshot(
+    s: &Session,
+    vm: &str,
+    name: &str,
+    ignore_vdis: &[String],
+) -> Result<String, XapiError> {
+    let mut args = vec![Value::from(vm), Value::from(name)];
+    if !ignore_vdis.is_empty() {
+        args.push(Value::Array(
+            ignore_vdis
+                .iter()
+                .map(|v| Value::from(v.as_str()))
+                .collect(),
+        ));
+    }
+    let v = s.call_async("VM.snapshot", &args).await?;
     returns_ref(s, "VM.snapshot", v)
 }
 
