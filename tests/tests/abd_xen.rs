@@ -110,20 +110,10 @@ impl Machine {
         String::from_utf8_lossy(&std::fs::read(&self.console).unwrap_or_default()).into_owned()
     }
 
-    /// The console's last lines, after a copy of the whole console is kept beside the bundle
-    /// (the scratch directory goes when the test fails).
     fn tail(&self) -> String {
         let text = self.console_text();
-        let kept = bundle("dom0.img").with_file_name("console-last-run.log");
-        let kept = match std::fs::write(&kept, &text) {
-            Ok(()) => format!("(whole console in {})", kept.display()),
-            Err(e) => format!("(cannot keep the console in {}: {e})", kept.display()),
-        };
         let lines: Vec<&str> = text.lines().collect();
-        format!(
-            "{}\n{kept}",
-            lines[lines.len().saturating_sub(80)..].join("\n")
-        )
+        lines[lines.len().saturating_sub(80)..].join("\n")
     }
 
     /// Waits for a `dom0: <prefix>…` line and returns its rest.
@@ -153,6 +143,26 @@ impl Machine {
             None
         });
         found.unwrap_or_else(|| panic!("no {what} in {STEP:?}:\n{}", self.tail()))
+    }
+}
+
+/// Copies the run's logs beside the bundle when the test fails: the scratch directory goes
+/// with the failure, and a TCG run is too long to repeat for its logs.
+struct KeepOnPanic(Vec<PathBuf>);
+
+impl Drop for KeepOnPanic {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for path in &self.0 {
+            let name = path.file_name().expect("a file").to_string_lossy();
+            let kept = bundle("dom0.img").with_file_name(format!("last-failed-{name}"));
+            match std::fs::copy(path, &kept) {
+                Ok(_) => eprintln!("xen: kept {}", kept.display()),
+                Err(e) => eprintln!("xen: cannot keep {}: {e}", path.display()),
+            }
+        }
     }
 }
 
@@ -191,6 +201,10 @@ fn hvm_abd_on_xen_backs_up_a_hot_plugged_disk_from_an_nfs_sr() {
         a3_server::sr::EXPORT
     );
     let script = include_str!("../../xen/abd-test.sh");
+    let _keep = KeepOnPanic(vec![
+        dir.path().join("console.log"),
+        a3_e2e::a3_log(&a3.state),
+    ]);
     let mut machine = Machine::boot(
         dir.path(),
         &[
