@@ -81,7 +81,10 @@ impl Machine {
             .args(["-netdev", "user,id=n0", "-device", "e1000,netdev=n0"])
             .arg("-kernel")
             .arg(bundle("xen"))
-            .args(["-append", "dom0_mem=768M console=com1 com1=115200"])
+            .args([
+                "-append",
+                "dom0_mem=768M console=com1 com1=115200 guest_loglvl=all",
+            ])
             .arg("-initrd")
             // Multiboot modules, split on commas: the dom0 kernel with its command line, then
             // the initramfs.
@@ -113,27 +116,53 @@ impl Machine {
         lines[lines.len().saturating_sub(80)..].join("\n")
     }
 
-    /// Waits for a `dom0: <prefix>…` line and returns its rest; fails on `dom0: FAIL`, on
-    /// qemu's exit (a dom0 crash reboots Xen, and qemu exits with 0) and at the deadline.
+    /// Waits for a `dom0: <prefix>…` line and returns its rest.
     fn wait_dom0(&mut self, prefix: &str) -> String {
         let want = format!("dom0: {prefix}");
+        self.wait(&want, |text| {
+            text.lines()
+                .find_map(|l| l.trim_end().strip_prefix(want.as_str()))
+                .map(|rest| rest.trim().to_owned())
+        })
+    }
+
+    /// Waits until `done` (given the console) has an answer; fails on `dom0: FAIL`, on qemu's
+    /// exit (a dom0 crash reboots Xen, and qemu exits with 0) and at the deadline.
+    fn wait<T>(&mut self, what: &str, mut done: impl FnMut(&str) -> Option<T>) -> T {
         let found = wait_until(STEP, || {
             let text = self.console_text();
             if let Some(fail) = text.lines().find(|l| l.starts_with("dom0: FAIL")) {
                 panic!("{fail}\n{}", self.tail());
             }
-            if let Some(rest) = text
-                .lines()
-                .find_map(|l| l.trim_end().strip_prefix(want.as_str()))
-            {
-                return Some(rest.trim().to_owned());
+            if let Some(found) = done(&text) {
+                return Some(found);
             }
             if let Ok(Some(status)) = self.qemu.child.try_wait() {
-                panic!("qemu exited ({status}) before {want:?}:\n{}", self.tail());
+                panic!("qemu exited ({status}) before {what}:\n{}", self.tail());
             }
             None
         });
-        found.unwrap_or_else(|| panic!("no {want:?} in {STEP:?}:\n{}", self.tail()))
+        found.unwrap_or_else(|| panic!("no {what} in {STEP:?}:\n{}", self.tail()))
+    }
+}
+
+/// Copies the run's logs beside the bundle when the test fails: the scratch directory goes
+/// with the failure, and a TCG run is too long to repeat for its logs.
+struct KeepOnPanic(Vec<PathBuf>);
+
+impl Drop for KeepOnPanic {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for path in &self.0 {
+            let name = path.file_name().expect("a file").to_string_lossy();
+            let kept = bundle("dom0.img").with_file_name(format!("last-failed-{name}"));
+            match std::fs::copy(path, &kept) {
+                Ok(_) => eprintln!("xen: kept {}", kept.display()),
+                Err(e) => eprintln!("xen: cannot keep {}: {e}", path.display()),
+            }
+        }
     }
 }
 
@@ -172,6 +201,10 @@ fn hvm_abd_on_xen_backs_up_a_hot_plugged_disk_from_an_nfs_sr() {
         a3_server::sr::EXPORT
     );
     let script = include_str!("../../xen/abd-test.sh");
+    let _keep = KeepOnPanic(vec![
+        dir.path().join("console.log"),
+        a3_e2e::a3_log(&a3.state),
+    ]);
     let mut machine = Machine::boot(
         dir.path(),
         &[
@@ -217,8 +250,7 @@ fn hvm_abd_on_xen_backs_up_a_hot_plugged_disk_from_an_nfs_sr() {
     let unpaused = Instant::now();
     let ip = machine.wait_dom0("assigned-ip ");
     assert!(ip.starts_with("10.0.2."), "assigned-ip {ip}");
-    wait_until(STEP, || a3.connected(id).then_some(()))
-        .unwrap_or_else(|| panic!("the ABD never connected:\n{}", machine.tail()));
+    machine.wait("the ABD's connection", |_| a3.connected(id).then_some(()));
     let connected = unpaused.elapsed();
     println!(
         "xen: the HVM ABD connected {:.0} s after xl unpause (assigned-ip {ip})",
