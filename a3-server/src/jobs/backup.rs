@@ -169,32 +169,24 @@ async fn snapshot_and_stream(
     sweep_leftover_snapshots(e, s, t, &rec, log).await;
     let mut meta = metadata::capture(s, &t.pool_uuid, &rec).await?;
     // A disk reset at every boot holds nothing that outlives a reboot, and xapi refuses
-    // to snapshot it (VDI_ON_BOOT_MODE_INCOMPATIBLE_WITH_OPERATION): leave it out.
+    // to snapshot it (VDI_ON_BOOT_MODE_INCOMPATIBLE_WITH_OPERATION): leave it out. CBT
+    // goes on every other disk; a disk where it was off has no chain to an earlier
+    // version. Where xapi refuses it (an SR without CBT), the disk is read whole.
     let mut scratch = Vec::new();
     let mut kept = Vec::new();
+    let mut fresh_cbt = Vec::new();
+    let mut no_cbt = HashMap::new();
     for d in std::mem::take(&mut meta.disks) {
         let vdi = ops::by_uuid(s, "VDI", &d.vdi_uuid).await?;
-        if ops::text(&ops::record(s, "VDI", &vdi).await?, "on_boot") == "reset" {
+        let r = ops::record(s, "VDI", &vdi).await?;
+        if ops::text(&r, "on_boot") == "reset" {
             log.warn(&format!(
                 "{}: disk {} is reset at every boot (on_boot=reset): not backed up",
                 t.name, d.name
             ));
             scratch.push(vdi);
-        } else {
-            kept.push(d);
+            continue;
         }
-    }
-    meta.disks = kept;
-    if meta.disks.is_empty() {
-        bail!("VM '{}' has no disk to back up", t.name);
-    }
-    // CBT on every disk; a disk where it was off has no chain to an earlier version. Where
-    // xapi refuses it (an SR without CBT, an on_boot=reset disk), the disk is read whole.
-    let mut fresh_cbt = Vec::new();
-    let mut no_cbt = HashMap::new();
-    for d in &meta.disks {
-        let vdi = ops::by_uuid(s, "VDI", &d.vdi_uuid).await?;
-        let r = ops::record(s, "VDI", &vdi).await?;
         if !ops::flag(&r, "cbt_enabled") {
             match ops::vdi_enable_cbt(s, &vdi).await {
                 Ok(()) => {
@@ -209,6 +201,11 @@ async fn snapshot_and_stream(
                 Err(e) => return Err(e.into()),
             }
         }
+        kept.push(d);
+    }
+    meta.disks = kept;
+    if meta.disks.is_empty() {
+        bail!("VM '{}' has no disk to back up", t.name);
     }
     log.info(&format!("{}: taking a snapshot", t.name));
     let snap = ops::vm_snapshot(s, &vm, &format!("{} a3-run-{run}", t.name), &scratch).await?;

@@ -28,7 +28,7 @@ use std::sync::Arc;
 
 use a3_shared::xapi_wire::{Response, Value};
 
-use crate::errors::{self, ApiResult};
+use crate::errors::{self, ApiError, ApiResult};
 use crate::model::Ref;
 use crate::state::State;
 
@@ -127,6 +127,34 @@ pub struct Deferred {
 }
 
 impl Deferred {
+    fn new(
+        ready: Ready,
+        timeout: std::time::Duration,
+        handler: &Handler,
+        params: &[Value],
+        host: &str,
+    ) -> Deferred {
+        Deferred {
+            ready,
+            deadline: std::time::Instant::now() + timeout,
+            handler: handler.clone(),
+            params: params.to_vec(),
+            host: host.to_owned(),
+            task: None,
+        }
+    }
+
+    /// What the call leads to: an `Async.` call gets its pending task at once, a call whose
+    /// wait is already over runs now, any other waits.
+    fn outcome(mut self, st: &mut State, name: &str, is_async: bool) -> Outcome {
+        if is_async {
+            self.task = Some(task::create(st, &self.host, name));
+        } else if self.ready(st) {
+            return Outcome::Done(self.finish(st));
+        }
+        Outcome::Wait(self)
+    }
+
     /// Whether the wait is over.
     pub fn ready(&self, st: &State) -> bool {
         (self.ready)(st, &self.params) || std::time::Instant::now() >= self.deadline
@@ -247,11 +275,7 @@ impl Api {
         }
         // An injected failure comes before any waiting: the call fails as it is made.
         if let Some(e) = crate::faults::take(&mut st.faults, base) {
-            if is_async {
-                let task = task::run_async(&mut Ctx { st, host }, name, |_| Err(e));
-                return Ok(Outcome::Done(Response::Success(Value::from(task))));
-            }
-            return Err(e);
+            return fail(st, host, name, is_async, e);
         }
         let handler = match &method.kind {
             Kind::EventFrom => return event::from(st, params),
@@ -262,18 +286,8 @@ impl Api {
             Kind::Sync(h) => match st.knobs.latency_of(base) {
                 // A slow pool (a simulated-only knob): the call runs once the delay is over.
                 Some(delay) => {
-                    let mut deferred = Deferred {
-                        ready: |_, _| false,
-                        deadline: std::time::Instant::now() + delay,
-                        handler: h.clone(),
-                        params: params.to_vec(),
-                        host: host.to_owned(),
-                        task: None,
-                    };
-                    if is_async {
-                        deferred.task = Some(task::create(st, host, name));
-                    }
-                    return Ok(Outcome::Wait(deferred));
+                    let deferred = Deferred::new(|_, _| false, delay, h, params, host);
+                    return Ok(deferred.outcome(st, name, is_async));
                 }
                 None => h,
             },
@@ -282,20 +296,8 @@ impl Api {
                 timeout,
                 handler,
             } => {
-                let mut deferred = Deferred {
-                    ready: *ready,
-                    deadline: std::time::Instant::now() + *timeout,
-                    handler: handler.clone(),
-                    params: params.to_vec(),
-                    host: host.to_owned(),
-                    task: None,
-                };
-                if is_async {
-                    deferred.task = Some(task::create(st, host, name));
-                } else if deferred.ready(st) {
-                    return Ok(Outcome::Done(deferred.finish(st)));
-                }
-                return Ok(Outcome::Wait(deferred));
+                let deferred = Deferred::new(*ready, *timeout, handler, params, host);
+                return Ok(deferred.outcome(st, name, is_async));
             }
             Kind::RunThenWait {
                 handler,
@@ -304,26 +306,10 @@ impl Api {
                 reply,
             } => {
                 if let Err(e) = handler(&mut Ctx { st, host }, params) {
-                    if is_async {
-                        let task = task::run_async(&mut Ctx { st, host }, name, |_| Err(e));
-                        return Ok(Outcome::Done(Response::Success(Value::from(task))));
-                    }
-                    return Err(e);
+                    return fail(st, host, name, is_async, e);
                 }
-                let mut deferred = Deferred {
-                    ready: *settled,
-                    deadline: std::time::Instant::now() + *timeout,
-                    handler: reply.clone(),
-                    params: params.to_vec(),
-                    host: host.to_owned(),
-                    task: None,
-                };
-                if is_async {
-                    deferred.task = Some(task::create(st, host, name));
-                } else if deferred.ready(st) {
-                    return Ok(Outcome::Done(deferred.finish(st)));
-                }
-                return Ok(Outcome::Wait(deferred));
+                let deferred = Deferred::new(*settled, *timeout, reply, params, host);
+                return Ok(deferred.outcome(st, name, is_async));
             }
         };
         let mut ctx = Ctx { st, host };
@@ -346,6 +332,15 @@ impl Api {
     pub fn events_timed_out(&self, st: &State, query: &EventQuery) -> Value {
         event::timed_out(st, query)
     }
+}
+
+/// A call failing with `e`: an `Async.` call still gets a task, which holds the failure.
+fn fail(st: &mut State, host: &str, name: &str, is_async: bool, e: ApiError) -> ApiResult<Outcome> {
+    if is_async {
+        let task = task::run_async(&mut Ctx { st, host }, name, |_| Err(e));
+        return Ok(Outcome::Done(Response::Success(Value::from(task))));
+    }
+    Err(e)
 }
 
 /// The table under construction.
