@@ -31,6 +31,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use crate::file_store::{FileStore, components};
+use crate::sim::blocking;
 
 /// How long one NFS operation may take before it fails (XCP-ng mounts soft, timeo=200).
 pub const OP_TIMEOUT: Duration = Duration::from_secs(20);
@@ -61,16 +62,6 @@ static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
         .build()
         .expect("the NFS client's runtime thread starts")
 });
-
-/// Runs blocking work without stalling a multi-threaded runtime's worker.
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(f)
-        }
-        _ => f(),
-    }
-}
 
 /// Runs `fut` on the NFS runtime and waits for its output.
 fn run<T: Send + 'static>(fut: impl Future<Output = T> + Send + 'static) -> io::Result<T> {

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpSocket};
@@ -133,6 +133,17 @@ pub struct HostInfo {
     pub fingerprint: String,
 }
 
+/// Runs blocking work without stalling a multi-threaded runtime's worker: the worker's
+/// queued tasks move to another thread while `f` waits.
+pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
 /// What all listeners share.
 pub struct Shared {
     /// The dispatch table.
@@ -153,8 +164,18 @@ pub struct Shared {
 impl Shared {
     /// Locks the state. A panic while holding the lock leaves the state as it was at that
     /// point, which is still consistent enough to serve; so poisoning is ignored.
+    ///
+    /// Disk I/O runs under the lock, and on an NFS SR that I/O waits for the SR's server.
+    /// A worker thread that blocked here would strand the tasks queued on it, the SR
+    /// server's among them when it shares this runtime (in-process tests), so a contended
+    /// lock is waited for through [`blocking`].
     pub fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        let guard = match self.state.try_lock() {
+            Ok(g) => Ok(g),
+            Err(TryLockError::Poisoned(e)) => Err(e),
+            Err(TryLockError::WouldBlock) => blocking(|| self.state.lock()),
+        };
+        guard.unwrap_or_else(|e| e.into_inner())
     }
 
     /// Records that the state changed: wakes event waiters and schedules a save.
