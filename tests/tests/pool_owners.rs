@@ -185,3 +185,43 @@ async fn two_a3s_on_one_pool_each_clean_only_their_own_leftovers() {
     two.backup(&[&name_b], 1).expect("A3 two backs up again");
     pool_support::assert_nothing_left(&sim.inventory().await);
 }
+
+/// A pool unreachable when the A3 restarts after a crash keeps the interrupted run's
+/// leftovers until it is back; then the reconciler's next pass removes them and says so
+/// in the run's log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_unreachable_at_start_is_cleaned_once_it_is_back() {
+    let scratch = tempfile::Builder::new()
+        .prefix("a3-pool-reconcile-")
+        .tempdir()
+        .unwrap();
+    let (base, ip) = pool_support::addresses();
+    let mut sim = Sim::start(&scratch.path().join("sim"), &base, 1, 1, "96MiB");
+    let state = scratch.path().join("a3");
+    let config = "reconcile_interval_secs = 1\n";
+    let mut a3 = A3::start_configured(&state, &ip, config);
+    a3.add_pool(&sim);
+    let name = user_vms(&sim.inventory().await)[0].1.clone();
+    kill_mid_backup(&mut a3, &sim, &name, &[]).await;
+    assert!(
+        !leftovers(&sim.inventory().await).is_empty(),
+        "the killed run left nothing to clean"
+    );
+    sim.stop();
+
+    let a3 = A3::start_configured(&state, &ip, config);
+    wait_failed(&a3, 1);
+    let log = a3.ok(&["job", "log", "1"]);
+    assert!(
+        !log.contains("reconciler: removed"),
+        "the pool is down:\n{log}"
+    );
+    sim.restart(&base, 1, 1, "96MiB");
+    pool_support::wait_nothing_left(&sim, Duration::from_secs(60)).await;
+    let log = a3.ok(&["job", "log", "1"]);
+    assert!(
+        log.contains("reconciler: removed its snapshot"),
+        "the run's log names what the reconciler removed:\n{log}"
+    );
+    a3.backup(&[&name], 1).expect("the next backup");
+}

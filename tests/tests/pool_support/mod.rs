@@ -49,18 +49,26 @@ impl Sim {
     pub fn start(dir: &Path, base: &str, hosts: usize, vms: usize, disk: &str) -> Sim {
         let agent = bin("abd-agent");
         let abd = [OsStr::new("--abd-agent"), agent.as_os_str()];
-        Sim::start_with(dir, base, hosts, vms, disk, &abd)
+        Sim::start_with(dir, base, 0, hosts, vms, disk, &abd)
+    }
+
+    /// Starts a stopped pool again from its state dir, on the same address and port.
+    pub fn restart(&mut self, base: &str, hosts: usize, vms: usize, disk: &str) {
+        let agent = bin("abd-agent");
+        let abd = [OsStr::new("--abd-agent"), agent.as_os_str()];
+        *self = Sim::start_with(&self.dir, base, self.port, hosts, vms, disk, &abd);
     }
 
     /// Starts a pool whose ABD VMs boot their disk under qemu (`--abd-backend qemu`).
     pub fn start_qemu(dir: &Path, base: &str, hosts: usize, vms: usize, disk: &str) -> Sim {
         let abd = [OsStr::new("--abd-backend"), OsStr::new("qemu")];
-        Sim::start_with(dir, base, hosts, vms, disk, &abd)
+        Sim::start_with(dir, base, 0, hosts, vms, disk, &abd)
     }
 
     fn start_with(
         dir: &Path,
         base: &str,
+        port: u16,
         hosts: usize,
         vms: usize,
         disk: &str,
@@ -70,7 +78,7 @@ impl Sim {
         let mut child = ChildGuard::spawn(
             Command::new(bin("xapi-sim"))
                 .args(["serve", "--hosts", &hosts.to_string()])
-                .args(["--vms", &vms.to_string(), "--port", "0"])
+                .args(["--vms", &vms.to_string(), "--port", &port.to_string()])
                 .args(["--address", base, "--password", PASSWORD])
                 .args(["--disk-size", disk, "--state-dir"])
                 .arg(dir)
