@@ -3,7 +3,9 @@
 
 use std::sync::{Arc, Mutex};
 
-use a3_shared::proto::{Assembler, CbtBitmap, DataDown, DataUp, MAX_FRAME_LEN, Manifest, WireId};
+use a3_shared::proto::{
+    Assembler, CbtBitmap, DataDown, DataUp, MAX_DISK_SIZE, MAX_FRAME_LEN, Manifest, WireId,
+};
 
 use tokio::task::JoinSet;
 
@@ -28,6 +30,9 @@ pub struct BackupWork {
     pub abd: String,
     /// The disk's name.
     pub disk: String,
+    /// The size the disk has (a VDI's `virtual_size`), when the A3 knows it: the agent's
+    /// device must have exactly this size.
+    expected_size: Option<u64>,
     block_size: u32,
     base: Option<Manifest>,
     cbt: Option<CbtBitmap>,
@@ -48,6 +53,7 @@ impl BackupWork {
         job: u64,
         abd: String,
         disk: String,
+        expected_size: Option<u64>,
         block_size: u32,
         base: Option<Manifest>,
         cbt: Option<CbtBitmap>,
@@ -58,6 +64,7 @@ impl BackupWork {
             job,
             abd,
             disk,
+            expected_size,
             block_size,
             base,
             cbt,
@@ -96,6 +103,27 @@ impl BackupWork {
             .ok_or_else(|| self.ended())
     }
 
+    /// Refuses an announced disk size before the plan is made from it: one past any real
+    /// disk (a hostile or broken agent), or one other than the disk's (the agent opened
+    /// another device, whose bytes would restore as this disk's).
+    fn check_size(&self, size: u64) -> Result<(), StreamError> {
+        if size > MAX_DISK_SIZE {
+            return Err(StreamError::Protocol(format!(
+                "ABD '{}' announced a {size}-byte disk for {}, larger than any virtual disk \
+                 ({MAX_DISK_SIZE} bytes)",
+                self.abd, self.disk
+            )));
+        }
+        match self.expected_size {
+            Some(want) if want != size => Err(StreamError::WrongDevice {
+                disk: self.disk.clone(),
+                found: size,
+                want,
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// Serves one data stream until the agent's End; `Err` names what failed.
     pub async fn serve_stream(
         self: Arc<Self>,
@@ -103,6 +131,7 @@ impl BackupWork {
         send: &mut wire::SendStream,
         recv: &mut wire::RecvStream,
     ) -> Result<(), StreamError> {
+        self.check_size(size)?;
         {
             let mut guard = self.assembler.lock().unwrap_or_else(|p| p.into_inner());
             match guard.as_ref() {
@@ -226,5 +255,61 @@ impl BackupWork {
             ));
         }
         Ok(session.commit(self.disk.clone(), manifest).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::Catalog;
+    use crate::store::Store;
+    use a3_shared::proto::DEFAULT_BLOCK_SIZE;
+
+    /// A job of `disk`, which the A3 knows to have `expected` bytes (or not).
+    fn work(dir: &std::path::Path, expected: Option<u64>) -> Arc<BackupWork> {
+        let store = Store::open(dir, Catalog::in_memory().unwrap()).unwrap();
+        let session = Arc::new(store.begin_backup("vm").unwrap());
+        Arc::new(BackupWork::new(
+            1,
+            "abd-1".into(),
+            "disk".into(),
+            expected,
+            DEFAULT_BLOCK_SIZE,
+            None,
+            None,
+            BackupSession::shared(session),
+            None,
+        ))
+    }
+
+    #[tokio::test]
+    async fn announced_sizes_are_checked_before_anything_is_planned() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases = [
+            (None, 1 << 63, "larger than any virtual disk"),
+            (Some(4 << 20), u64::MAX, "larger than any virtual disk"),
+            (
+                Some(4 << 20),
+                8 << 20,
+                "found 8388608 bytes on its device, but the disk has 4194304",
+            ),
+        ];
+        for (i, (expected, announced, says)) in cases.into_iter().enumerate() {
+            let w = work(&dir.path().join(i.to_string()), expected);
+            let (ours, _theirs) = tokio::io::duplex(64);
+            let (r, w2) = tokio::io::split(ours);
+            let mut send: wire::SendStream = Box::new(w2);
+            let mut recv: wire::RecvStream = Box::new(r);
+            let err = w
+                .clone()
+                .serve_stream(announced, &mut send, &mut recv)
+                .await
+                .unwrap_err();
+            assert!(err.to_string().contains(says), "{announced}: {err}");
+            assert!(
+                w.assembler.lock().unwrap().is_none(),
+                "nothing is planned from a refused size"
+            );
+        }
     }
 }

@@ -37,6 +37,19 @@ pub enum StreamError {
     /// The ABD broke the job's rules (a chunk not asked for, a second Open, …).
     #[error("{0}")]
     Protocol(String),
+    /// The agent's device is not the size of the disk it was to read.
+    #[error(
+        "disk {disk}: the ABD found {found} bytes on its device, but the disk has {want}: it \
+         opened another device, so nothing of it is stored; run the backup again"
+    )]
+    WrongDevice {
+        /// The disk.
+        disk: String,
+        /// The device's size.
+        found: u64,
+        /// The disk's `virtual_size`.
+        want: u64,
+    },
     /// The stream broke; the text says how, for this ABD.
     #[error("{0}")]
     Link(String),

@@ -144,6 +144,9 @@ pub struct DiskBackupRequest {
     pub device: String,
     /// The disk, for messages and the store's lease.
     pub label: String,
+    /// The disk's size (the snapshot VDI's `virtual_size`): the agent's device must have
+    /// exactly this size.
+    pub size: u64,
     /// The last committed version's manifest of this disk, for an incremental.
     pub base: Option<a3_shared::proto::Manifest>,
     /// The CBT bitmap against that version (only with `base`).
@@ -382,7 +385,7 @@ impl DataPort {
             (cbt, _) => cbt,
         };
         let id = self.assign_backup(
-            &link, &req.abd, req.disk, req.path, block_size, base, cbt, session, None,
+            &link, &req.abd, req.disk, req.path, None, block_size, base, cbt, session, None,
         );
         Ok(Dispatched { job: id, notes })
     }
@@ -411,6 +414,7 @@ impl DataPort {
             &req.abd,
             req.label,
             req.device,
+            Some(req.size),
             block_size,
             base,
             cbt,
@@ -429,6 +433,7 @@ impl DataPort {
         abd: &str,
         disk: String,
         device: String,
+        expected_size: Option<u64>,
         block_size: u32,
         base: Option<a3_shared::proto::Manifest>,
         cbt: Option<CbtBitmap>,
@@ -440,6 +445,7 @@ impl DataPort {
             id,
             abd.to_owned(),
             disk.clone(),
+            expected_size,
             block_size,
             base.clone(),
             cbt.clone(),
@@ -528,7 +534,10 @@ impl DataPort {
         }
     }
 
-    /// Fails a job: its store session is dropped (aborted), nothing is committed.
+    /// Fails a job: its store session is dropped (aborted), nothing is committed. Only the
+    /// caller that takes the job out of the active set says why: a lost connection fails
+    /// a job from its data stream and its control stream at once, and the job's reason
+    /// must be the one whose caller also handed the job its outcome.
     pub fn fail(&self, job: u64, reason: &str) {
         let was = self.lock_active().remove(&job);
         let reason = match was {
@@ -540,7 +549,8 @@ impl DataPort {
                 w.finish(Err(DispatchError::Failed(reason.to_owned())));
                 reason.to_owned()
             }
-            _ => reason.to_owned(),
+            Some(Active::Restore(_)) => reason.to_owned(),
+            None => return,
         };
         if self.inner.jobs.set(
             job,

@@ -57,6 +57,10 @@ pub const MIN_BLOCK_SIZE: u32 = 64 << 10;
 /// The largest block size a job may use (bounds chunk frames and agent memory).
 pub const MAX_BLOCK_SIZE: u32 = 8 << 20;
 
+/// The largest disk a job may announce: 16 TiB, XCP-ng's largest virtual disk. A peer's
+/// announced size is checked against it before anything is planned or allocated.
+pub const MAX_DISK_SIZE: u64 = 16 << 40;
+
 /// The most block entries one hash batch may carry (bounds the A3's per-batch work).
 pub const MAX_BATCH_ENTRIES: usize = 4096;
 
