@@ -11,7 +11,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use a3_e2e::{ChildGuard, a3_cli, a3_ok, bin, chunk_files, wait_until};
-use pool_support::{A3, Sim, alike_sr, assert_nothing_left, disks_of, noise, objects, user_vms};
+use pool_support::{A3, Sim, alike_sr, assert_nothing_left, disks_of, noise, user_vms};
 
 /// `a3-server serve` on `state`, which must exit by itself (a refusal); its output.
 fn serve_refused(state: &Path, ip: &str) -> Output {
@@ -143,28 +143,17 @@ async fn a_lost_catalog_is_rebuilt_from_the_store_and_nothing_is_lost() {
     // Each version restores bit-exact.
     for (id, want) in ids.iter().zip([&full, &incremental]) {
         a3.ok(&["restore", id]);
-        let inv = sim.inventory().await;
-        let restored = objects(&inv, "VM")
-            .into_iter()
-            .find(|v| {
-                v["name_label"]
-                    .as_str()
-                    .is_some_and(|n| n.starts_with(&format!("{name} (restored ")))
-            })
+        let restored = sim
+            .restored_vm(&name)
+            .await
             .unwrap_or_else(|| panic!("version {id}: no restored VM"));
         let restored_uuid = restored["uuid"].as_str().unwrap();
-        let (_, restored_vdi, _) = disks_of(&inv, restored_uuid)[0].clone();
+        let (_, restored_vdi, _) = disks_of(&sim.inventory().await, restored_uuid)[0].clone();
         assert!(
             sim.vdi_data(&restored_vdi).await == *want,
             "version {id} restores bit-exact"
         );
-        let s = sim.session().await;
-        let r = a3_server::xapi::ops::by_uuid(&s, "VM", restored_uuid)
-            .await
-            .unwrap();
-        a3_server::xapi::ops::destroy_vm(&s, &r, false)
-            .await
-            .unwrap();
+        sim.destroy_vm(restored_uuid).await;
     }
     assert_nothing_left(&sim.inventory().await);
 
