@@ -36,6 +36,9 @@ pub struct Config {
     /// `Async.` tasks with bounds of their own, so this bounds record reads and quick
     /// changes: a pool slower than this is reported as not answering.
     pub xapi_call_timeout_secs: u64,
+    /// How often the reconciler looks in every pool for what ended runs left behind
+    /// (snapshots, VBDs into ABDs, half-restored VMs), in seconds.
+    pub reconcile_interval_secs: u64,
 }
 
 /// A config file that cannot be used.
@@ -73,6 +76,7 @@ impl Default for Config {
             dns: Vec::new(),
             abd_boot_timeout_secs: 120,
             xapi_call_timeout_secs: 60,
+            reconcile_interval_secs: 300,
         }
     }
 }

@@ -181,6 +181,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     tokio::spawn(sr.clone().upkeep(shutdown.clone()));
     let config = Arc::new(config);
     let engine = crate::jobs::Engine::new(
+        catalog.instance_id()?,
         catalog.clone(),
         inventory.clone(),
         dataport.clone(),
@@ -261,7 +262,8 @@ pub fn rebuild_catalog(config: &Config) -> Result<RebuildReport, ServerError> {
     Ok(store.rebuild_catalog()?)
 }
 
-/// Recovery of interrupted runs, then the pools' templates kept current.
+/// Recovery of interrupted runs, the reconciler's periodic passes, and the pools'
+/// templates kept current.
 async fn startup_upkeep(
     engine: crate::jobs::Engine,
     config: Arc<Config>,
@@ -270,6 +272,20 @@ async fn startup_upkeep(
     if let Err(e) = crate::jobs::recovery::recover(&engine).await {
         tracing::error!("recovery of interrupted runs failed: {e:#}");
     }
+    let every = std::time::Duration::from_secs(config.reconcile_interval_secs.max(1));
+    let stop = shutdown.clone();
+    let reconciler = engine.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            if let Err(e) = crate::jobs::reconcile::reconcile_all(&reconciler).await {
+                tracing::warn!("reconciler: {e:#}");
+            }
+        }
+    });
     crate::fleet::template::upkeep(
         engine.catalog().clone(),
         engine.inventory().clone(),

@@ -1,4 +1,4 @@
-//! The SQLite catalog: pools, hosts, inventory, ABDs, jobs, versions.
+//! The SQLite catalog: the A3's instance id, pools, hosts, inventory, ABDs, jobs, versions.
 //!
 //! Each area owns its tables: it declares its `CREATE TABLE IF NOT EXISTS` statements as a
 //! `SCHEMA` constant, listed in [`SCHEMAS`], and its queries live in its own module. The
@@ -7,6 +7,7 @@
 
 pub mod abd_fleet;
 pub mod abds;
+pub mod instance;
 pub mod inventory;
 pub mod ip_pool;
 pub mod jobs;
@@ -24,6 +25,7 @@ use rusqlite::Connection;
 const SCHEMAS: &[&str] = &[
     abd_fleet::SCHEMA,
     abds::SCHEMA,
+    instance::SCHEMA,
     inventory::SCHEMA,
     ip_pool::SCHEMA,
     jobs::SCHEMA,

@@ -148,26 +148,33 @@ pub async fn ensure(
     pool_uuid: &str,
     carried: &Carried,
 ) -> Result<String, TemplateError> {
-    // The pool's templates of any version, by their tag.
+    let sr = crate::sr::alike_sr(s, catalog, pool_uuid)
+        .await
+        .map_err(Box::new)?
+        .ok_or_else(|| TemplateError::NoSr(pool_uuid.to_owned()))?;
+    // This A3's templates of any version, by their tag: those on its own Alike_SR. A
+    // second A3 managing the pool has its own, which this one never uses nor removes.
     let mut current = None;
     let mut older = Vec::new();
     for (r, vm) in ops::all_records(s, "VM").await? {
         if !ops::flag(&vm, "is_a_template") {
             continue;
         }
-        match ops::map_key(&vm, "other_config", TEMPLATE_VERSION_KEY) {
-            Some(v) if v == carried.version => current = Some((r, vm)),
-            Some(_) => older.push(r),
-            None => {}
+        let Some(version) = ops::map_key(&vm, "other_config", TEMPLATE_VERSION_KEY) else {
+            continue;
+        };
+        if !on_sr(s, &vm, &sr).await? {
+            continue;
+        }
+        if version == carried.version {
+            current = Some((r, vm));
+        } else {
+            older.push(r);
         }
     }
     let (template, uuid) = match current {
         Some((r, vm)) => (r, ops::text(&vm, "uuid").to_owned()),
         None => {
-            let sr = crate::sr::alike_sr(s, catalog, pool_uuid)
-                .await
-                .map_err(Box::new)?
-                .ok_or_else(|| TemplateError::NoSr(pool_uuid.to_owned()))?;
             tracing::info!(pool = pool_uuid, version = %carried.version, "importing the ABD template");
             let r = import(s, &sr, &carried.path).await?;
             // Hidden and tagged, whatever the XVA said.
@@ -188,6 +195,18 @@ pub async fn ensure(
         ops::destroy_vm(s, &r, false).await?;
     }
     Ok(template)
+}
+
+/// Whether a template's disks are on `sr`.
+async fn on_sr(s: &Session, vm: &ops::Record, sr: &str) -> Result<bool, XapiError> {
+    for vbd in ops::refs(vm, "VBDs") {
+        let b = ops::record(s, "VBD", &vbd).await?;
+        let vdi = ops::text(&b, "VDI");
+        if ops::text(&b, "type") == "Disk" && vdi != ops::NULL_REF {
+            return Ok(ops::text(&ops::record(s, "VDI", vdi).await?, "SR") == sr);
+        }
+    }
+    Ok(false)
 }
 
 /// `PUT /import?session_id=&sr_id=&task_id=` of the XVA; returns the new VM's ref (the

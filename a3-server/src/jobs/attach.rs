@@ -14,7 +14,8 @@ use super::error::{Context, JobError, JobResult, bail};
 
 use crate::catalog::Catalog;
 use crate::xapi::create::{VbdMode, VbdSpec};
-use crate::xapi::ops::{self, NULL_REF, RUN_KEY};
+use crate::xapi::ops::{self, NULL_REF};
+use crate::xapi::owner::RunTag;
 use crate::xapi::{Endpoint, Fingerprint, Session, Transport};
 
 /// How long an ABD's guest may take to report hot-plug support after its agent connected.
@@ -30,7 +31,7 @@ pub async fn for_reading(
     abd_vm: &str,
     abd: &str,
     vdi: &str,
-    run: i64,
+    tag: &RunTag,
 ) -> JobResult<(String, String)> {
     let userdevice = ops::vm_allowed_vbd_devices(s, abd_vm)
         .await?
@@ -54,7 +55,7 @@ pub async fn for_reading(
         bootable: false,
         mode,
         unpluggable: true,
-        other_config: vec![(RUN_KEY.to_owned(), run.to_string())],
+        other_config: tag.other_config(),
     }
     .create(s)
     .await?;

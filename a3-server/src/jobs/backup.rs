@@ -25,7 +25,8 @@ use crate::catalog::run_log::RunLog;
 use crate::dataport::{DiskBackupRequest, DiskJob};
 use crate::fleet::Held;
 use crate::store::VersionId;
-use crate::xapi::ops::{self, NULL_REF, RUN_KEY};
+use crate::xapi::ops::{self, NULL_REF};
+use crate::xapi::owner::{RUN_KEY, RunTag};
 use crate::xapi::{Session, XapiError};
 
 /// How often a disk's progress is published while it streams.
@@ -118,9 +119,9 @@ async fn drop_snapshot_data(s: &Session, snap: &str) -> JobResult<()> {
     Ok(())
 }
 
-/// Removes the snapshots of the VM that an earlier, ended run of this A3 left because its
-/// clean-up after the commit failed (step 5). Only snapshots tagged with one of this
-/// catalog's ended runs are touched; a failure is logged and the backup goes on.
+/// Removes the snapshots of the VM that an earlier, ended run of this A3 left, as the
+/// reconciler would ([`super::reconcile`]), so that this backup starts clean. A failure is
+/// logged and the backup goes on.
 async fn sweep_leftover_snapshots(
     e: &Engine,
     s: &Session,
@@ -132,16 +133,16 @@ async fn sweep_leftover_snapshots(
         let Ok(rec) = ops::record(s, "VM", &snap).await else {
             continue;
         };
-        let Some(run) =
-            ops::map_key(&rec, "other_config", RUN_KEY).and_then(|r| r.parse::<i64>().ok())
-        else {
+        let tag =
+            RunTag::of(&rec).or_else(|| RunTag::from_snapshot_name(ops::text(&rec, "name_label")));
+        let Some(run) = tag.filter(|t| e.tag(t.run) == *t).map(|t| t.run) else {
             continue;
         };
         let ended = matches!(e.catalog().run_get(run), Ok(Some(r)) if r.state != "running");
         if !ended {
             continue;
         }
-        match drop_snapshot_data(s, &snap).await {
+        match super::reconcile::drop_snapshot(e, s, &snap, &rec).await {
             Ok(()) => log.info(&format!(
                 "{}: removed the snapshot run {run} left behind",
                 t.name
@@ -208,9 +209,10 @@ async fn snapshot_and_stream(
         bail!("VM '{}' has no disk to back up", t.name);
     }
     log.info(&format!("{}: taking a snapshot", t.name));
-    let snap = ops::vm_snapshot(s, &vm, &format!("{} a3-run-{run}", t.name), &scratch).await?;
+    let tag = e.tag(run);
+    let snap = ops::vm_snapshot(s, &vm, &tag.snapshot_name(&t.name), &scratch).await?;
     created.snapshot = Some(snap.clone());
-    ops::tag(s, "VM", &snap, RUN_KEY, &run.to_string()).await?;
+    ops::tag(s, "VM", &snap, RUN_KEY, &tag.value()).await?;
     let snap_rec = ops::record(s, "VM", &snap).await?;
     let snap_vdis = snapshot_vdis(s, &snap_rec).await?;
 
@@ -254,7 +256,7 @@ async fn snapshot_and_stream(
             }
         };
         let (vbd, device) =
-            attach::for_reading(s, &held.vm_ref, &held.row.id, &snap_vdi, run).await?;
+            attach::for_reading(s, &held.vm_ref, &held.row.id, &snap_vdi, &tag).await?;
         created.vbds.push(vbd.clone());
         log.info(&format!(
             "{}: disk {} ({} bytes) attached to ABD '{}' as {device} (the agent reads it \
@@ -416,7 +418,10 @@ async fn incremental_base(
 }
 
 /// The snapshot's disk VDIs by userdevice.
-async fn snapshot_vdis(s: &Session, snap: &ops::Record) -> JobResult<HashMap<String, String>> {
+pub(super) async fn snapshot_vdis(
+    s: &Session,
+    snap: &ops::Record,
+) -> JobResult<HashMap<String, String>> {
     let mut out = HashMap::new();
     for vbd in ops::refs(snap, "VBDs") {
         let b = ops::record(s, "VBD", &vbd).await?;

@@ -28,7 +28,8 @@ use crate::ssh;
 use crate::util::clock::unix_now;
 use crate::xapi::Session;
 use crate::xapi::create::VdiSpec;
-use crate::xapi::ops::{self, RUN_KEY};
+use crate::xapi::ops;
+use crate::xapi::owner::RunTag;
 
 /// The test disk's size: big enough for a throughput figure, small enough to be quick.
 pub const TEST_DISK_BYTES: u64 = 16 << 20;
@@ -312,7 +313,7 @@ impl Engine {
                 .with_context(|| {
                     format!("pool {pool_uuid} has no Alike_SR yet (see `a3-server sr status`)")
                 })?;
-            let created = create_test_vdi(s, &sr, run).await?;
+            let created = create_test_vdi(s, &sr, &self.tag(run)).await?;
             vdi = Some(created.clone());
             attach::import_raw(
                 s,
@@ -324,7 +325,7 @@ impl Engine {
             )
             .await?;
             let (plugged, device) =
-                attach::for_reading(s, &held.vm_ref, abd, &created, run).await?;
+                attach::for_reading(s, &held.vm_ref, abd, &created, &self.tag(run)).await?;
             vbd = Some(plugged);
             let started = Instant::now();
             let found =
@@ -403,13 +404,13 @@ fn test_pattern(run: i64) -> Vec<u8> {
 }
 
 /// A new VDI on `sr` for the test disk, tagged with the run.
-async fn create_test_vdi(s: &Session, sr: &str, run: i64) -> JobResult<String> {
+async fn create_test_vdi(s: &Session, sr: &str, tag: &RunTag) -> JobResult<String> {
     Ok(VdiSpec {
-        name_label: format!("A3 diag test disk (run {run})"),
+        name_label: format!("A3 diag test disk (run {})", tag.run),
         name_description: "created by the A3's ABD diag job; removed when it ends".into(),
         sr: sr.to_owned(),
         virtual_size: TEST_DISK_BYTES,
-        other_config: vec![(RUN_KEY.to_owned(), run.to_string())],
+        other_config: tag.other_config(),
     }
     .create(s)
     .await?)

@@ -5,7 +5,8 @@
 //! - this module: [`Engine`], which starts runs as tasks and keeps their live progress;
 //! - [`backup`]: the backup of one VM through one ABD;
 //! - [`restore`]: the restore of a version as a new VM or over the original;
-//! - [`recovery`]: clean-up after a crash;
+//! - [`recovery`]: interrupted runs marked failed after a crash;
+//! - [`reconcile`]: what ended runs left in the pools, removed;
 //! - [`metadata`]: the VM metadata a version carries;
 //! - [`pools`]: adding a pool, with its `Alike_SR`;
 //! - [`verify`]: the store's verify runs, as background tasks clients poll;
@@ -20,6 +21,7 @@ pub mod diag;
 mod error;
 pub mod metadata;
 pub mod pools;
+pub mod reconcile;
 pub mod recovery;
 pub mod restore;
 pub mod verify;
@@ -41,6 +43,7 @@ use crate::fleet::Fleet;
 use crate::inventory::Inventory;
 use crate::store::Store;
 use crate::util::clock::unix_now;
+use crate::xapi::owner::RunTag;
 
 /// Why a job cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +90,8 @@ pub struct Engine {
 }
 
 struct Inner {
+    /// This A3's instance id ([`crate::catalog::instance`]), in every run's tag.
+    instance: String,
     catalog: Catalog,
     inventory: Inventory,
     dataport: DataPort,
@@ -97,8 +102,9 @@ struct Inner {
 }
 
 impl Engine {
-    /// The engine over the server's components.
+    /// The engine over the server's components; `instance` is the catalog's instance id.
     pub fn new(
+        instance: String,
         catalog: Catalog,
         inventory: Inventory,
         dataport: DataPort,
@@ -108,6 +114,7 @@ impl Engine {
         let fleet = Fleet::new(catalog.clone(), inventory.clone(), dataport.clone(), config);
         Engine {
             inner: Arc::new(Inner {
+                instance,
                 catalog,
                 inventory,
                 dataport,
@@ -117,6 +124,11 @@ impl Engine {
                 tasks: tokio_util::task::TaskTracker::new(),
             }),
         }
+    }
+
+    /// The owner tag of what `run` creates in a pool.
+    pub fn tag(&self, run: i64) -> RunTag {
+        RunTag::new(&self.inner.instance, run)
     }
 
     /// The catalog.

@@ -4,8 +4,9 @@
 //! each disk through XAPI's `PUT /import_raw_vdi`, reading the store (which checks every
 //! block against its id).
 //!
-//! Everything a restore creates carries `other_config:a3_run`, so recovery removes a VM a
-//! crash left half-restored.
+//! A new VM and its disks carry the run's owner tag while they are made, so that the
+//! reconciler removes what a crash left half-restored; the tag comes off once every disk is
+//! written, before the VM starts.
 
 use super::error::{Context, JobError, JobResult, bail};
 use a3_shared::chunk::BlockId;
@@ -17,7 +18,8 @@ use crate::catalog::run_log::RunLog;
 use crate::store::{Store, VersionId};
 use crate::xapi::Session;
 use crate::xapi::create::{VbdMode, VbdSpec, VdiSpec, VifSpec, VmSpec};
-use crate::xapi::ops::{self, RUN_KEY};
+use crate::xapi::ops;
+use crate::xapi::owner::RUN_KEY;
 
 /// What to restore, where.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -123,7 +125,7 @@ async fn as_new_vm(
     log: &RunLog,
 ) -> JobResult<String> {
     let sr = target_sr(s, spec.sr.as_deref()).await?;
-    let tag = vec![(RUN_KEY.to_owned(), run.to_string())];
+    let tag = e.tag(run).other_config();
     let date = crate::util::clock::utc_minute(crate::util::clock::unix_now());
     let name = format!("{} (restored {date})", meta.name_label);
     let vm = VmSpec {
@@ -144,7 +146,17 @@ async fn as_new_vm(
     // A failure part-way removes what this restore made: the VM and every disk created
     // for it, attached yet or not. Nothing half-restored stays in the pool.
     let mut vdis = Vec::new();
-    if let Err(err) = add_devices(e, s, spec, meta, &vm, &sr, &tag, log, &mut vdis).await {
+    let made = async {
+        add_devices(e, s, spec, meta, &vm, &sr, &tag, log, &mut vdis).await?;
+        // Restored: the VM and its disks are the administrator's now, which the
+        // reconciler must never take for a run's leftovers. The VM's tag goes last.
+        for vdi in &vdis {
+            ops::untag(s, "VDI", vdi, RUN_KEY).await?;
+        }
+        ops::untag(s, "VM", &vm, RUN_KEY).await?;
+        Ok::<_, JobError>(())
+    };
+    if let Err(err) = made.await {
         log.warn(&format!("removing the half-restored VM '{name}'"));
         if let Err(c) = remove_half_restored(s, &vm, &vdis).await {
             log.warn(&format!(

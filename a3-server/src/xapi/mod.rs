@@ -9,6 +9,7 @@
 //! - [`records`]: typed records of the classes the A3 reads.
 //! - [`ops`]: one typed function per call of the pool workflow, and helpers on raw
 //!   records; nothing outside this module names an XAPI method.
+//! - [`owner`]: the `a3_run` tag naming the A3 instance and run that made an object.
 //! - [`create`]: the specs of the VMs, VDIs, VBDs and VIFs the A3 creates.
 //! - [`events`]: the `event.from` watcher.
 //! - [`error`]: [`XapiError`], typed per XAPI error code.
@@ -29,6 +30,7 @@ pub mod create;
 pub mod error;
 pub mod events;
 pub mod ops;
+pub mod owner;
 pub mod records;
 pub mod session;
 pub mod tls;

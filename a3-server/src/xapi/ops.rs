@@ -7,16 +7,15 @@
 //! Nothing outside [`crate::xapi`] names an XAPI method: a call the workflow needs gets its
 //! function here.
 //!
-//! Everything the A3 creates in a pool for a run carries `other_config:a3_run=<run>`, so
-//! that recovery after a crash finds it again ([`RUN_KEY`]).
+//! Everything the A3 creates in a pool for a run carries its owner tag
+//! ([`super::owner::RunTag`]), so that recovery after a crash finds it again.
 
 use a3_shared::xapi_wire::{Struct, Value};
 
+use super::owner::RUN_KEY;
 use super::records::PoolRecord;
 use super::{Session, XapiError};
 
-/// `other_config` key naming the run that created a snapshot, VBD, VM or VDI.
-pub const RUN_KEY: &str = "a3_run";
 /// `other_config` key naming the ABD a VM is.
 pub const ABD_KEY: &str = "a3_abd";
 /// `other_config` key that hides a VM from XenCenter.
@@ -234,8 +233,10 @@ pub async fn unplug_or_force(s: &Session, vbd: &str) -> Result<(), XapiError> {
     }
 }
 
-/// Stops (hard) and destroys a VM with its disks, or only its VM record when
-/// `keep_disks`. A VM already gone is fine.
+/// Stops (hard) and destroys a VM with its own disks, or only its VM record when
+/// `keep_disks`. A VM already gone is fine. A disk plugged in for a run (its VBD carries
+/// the owner tag: a snapshot disk or a restore target in an ABD) is not the VM's own, nor
+/// is one that another VM still uses: those stay.
 pub async fn destroy_vm(s: &Session, vm: &str, keep_disks: bool) -> Result<(), XapiError> {
     let rec = match record(s, "VM", vm).await {
         Ok(r) => r,
@@ -250,6 +251,7 @@ pub async fn destroy_vm(s: &Session, vm: &str, keep_disks: bool) -> Result<(), X
         if let Ok(b) = record(s, "VBD", &vbd).await
             && text(&b, "type") == "Disk"
             && text(&b, "VDI") != NULL_REF
+            && map_key(&b, "other_config", RUN_KEY).is_none()
         {
             vdis.push(text(&b, "VDI").to_owned());
         }
@@ -257,7 +259,11 @@ pub async fn destroy_vm(s: &Session, vm: &str, keep_disks: bool) -> Result<(), X
     call_slow(s, "VM.destroy", &[vm]).await?;
     if !keep_disks {
         for vdi in vdis {
-            destroy_vdi(s, &vdi).await?;
+            match record(s, "VDI", &vdi).await {
+                Ok(r) if refs(&r, "VBDs").is_empty() => destroy_vdi(s, &vdi).await?,
+                Ok(_) | Err(XapiError::HandleInvalid { .. }) => {}
+                Err(e) => return Err(e),
+            }
         }
     }
     Ok(())

@@ -457,32 +457,43 @@ pub fn objects(inv: &Json, class: &str) -> Vec<Json> {
     }
 }
 
-/// Asserts the pool holds nothing the A3 left behind: no snapshot, no VBD tagged by a run,
-/// no VBD of an ABD other than its boot disk, no VDI of a run; only persistent ABDs and
-/// kept CBT metadata.
-pub fn assert_nothing_left(inv: &Json) {
+/// What the A3 left behind in the pool: snapshots, VBDs tagged by a run, snapshot disks
+/// with data (persistent ABDs and kept CBT metadata are not leftovers).
+pub fn leftovers(inv: &Json) -> Vec<String> {
+    let mut out = Vec::new();
     for vm in objects(inv, "VM") {
-        assert!(
-            vm["is_a_snapshot"] == false,
-            "a snapshot was left behind: {}",
-            vm["name_label"]
-        );
+        if vm["is_a_snapshot"] != false {
+            out.push(format!("the snapshot {}", vm["name_label"]));
+        }
     }
     for vbd in objects(inv, "VBD") {
-        assert!(
-            vbd["other_config"]["a3_run"].is_null(),
-            "a VBD of run {} was left behind",
-            vbd["other_config"]["a3_run"]
-        );
+        if !vbd["other_config"]["a3_run"].is_null() {
+            out.push(format!("a VBD of run {}", vbd["other_config"]["a3_run"]));
+        }
     }
     for vdi in objects(inv, "VDI") {
-        if vdi["is_a_snapshot"] == true {
-            assert_eq!(
-                vdi["type"], "cbt_metadata",
-                "a snapshot disk with data was left behind: {}",
-                vdi["name_label"]
-            );
+        if vdi["is_a_snapshot"] == true && vdi["type"] != "cbt_metadata" {
+            out.push(format!("the snapshot disk with data {}", vdi["name_label"]));
         }
+    }
+    out
+}
+
+/// Asserts the pool holds nothing the A3 left behind ([`leftovers`]).
+pub fn assert_nothing_left(inv: &Json) {
+    let left = leftovers(inv);
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+/// Waits until the pool holds nothing the A3 left behind: after a restart, the
+/// reconciler removes what interrupted runs left, once they are marked failed.
+pub async fn wait_nothing_left(sim: &Sim, timeout: Duration) {
+    let clean = wait_until_async(timeout, || async {
+        leftovers(&sim.inventory().await).is_empty().then_some(())
+    })
+    .await;
+    if clean.is_none() {
+        assert_nothing_left(&sim.inventory().await);
     }
 }
 

@@ -1,0 +1,93 @@
+//! Which A3, and which of its runs, made an object in a pool.
+//!
+//! Every snapshot, VBD, VM and VDI the A3 creates for a run carries
+//! `other_config:a3_run=<instance>/<run>` ([`RunTag`]). The instance id is random per state
+//! dir (`catalog::instance`), and run numbers restart with a fresh catalog, so the pair is
+//! what names an object's owner: recovery and the reconciler touch an object only when its
+//! tag carries their own instance. A tag of another A3 on the same pool, of an earlier A3
+//! of this machine, or of the bare `<run>` form older A3s wrote, is never theirs.
+
+use super::ops::{self, Record};
+
+/// The `other_config` key of the tag.
+pub const RUN_KEY: &str = "a3_run";
+
+/// The owner of an object: an A3 instance and one of its runs.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RunTag {
+    /// The A3's instance id.
+    pub instance: String,
+    /// The run.
+    pub run: i64,
+}
+
+impl RunTag {
+    /// The tag of `run` of `instance`.
+    pub fn new(instance: &str, run: i64) -> RunTag {
+        RunTag {
+            instance: instance.to_owned(),
+            run,
+        }
+    }
+
+    /// The value stored under [`RUN_KEY`].
+    pub fn value(&self) -> String {
+        format!("{}/{}", self.instance, self.run)
+    }
+
+    /// The tag a value names; `None` for anything else, the bare `<run>` form included.
+    pub fn parse(value: &str) -> Option<RunTag> {
+        let (instance, run) = value.split_once('/')?;
+        let hex = !instance.is_empty() && instance.bytes().all(|b| b.is_ascii_hexdigit());
+        Some(RunTag::new(instance, run.parse().ok().filter(|_| hex)?))
+    }
+
+    /// The tag of a record, from its `other_config`.
+    pub fn of(rec: &Record) -> Option<RunTag> {
+        ops::map_key(rec, "other_config", RUN_KEY).and_then(RunTag::parse)
+    }
+
+    /// `other_config` entries of a new object made by this run.
+    pub fn other_config(&self) -> Vec<(String, String)> {
+        vec![(RUN_KEY.to_owned(), self.value())]
+    }
+
+    /// The name of the snapshot this run takes of `vm_name`. The tag is added right after
+    /// `VM.snapshot`; a crash in between leaves the name, which
+    /// [`RunTag::from_snapshot_name`] reads.
+    pub fn snapshot_name(&self, vm_name: &str) -> String {
+        format!("{vm_name} a3-{}-run-{}", self.instance, self.run)
+    }
+
+    /// The tag a [`RunTag::snapshot_name`] carries.
+    pub fn from_snapshot_name(name: &str) -> Option<RunTag> {
+        let (_, suffix) = name.rsplit_once(" a3-")?;
+        let (instance, run) = suffix.split_once("-run-")?;
+        RunTag::parse(&format!("{instance}/{run}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_round_trip_and_foreign_forms_are_not_tags() {
+        let t = RunTag::new("00ff12ab34cd56ef", 42);
+        assert_eq!(t.value(), "00ff12ab34cd56ef/42");
+        assert_eq!(RunTag::parse(&t.value()), Some(t.clone()));
+        for foreign in ["42", "/42", "zz/42", "00ff/x", "00ff/", ""] {
+            assert_eq!(RunTag::parse(foreign), None, "{foreign:?}");
+        }
+        let name = t.snapshot_name("web a3-server");
+        assert_eq!(RunTag::from_snapshot_name(&name), Some(t));
+        for other in [
+            "web",
+            "web a3-run-42",
+            "web a3-xyz-run-42",
+            "web a3-00ff-run-",
+        ] {
+            assert_eq!(RunTag::from_snapshot_name(other), None, "{other:?}");
+        }
+    }
+}
