@@ -116,4 +116,9 @@ impl Config {
     pub fn catalog_file(&self) -> PathBuf {
         self.state_dir.join("catalog.sqlite")
     }
+
+    /// The backup store (`store::fs` has its layout).
+    pub fn store_dir(&self) -> PathBuf {
+        self.state_dir.join("store")
+    }
 }

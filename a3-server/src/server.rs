@@ -1,4 +1,5 @@
 //! `a3-server serve`: starts every component, and stops them cleanly on SIGINT/SIGTERM.
+//! Also `store rebuild-catalog`, which needs the state dir to itself ([`rebuild_catalog`]).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -12,6 +13,8 @@ use crate::api::{self, AppState};
 use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::inventory::Inventory;
+pub use crate::store::RebuildReport;
+use crate::store::{Store, StoreOptions, SyncMode};
 
 /// Why the A3 could not start, or did not stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +45,24 @@ pub enum ServerError {
     /// The store.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    /// The catalog has no versions while the store holds committed ones: started on it,
+    /// the A3 would list no backup and GC would take their chunks for garbage.
+    #[error(
+        "the catalog {catalog} has no versions, but the store holds {records} committed \
+         version(s): the catalog was lost or replaced, and the A3 does not start on it; run \
+         `a3-server store rebuild-catalog --state-dir {state_dir}`, then start the A3 again"
+    )]
+    CatalogLost {
+        /// The catalog file.
+        catalog: String,
+        /// Committed versions in the store.
+        records: u64,
+        /// The state dir.
+        state_dir: String,
+    },
+    /// `store rebuild-catalog` on a state dir without a store.
+    #[error("{0}: no store there; give the A3's --state-dir")]
+    NoStore(String),
     /// Port 2811.
     #[error(transparent)]
     DataPort(#[from] crate::dataport::StartError),
@@ -103,6 +124,9 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     let state_dir = &config.state_dir;
     create_private_dir(state_dir)?;
     let catalog = Catalog::open(&config.catalog_file())?;
+    // The one handle on the store of this process (it holds the store's lock).
+    let store = Store::open(&config.store_dir(), catalog.clone())?;
+    check_catalog(&config, &store)?;
     let api_token = load_or_create_token(&config.api_token_file())?;
 
     let listener = tokio::net::TcpListener::bind(config.http_listen)
@@ -129,8 +153,6 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     let pki = crate::pki::Pki::open(state_dir, catalog.clone())?;
     // Made once; every ABD's boot config carries its public half (`sshkey`).
     crate::ssh::A3Key::load_or_create(state_dir)?;
-    // The one handle on the store of this process (it holds the store's lock).
-    let store = crate::store::Store::open(&state_dir.join("store"), catalog.clone())?;
     let (dataport, dataport_task) = crate::dataport::DataPort::start(
         config.data_listen,
         state_dir,
@@ -199,6 +221,45 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         dataport: dataport_task,
         sr_server,
     })
+}
+
+/// Refuses an empty catalog over a store with committed versions; warns about a catalog
+/// that lacks some (GC refuses to run until they are rebuilt).
+fn check_catalog(config: &Config, store: &Store) -> Result<(), ServerError> {
+    let check = store.check_records()?;
+    if check.missing.is_empty() {
+        return Ok(());
+    }
+    let state_dir = config.state_dir.display().to_string();
+    if check.catalog_versions == 0 {
+        return Err(ServerError::CatalogLost {
+            catalog: config.catalog_file().display().to_string(),
+            records: check.records,
+            state_dir,
+        });
+    }
+    tracing::warn!(
+        "the catalog lacks {} committed version(s) the store holds (the first is version \
+         {}); GC refuses to run until `a3-server store rebuild-catalog --state-dir \
+         {state_dir}` puts them back (with the A3 stopped)",
+        check.missing.len(),
+        check.missing[0]
+    );
+    Ok(())
+}
+
+/// `a3-server store rebuild-catalog`: the catalog's versions recreated from the store's
+/// version records, and its job history from the store's catalog snapshot. Takes the
+/// store's lock before touching the catalog, so it fails while the A3 runs.
+pub fn rebuild_catalog(config: &Config) -> Result<RebuildReport, ServerError> {
+    let dir = config.store_dir();
+    if !dir.is_dir() {
+        return Err(ServerError::NoStore(dir.display().to_string()));
+    }
+    let backend = Store::lock_dir(&dir, SyncMode::Full)?;
+    let catalog = Catalog::open(&config.catalog_file())?;
+    let store = Store::with_backend(Box::new(backend), catalog, StoreOptions::default());
+    Ok(store.rebuild_catalog()?)
 }
 
 /// Recovery of interrupted runs, the reconciler's periodic passes, and the pools'

@@ -16,3 +16,13 @@ pub const MAX_BLOCK_SIZE: usize = 16 * 1024 * 1024;
 pub const MANIFEST_MAGIC: &[u8; 4] = b"A3MF";
 /// The manifest layout: header, one entry per block, BLAKE3 of everything before it.
 pub const MANIFEST_FORMAT_VERSION: u8 = 1;
+
+/// Opens every version record in the A3's store (`a3-server` `store::records`): the
+/// self-description of one committed version, from which the catalog can be rebuilt.
+pub const VERSION_RECORD_MAGIC: &[u8; 4] = b"A3VR";
+/// The version record layout: header, subject, metadata, disks, BLAKE3 of everything
+/// before it (`version_record`).
+pub const VERSION_RECORD_FORMAT_VERSION: u8 = 1;
+/// The largest version record: bounds what its decoder reads and a commit writes (the
+/// metadata is one VM's record, a few KiB).
+pub const MAX_VERSION_RECORD_LEN: usize = 16 * 1024 * 1024;

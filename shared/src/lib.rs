@@ -9,6 +9,8 @@
 //! - `xenstore`: the xenstore wire protocol the ABD speaks over `/dev/xen/xenbus`.
 //! - the port-2811 protocol (messages, framing, state machines), block hashing and chunk
 //!   encoding, spoken by the A3 and the ABD agent.
+//! - `version_record`: the store's record of one committed version (the catalog can be
+//!   rebuilt from these), with a bounded, checksummed decoder.
 //! - `tls`: the handshake-signature checks of every certificate verifier (ring).
 //! - `durable`: the crash-safe private file write both binaries use; the one module here
 //!   that touches the file system (its header says why).
@@ -24,6 +26,7 @@ pub mod ova_fields;
 pub mod portmap;
 pub mod proto;
 pub mod tls;
+pub mod version_record;
 pub mod vhd;
 pub mod xapi_wire;
 pub mod xenstore;

@@ -136,16 +136,8 @@ async fn abds_are_persistent_and_restores_are_bit_exact() {
             .contains("succeeded")
             .then_some(())
             .expect("restore reports success");
+        let restored = sim.restored_vm(&name0).await.unwrap();
         let inv = sim.inventory().await;
-        let restored = objects(&inv, "VM")
-            .into_iter()
-            .find(|v| {
-                v["name_label"]
-                    .as_str()
-                    .unwrap()
-                    .starts_with(&format!("{name0} (restored "))
-            })
-            .unwrap();
         let orig = vm_by_uuid(&inv, &uuid0);
         assert_eq!(num(&restored["VCPUs_max"]), num(&orig["VCPUs_max"]));
         assert_eq!(
@@ -166,13 +158,7 @@ async fn abds_are_persistent_and_restores_are_bit_exact() {
         let got = sim.vdi_data(&rdisks[0].1).await;
         assert!(got == *want, "version {id} restores bit-exact");
         // Remove the restored VM so the next restore is found by name.
-        let s = sim.session().await;
-        let r = a3_server::xapi::ops::by_uuid(&s, "VM", restored["uuid"].as_str().unwrap())
-            .await
-            .unwrap();
-        a3_server::xapi::ops::destroy_vm(&s, &r, false)
-            .await
-            .unwrap();
+        sim.destroy_vm(restored["uuid"].as_str().unwrap()).await;
     }
     assert_nothing_left(&sim.inventory().await);
 }

@@ -9,7 +9,15 @@ use anyhow::{Context, bail};
 use crate::setup::{self, workspace_root};
 
 /// Every fuzz target in `fuzz/Cargo.toml`.
-const TARGETS: &[&str] = &["xmlrpc", "frames", "xva", "vhd", "xenstore", "portmap"];
+const TARGETS: &[&str] = &[
+    "xmlrpc",
+    "frames",
+    "xva",
+    "vhd",
+    "xenstore",
+    "portmap",
+    "version_record",
+];
 
 /// Fuzzes `target` (or every target in turn) for `seconds` each.
 pub fn run(target: Option<&str>, seconds: u32) -> anyhow::Result<()> {

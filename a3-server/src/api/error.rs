@@ -150,7 +150,10 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
         if e.is_not_found() {
             ApiError::not_found(e.to_string())
-        } else if matches!(e, StoreError::GcRunning { .. }) {
+        } else if matches!(
+            e,
+            StoreError::GcRunning { .. } | StoreError::CatalogBehind { .. }
+        ) {
             ApiError {
                 status: StatusCode::CONFLICT,
                 message: e.to_string(),

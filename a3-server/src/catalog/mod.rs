@@ -12,6 +12,7 @@ pub mod inventory;
 pub mod ip_pool;
 pub mod jobs;
 pub mod run_log;
+pub mod snapshot;
 pub mod sr;
 pub mod versions;
 

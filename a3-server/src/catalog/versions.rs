@@ -3,8 +3,11 @@
 //! A version belongs to a subject (a named disk now, a VM later), carries an opaque JSON
 //! metadata blob and has one or more disks, each pointing at its manifest by digest. The
 //! store inserts a version and its disks in one transaction, after the manifests are
-//! durable, so a row here always means "complete and restorable"; a version absent from
-//! these tables does not exist, whatever files a crash left in the store.
+//! durable and, inside the transaction, after its version record is (see
+//! [`Catalog::version_insert`]), so a row here always means "complete and restorable"; a
+//! version absent from these tables is not listed, whatever files a crash left in the
+//! store. The store's version records can recreate these rows, ids included
+//! ([`Catalog::version_restore`]).
 
 use rusqlite::{OptionalExtension, params};
 
@@ -58,14 +61,19 @@ pub struct VersionDiskRow {
 }
 
 impl Catalog {
-    /// Records a complete version with its disks, atomically. Returns its id.
-    pub fn version_insert(
+    /// Records a complete version with its disks, atomically, and returns its id. Inside
+    /// the transaction, once the id is known and before the commit, `durable(id)` runs:
+    /// the store writes the version's record there, so the row never exists without it.
+    /// An error from `durable` rolls the transaction back. It runs with the catalog
+    /// locked: it must not use the catalog.
+    pub fn version_insert<E: From<CatalogError>>(
         &self,
         subject: &str,
         created_at: i64,
         metadata: &str,
         disks: &[VersionDiskRow],
-    ) -> Result<i64, CatalogError> {
+        durable: impl FnOnce(i64) -> Result<(), E>,
+    ) -> Result<i64, E> {
         let mut conn = self.lock();
         let tx = conn.transaction().map_err(|e| self.error(e))?;
         tx.execute(
@@ -74,16 +82,46 @@ impl Catalog {
         )
         .map_err(|e| self.error(e))?;
         let id = tx.last_insert_rowid();
-        for d in disks {
-            tx.execute(
-                "INSERT INTO version_disks (version, disk, size, block_size, manifest)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![id, d.disk, d.size as i64, d.block_size, d.manifest],
-            )
-            .map_err(|e| self.error(e))?;
-        }
+        insert_disks(&tx, id, disks).map_err(|e| self.error(e))?;
+        durable(id)?;
         tx.commit().map_err(|e| self.error(e))?;
         Ok(id)
+    }
+
+    /// Recreates a version row and its disks under the row's own id (`store
+    /// rebuild-catalog`). Idempotent: an identical row already there is `Present`.
+    pub fn version_restore(&self, v: &VersionRow) -> Result<VersionRestore, CatalogError> {
+        if let Some(existing) = self.version_get(v.id)? {
+            let mut want = v.clone();
+            want.disks.sort_by(|a, b| a.disk.cmp(&b.disk));
+            return Ok(if existing == want {
+                VersionRestore::Present
+            } else {
+                VersionRestore::Conflict(Box::new(existing))
+            });
+        }
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(|e| self.error(e))?;
+        tx.execute(
+            "INSERT INTO versions (id, subject, created_at, metadata) VALUES (?1, ?2, ?3, ?4)",
+            params![v.id, v.subject, v.created_at, v.metadata],
+        )
+        .map_err(|e| self.error(e))?;
+        insert_disks(&tx, v.id, &v.disks).map_err(|e| self.error(e))?;
+        tx.commit().map_err(|e| self.error(e))?;
+        Ok(VersionRestore::Added)
+    }
+
+    /// The ids of every version, ascending.
+    pub fn version_ids(&self) -> Result<Vec<i64>, CatalogError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare("SELECT id FROM versions ORDER BY id")
+            .map_err(|e| self.error(e))?;
+        stmt.query_map([], |r| r.get(0))
+            .map_err(|e| self.error(e))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.error(e))
     }
 
     /// One version, if it exists.
@@ -165,6 +203,32 @@ impl Catalog {
     }
 }
 
+/// What [`Catalog::version_restore`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VersionRestore {
+    /// The row was missing and is now there.
+    Added,
+    /// An identical row was already there.
+    Present,
+    /// Another version holds that id: the row there, left as it was.
+    Conflict(Box<VersionRow>),
+}
+
+fn insert_disks(
+    tx: &rusqlite::Transaction<'_>,
+    version: i64,
+    disks: &[VersionDiskRow],
+) -> rusqlite::Result<()> {
+    for d in disks {
+        tx.execute(
+            "INSERT INTO version_disks (version, disk, size, block_size, manifest)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![version, d.disk, d.size as i64, d.block_size, d.manifest],
+        )?;
+    }
+    Ok(())
+}
+
 fn version_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<VersionRow> {
     Ok(VersionRow {
         id: r.get(0)?,
@@ -189,13 +253,13 @@ mod tests {
             manifest: "ab".repeat(32),
         };
         assert_eq!(c.version_latest("web").unwrap(), None);
-        let a = c
-            .version_insert("web", 10, "{}", &[disk("xvda"), disk("xvdb")])
-            .unwrap();
-        let b = c
-            .version_insert("web", 20, "{\"x\":1}", &[disk("xvda")])
-            .unwrap();
-        c.version_insert("db", 30, "{}", &[disk("xvda")]).unwrap();
+        let insert = |subject: &str, at: i64, meta: &str, disks: &[VersionDiskRow]| {
+            c.version_insert(subject, at, meta, disks, |_| Ok::<_, CatalogError>(()))
+                .unwrap()
+        };
+        let a = insert("web", 10, "{}", &[disk("xvda"), disk("xvdb")]);
+        let b = insert("web", 20, "{\"x\":1}", &[disk("xvda")]);
+        insert("db", 30, "{}", &[disk("xvda")]);
         assert!(b > a);
         let latest = c.version_latest("web").unwrap().unwrap();
         assert_eq!((latest.id, latest.metadata.as_str()), (b, "{\"x\":1}"));
@@ -205,5 +269,76 @@ mod tests {
         assert_eq!(c.version_list(Some("web")).unwrap().len(), 2);
         assert_eq!(c.version_list(None).unwrap().len(), 3);
         assert_eq!(c.version_get(999).unwrap(), None);
+        assert_eq!(c.version_ids().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn a_failed_durable_step_rolls_the_row_back_and_its_id_is_given_again() {
+        let c = Catalog::in_memory().unwrap();
+        let disk = VersionDiskRow {
+            disk: "xvda".into(),
+            size: 1,
+            block_size: 4096,
+            manifest: "cd".repeat(32),
+        };
+        let mut seen = None;
+        let failed = c.version_insert("web", 1, "{}", std::slice::from_ref(&disk), |id| {
+            seen = Some(id);
+            Err(CatalogError::Io {
+                path: "record".into(),
+                source: std::io::Error::other("disk full"),
+            })
+        });
+        assert!(failed.is_err());
+        assert!(c.version_list(None).unwrap().is_empty());
+        let id = c
+            .version_insert("web", 2, "{}", &[disk], |_| Ok::<_, CatalogError>(()))
+            .unwrap();
+        assert_eq!(Some(id), seen);
+    }
+
+    #[test]
+    fn restore_keeps_ids_and_is_idempotent() {
+        let c = Catalog::in_memory().unwrap();
+        let row = |id: i64, subject: &str| VersionRow {
+            id,
+            subject: subject.into(),
+            created_at: 5,
+            metadata: "{}".into(),
+            disks: vec![
+                VersionDiskRow {
+                    disk: "xvdb".into(),
+                    size: 1,
+                    block_size: 4096,
+                    manifest: "ab".repeat(32),
+                },
+                VersionDiskRow {
+                    disk: "xvda".into(),
+                    size: 2,
+                    block_size: 4096,
+                    manifest: "cd".repeat(32),
+                },
+            ],
+        };
+        assert_eq!(
+            c.version_restore(&row(7, "web")).unwrap(),
+            VersionRestore::Added
+        );
+        assert_eq!(
+            c.version_restore(&row(7, "web")).unwrap(),
+            VersionRestore::Present
+        );
+        assert!(matches!(
+            c.version_restore(&row(7, "db")).unwrap(),
+            VersionRestore::Conflict(_)
+        ));
+        assert_eq!(c.version_get(7).unwrap().unwrap().disks[0].disk, "xvda");
+        // New versions number on from the restored ones.
+        let next = c
+            .version_insert("web", 9, "{}", &row(0, "web").disks, |_| {
+                Ok::<_, CatalogError>(())
+            })
+            .unwrap();
+        assert_eq!(next, 8);
     }
 }

@@ -1,5 +1,7 @@
 //! The `a3-server` command line. `serve` runs the server; every other command is a client of
-//! the running server's HTTP API (see [`client`]), one file per command group.
+//! the running server's HTTP API (see [`client`]), one file per command group, except two
+//! that work without the server: `store rebuild-catalog` (on the state dir, with the A3
+//! stopped) and `abd ssh --address`.
 
 pub mod abd;
 pub mod client;
@@ -65,7 +67,8 @@ pub enum Command {
     /// Back up, restore and list disks through an ABD, without XAPI.
     #[command(subcommand)]
     Disk(disk::DiskCommand),
-    /// Verify the backup store, collect its garbage, show its figures.
+    /// Verify the backup store, collect its garbage, show its figures, rebuild the catalog
+    /// from it.
     #[command(subcommand)]
     Store(store::StoreCommand),
     /// Back up whole VMs through ABDs.
@@ -138,10 +141,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let api = client::ApiClient::connect(&config, cli.api.as_deref())?;
             runtime.block_on(disk::run(cmd, &api))
         }
-        Command::Store(cmd) => {
-            let api = client::ApiClient::connect(&config, cli.api.as_deref())?;
-            runtime.block_on(store::run(cmd, &api))
-        }
+        Command::Store(cmd) => runtime.block_on(store::run(cmd, &config, cli.api.as_deref())),
         Command::Backup(cmd) => {
             let api = client::ApiClient::connect(&config, cli.api.as_deref())?;
             runtime.block_on(jobs::backup(cmd, &api))

@@ -1,4 +1,4 @@
-//! `a3-server store verify|gc|stats`.
+//! `a3-server store verify|gc|stats|rebuild-catalog`.
 
 use std::time::Duration;
 
@@ -11,6 +11,8 @@ use super::host::print_json;
 use crate::api::dto::{
     GcReport, StoreStats, VerifyBody, VerifyReport, VerifyState, VerifyStatus, VersionId,
 };
+use crate::config::Config;
+use crate::server::RebuildReport;
 
 /// Store commands.
 #[derive(Debug, Subcommand)]
@@ -38,12 +40,94 @@ pub enum StoreCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Recreate the catalog's versions (ids kept) from the version records in the store,
+    /// and its job history from the store's catalog snapshot, after the catalog was lost
+    /// or replaced. Works on the state dir directly, with the A3 stopped; running it again
+    /// changes nothing. Exits non-zero when a committed version could not be put back.
+    RebuildCatalog {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
-/// Runs a store command against the server's API.
-pub async fn run(cmd: StoreCommand, api: &ApiClient) -> anyhow::Result<()> {
+/// `store rebuild-catalog`, on the state dir of `config` (not through the API: the A3
+/// must be stopped).
+fn rebuild_catalog(config: &Config, json: bool) -> anyhow::Result<()> {
+    let report = crate::server::rebuild_catalog(config)?;
+    if json {
+        print_json(&report)?;
+    } else {
+        print_rebuild(&report);
+    }
+    let lost: Vec<String> = report
+        .skipped
+        .iter()
+        .filter(|s| !s.pending)
+        .map(|s| s.version.to_string())
+        .collect();
+    if !lost.is_empty() {
+        bail!(
+            "{} committed version(s) could not be put back ({}); their records or manifests \
+             are damaged or missing, see above; GC refuses to run while they stay in {}",
+            lost.len(),
+            lost.join(", "),
+            config.store_dir().join("versions").display()
+        );
+    }
+    Ok(())
+}
+
+fn print_rebuild(r: &RebuildReport) {
+    for v in &r.added {
+        println!(
+            "rebuilt version {} of '{}', committed {} (disks {}){}",
+            v.id,
+            v.subject,
+            crate::util::clock::utc_minute(v.created_at),
+            v.disks.join(", "),
+            if v.from_pending {
+                "; from a pending record: its commit crashed, its data is complete"
+            } else {
+                ""
+            }
+        );
+    }
+    for s in &r.skipped {
+        let kind = if s.pending {
+            "pending record of an uncommitted backup"
+        } else {
+            "NOT REBUILT"
+        };
+        println!("{kind}: version {}: {}", s.version, s.reason);
+    }
+    println!(
+        "{} version(s) rebuilt, {} already in the catalog, {} record(s) skipped",
+        r.added.len(),
+        r.present,
+        r.skipped.len()
+    );
+    match (&r.snapshot, &r.job_history) {
+        (None, _) => println!("job history: no catalog snapshot in the store"),
+        (Some(path), None) => {
+            println!("job history: the catalog already has jobs; {path} was not read")
+        }
+        (Some(path), Some(h)) => println!(
+            "job history from {path}: {} job(s), {} run(s), {} log line(s); {} run(s) whose \
+             end was never recorded marked failed",
+            h.jobs, h.runs, h.log_lines, h.runs_unfinished
+        ),
+    }
+}
+
+/// Runs a store command: against the server's API (at `api`, else the state dir's
+/// `api.url`), or on the state dir for `rebuild-catalog`.
+pub async fn run(cmd: StoreCommand, config: &Config, api: Option<&str>) -> anyhow::Result<()> {
+    let connect = || ApiClient::connect(config, api);
     match cmd {
+        StoreCommand::RebuildCatalog { json } => rebuild_catalog(config, json),
         StoreCommand::Verify { version, json } => {
+            let api = &connect()?;
             let started: VerifyStatus = api
                 .post("/api/store/verify", &VerifyBody { version })
                 .await?;
@@ -67,18 +151,21 @@ pub async fn run(cmd: StoreCommand, api: &ApiClient) -> anyhow::Result<()> {
             Ok(())
         }
         StoreCommand::Gc { json } => {
+            let api = connect()?;
             let r: GcReport = api.post("/api/store/gc", &()).await?;
             if json {
                 return print_json(&r);
             }
             println!(
-                "GC: {} version(s) use {} chunks; removed {} unused chunk(s) ({}) and {} \
-                 unused manifest(s); kept {} recent unused chunk(s) a running backup may use",
+                "GC: {} version(s) use {} chunks; removed {} unused chunk(s) ({}), {} \
+                 unused manifest(s) and {} record(s) of backups that never committed; kept \
+                 {} recent unused chunk(s) a running backup may use",
                 r.versions,
                 r.chunks_in_use,
                 r.chunks_removed,
                 HumanBytes(r.bytes_removed),
                 r.manifests_removed,
+                r.records_removed,
                 r.chunks_kept_recent
             );
             for subject in &r.leases_revoked {
@@ -89,6 +176,7 @@ pub async fn run(cmd: StoreCommand, api: &ApiClient) -> anyhow::Result<()> {
             Ok(())
         }
         StoreCommand::Stats { json } => {
+            let api = connect()?;
             let s: StoreStats = api.get("/api/store/stats").await?;
             if json {
                 return print_json(&s);

@@ -153,7 +153,7 @@ impl Engine {
                 Some(r) => log.error(r),
             }
             let _ = c.run_item_set(run, &pool.uuid, state, None, None, reason.as_deref());
-            let _ = c.run_end(run, reason.as_deref(), unix_now());
+            engine.end_run(run, reason.as_deref()).await;
         });
         Ok(Started { job, run })
     }

@@ -253,14 +253,23 @@ impl Engine {
             None => log.info("run succeeded"),
             Some(r) => log.error(r),
         }
-        if let Err(e) = self
-            .inner
-            .catalog
-            .run_end(run, reason.as_deref(), unix_now())
-        {
+        self.end_run(run, reason.as_deref()).await;
+        self.lock_progress().remove(&run);
+    }
+
+    /// Records a run's end, then snapshots the catalog into the store, so that job history
+    /// survives the loss of the catalog file. A failed snapshot is logged; the next run's
+    /// end takes another.
+    async fn end_run(&self, run: i64, reason: Option<&str>) {
+        if let Err(e) = self.inner.catalog.run_end(run, reason, unix_now()) {
             tracing::error!(run, "cannot record the run's end: {e}");
         }
-        self.lock_progress().remove(&run);
+        let store = self.inner.store.clone();
+        match tokio::task::spawn_blocking(move || store.snapshot_catalog()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(run, "the catalog's snapshot into the store failed: {e}"),
+            Err(e) => tracing::warn!(run, "the catalog's snapshot into the store failed: {e}"),
+        }
     }
 
     async fn backup_one(&self, run: i64, t: &backup::Target, log: &RunLog) -> Result<i64, String> {
@@ -362,7 +371,7 @@ impl Engine {
                     Some(e)
                 }
             };
-            let _ = c.run_end(run, reason.as_deref(), unix_now());
+            engine.end_run(run, reason.as_deref()).await;
         });
         Ok(Started { job, run })
     }

@@ -3,17 +3,23 @@
 //!
 //! Objects are named by a 32-byte digest in one of two namespaces that never mix: chunks
 //! (named by the BLAKE3 of their plaintext) and manifests (named by the BLAKE3 of the file).
-//! A backend gives four guarantees the store's invariants rest on:
-//! - `put` is atomic and durable: after it returns the object is whole and survives a
-//!   crash; after a failure or crash it is absent or whole, never torn;
-//! - `touch` and `put` set the object's modification time to now (GC's clock);
-//! - `list` either visits every object or fails: GC deletes nothing from a partial listing;
+//! A third namespace holds version records, named by their version id, each under a
+//! pending or a final name ([`RecordState`]); and one more object is the catalog's latest
+//! snapshot. A backend gives these guarantees the store's invariants rest on:
+//! - `put`, `put_record` and `put_catalog_snapshot` are atomic and durable: after one
+//!   returns the object is whole and survives a crash; after a failure or crash it is
+//!   absent or whole (or the previous one), never torn;
+//! - `finalize_record` is an atomic, durable rename of a pending record to its final name;
+//! - `touch` and the puts set the object's modification time to now (GC's clock);
+//! - `list` and `list_records` either visit every object or fail: GC deletes nothing from
+//!   a partial listing;
 //! - `quarantine` moves an object aside, never deletes it, and a quarantined object is no
 //!   longer visible to `get`, `stat` or `touch`.
 //!
 //! Locking between callers is the store's job, not the backend's.
 
 use std::io;
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use a3_shared::chunk::BlockId;
@@ -50,6 +56,26 @@ pub struct Entry {
     pub quarantined: bool,
 }
 
+/// Which name a version record has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RecordState {
+    /// Written by a commit whose catalog transaction had not committed yet.
+    Pending,
+    /// Its version is committed.
+    Final,
+}
+
+/// A version record, as a listing or a stat sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordEntry {
+    /// The version's id.
+    pub version: i64,
+    /// Pending or final.
+    pub state: RecordState,
+    /// Its last write.
+    pub modified: SystemTime,
+}
+
 /// Where the store's objects live.
 pub trait Backend: Send + Sync + 'static {
     /// Where, for messages (a directory, a bucket URL).
@@ -77,4 +103,32 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Moves a live object aside for a human to inspect; returns where it went.
     fn quarantine(&self, space: Space, id: &BlockId) -> io::Result<String>;
+
+    /// Stores the record of `version` under the name of `state`, atomically and durably,
+    /// replacing a record of that name.
+    fn put_record(&self, version: i64, state: RecordState, bytes: &[u8]) -> io::Result<()>;
+
+    /// Reads a record; `ErrorKind::NotFound` when absent.
+    fn get_record(&self, version: i64, state: RecordState) -> io::Result<Vec<u8>>;
+
+    /// A record's entry, or `None`.
+    fn stat_record(&self, version: i64, state: RecordState) -> io::Result<Option<RecordEntry>>;
+
+    /// Renames the pending record of `version` to its final name, durably, replacing a
+    /// final one; `false` when there is no pending record.
+    fn finalize_record(&self, version: i64) -> io::Result<bool>;
+
+    /// Visits every record. An `Err` means the listing is incomplete.
+    fn list_records(&self, visit: &mut dyn FnMut(RecordEntry)) -> io::Result<()>;
+
+    /// Deletes a record (absent is fine).
+    fn remove_record(&self, version: i64, state: RecordState) -> io::Result<()>;
+
+    /// Replaces the catalog's snapshot, atomically and durably: `fill` writes the new one
+    /// into the (new, absent) file at the path it is given.
+    fn put_catalog_snapshot(&self, fill: &mut dyn FnMut(&Path) -> io::Result<()>)
+    -> io::Result<()>;
+
+    /// The catalog's latest snapshot, if one was written.
+    fn catalog_snapshot(&self) -> io::Result<Option<PathBuf>>;
 }

@@ -5,12 +5,15 @@
 //! <dir>/chunks/ab/cd/<hex>     a chunk, named by its id (two levels of 256 fan-out)
 //! <dir>/chunks/ab/cd/<hex>.bad a quarantined chunk (<hex>.<n>.bad for later ones)
 //! <dir>/manifests/ab/<hex>     a manifest, named by the BLAKE3 of the file
+//! <dir>/versions/<id>          the record of committed version <id> (20 decimal digits)
+//! <dir>/versions/<id>.pending  a record whose commit had not reached the catalog yet
+//! <dir>/catalog.sqlite         the catalog's latest snapshot, for job history
 //! <dir>/tmp/                   writes in progress; emptied at open
 //! ```
 //!
 //! A write goes temp → fsync → rename → fsync of the directory (with [`SyncMode::Full`]), so
-//! a name in `chunks/` or `manifests/` always holds whole bytes, and the temp file is
-//! removed if anything fails on the way.
+//! every name above always holds whole bytes, and the temp file is removed if anything
+//! fails on the way.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -20,7 +23,7 @@ use std::time::SystemTime;
 
 use a3_shared::chunk::BlockId;
 
-use super::backend::{Backend, Entry, Space};
+use super::backend::{Backend, Entry, RecordEntry, RecordState, Space};
 
 /// How hard writes are pushed to the disk: a documented setting (STYLE.md 6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -46,6 +49,8 @@ pub struct FsBackend {
 }
 
 const QUARANTINE_SUFFIX: &str = ".bad";
+const PENDING_SUFFIX: &str = ".pending";
+const CATALOG_SNAPSHOT: &str = "catalog.sqlite";
 
 impl FsBackend {
     /// Opens (creating if needed) the store at `root`, takes its lock and clears leftover
@@ -61,7 +66,7 @@ impl FsBackend {
             fs::TryLockError::WouldBlock => io::Error::from(io::ErrorKind::WouldBlock),
             fs::TryLockError::Error(e) => e,
         })?;
-        for sub in ["chunks", "manifests", "tmp"] {
+        for sub in ["chunks", "manifests", "versions", "tmp"] {
             let dir = root.join(sub);
             if !dir.is_dir() {
                 fs::create_dir(&dir)?;
@@ -94,6 +99,59 @@ impl FsBackend {
                 .join(hex),
             Space::Manifests => self.root.join("manifests").join(&hex[0..2]).join(hex),
         }
+    }
+
+    /// The path of a version record.
+    fn record_path(&self, version: i64, state: RecordState) -> PathBuf {
+        let suffix = match state {
+            RecordState::Pending => PENDING_SUFFIX,
+            RecordState::Final => "",
+        };
+        self.root
+            .join("versions")
+            .join(format!("{version:020}{suffix}"))
+    }
+
+    /// A new temp file for a write that will end as `stem`.
+    fn temp(&self, stem: &str) -> TempFile {
+        let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
+        TempFile {
+            path: self.root.join("tmp").join(format!("{stem}.{n}")),
+            armed: true,
+        }
+    }
+
+    /// Writes `bytes` to `dest` durably: temp, fsync, rename, fsync of the directory.
+    fn write_durably(&self, stem: &str, dest: &Path, bytes: &[u8]) -> io::Result<()> {
+        let tmp = self.temp(stem);
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp.path)?;
+        f.write_all(bytes)?;
+        // GC compares this time with the oldest writer's start: set it from the same clock
+        // (the inode's own is the kernel's coarse clock, a few ms behind).
+        f.set_modified(SystemTime::now())?;
+        if self.sync == SyncMode::Full {
+            f.sync_all()?;
+        }
+        drop(f);
+        self.place(tmp, dest)
+    }
+
+    /// Renames a written (and synced) temp file to `dest`, creating its directory if
+    /// needed, and makes the rename durable.
+    fn place(&self, mut tmp: TempFile, dest: &Path) -> io::Result<()> {
+        let dir = dest.parent().expect("object path has a parent");
+        if let Err(e) = fs::rename(&tmp.path, dest) {
+            if e.kind() != io::ErrorKind::NotFound {
+                return Err(e);
+            }
+            self.make_dirs(dir)?;
+            fs::rename(&tmp.path, dest)?;
+        }
+        tmp.armed = false;
+        sync_dir(dir, self.sync)
     }
 
     /// Creates `dir` and any missing parent below the root, making each new entry durable.
@@ -137,34 +195,7 @@ impl Backend for FsBackend {
     }
 
     fn put(&self, space: Space, id: &BlockId, bytes: &[u8]) -> io::Result<()> {
-        let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
-        let mut tmp = TempFile {
-            path: self.root.join("tmp").join(format!("{}.{n}", id.to_hex())),
-            armed: true,
-        };
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp.path)?;
-        f.write_all(bytes)?;
-        // GC compares this time with the oldest writer's start: set it from the same clock
-        // (the inode's own is the kernel's coarse clock, a few ms behind).
-        f.set_modified(SystemTime::now())?;
-        if self.sync == SyncMode::Full {
-            f.sync_all()?;
-        }
-        drop(f);
-        let dest = self.path_of(space, id);
-        let dir = dest.parent().expect("object path has a parent");
-        if let Err(e) = fs::rename(&tmp.path, &dest) {
-            if e.kind() != io::ErrorKind::NotFound {
-                return Err(e);
-            }
-            self.make_dirs(dir)?;
-            fs::rename(&tmp.path, &dest)?;
-        }
-        tmp.armed = false;
-        sync_dir(dir, self.sync)
+        self.write_durably(&id.to_hex(), &self.path_of(space, id), bytes)
     }
 
     fn get(&self, space: Space, id: &BlockId) -> io::Result<Vec<u8>> {
@@ -223,6 +254,92 @@ impl Backend for FsBackend {
         fs::rename(&live, &target)?;
         sync_dir(dir, self.sync)?;
         Ok(target.display().to_string())
+    }
+
+    fn put_record(&self, version: i64, state: RecordState, bytes: &[u8]) -> io::Result<()> {
+        let stem = format!("version-{version}");
+        self.write_durably(&stem, &self.record_path(version, state), bytes)
+    }
+
+    fn get_record(&self, version: i64, state: RecordState) -> io::Result<Vec<u8>> {
+        fs::read(self.record_path(version, state))
+    }
+
+    fn stat_record(&self, version: i64, state: RecordState) -> io::Result<Option<RecordEntry>> {
+        match fs::metadata(self.record_path(version, state)) {
+            Ok(m) => Ok(Some(RecordEntry {
+                version,
+                state,
+                modified: m.modified()?,
+            })),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn finalize_record(&self, version: i64) -> io::Result<bool> {
+        let pending = self.record_path(version, RecordState::Pending);
+        let done = self.record_path(version, RecordState::Final);
+        match fs::rename(&pending, &done) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        sync_dir(done.parent().expect("record path has a parent"), self.sync)?;
+        Ok(true)
+    }
+
+    fn list_records(&self, visit: &mut dyn FnMut(RecordEntry)) -> io::Result<()> {
+        for entry in fs::read_dir(self.root.join("versions"))? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let (digits, state) = match name.strip_suffix(PENDING_SUFFIX) {
+                Some(d) => (d, RecordState::Pending),
+                None => (name, RecordState::Final),
+            };
+            // Only names this backend writes; anything else is not a record.
+            if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                continue;
+            }
+            let Ok(version) = digits.parse() else {
+                continue;
+            };
+            visit(RecordEntry {
+                version,
+                state,
+                modified: entry.metadata()?.modified()?,
+            });
+        }
+        Ok(())
+    }
+
+    fn remove_record(&self, version: i64, state: RecordState) -> io::Result<()> {
+        match fs::remove_file(self.record_path(version, state)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    fn put_catalog_snapshot(
+        &self,
+        fill: &mut dyn FnMut(&Path) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let tmp = self.temp("catalog");
+        fill(&tmp.path)?;
+        if self.sync == SyncMode::Full {
+            File::open(&tmp.path)?.sync_all()?;
+        }
+        self.place(tmp, &self.root.join(CATALOG_SNAPSHOT))
+    }
+
+    fn catalog_snapshot(&self) -> io::Result<Option<PathBuf>> {
+        let path = self.root.join(CATALOG_SNAPSHOT);
+        match fs::metadata(&path) {
+            Ok(_) => Ok(Some(path)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -296,6 +413,51 @@ mod tests {
         b.list(Space::Chunks, &mut |e| bad += u32::from(e.quarantined))
             .unwrap();
         assert_eq!(bad, 2);
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn records_are_written_finalized_listed_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = FsBackend::open(dir.path(), SyncMode::Full).unwrap();
+        b.put_record(7, RecordState::Pending, b"seven").unwrap();
+        b.put_record(12, RecordState::Final, b"twelve").unwrap();
+        assert!(
+            dir.path()
+                .join("versions/00000000000000000007.pending")
+                .is_file()
+        );
+        fs::write(dir.path().join("versions/notes.txt"), b"not a record").unwrap();
+        let mut seen = Vec::new();
+        b.list_records(&mut |e| seen.push((e.version, e.state)))
+            .unwrap();
+        seen.sort_by_key(|s| s.0);
+        assert_eq!(seen, [(7, RecordState::Pending), (12, RecordState::Final)]);
+        assert!(b.finalize_record(7).unwrap());
+        assert!(!b.finalize_record(7).unwrap());
+        assert_eq!(b.get_record(7, RecordState::Final).unwrap(), b"seven");
+        assert!(b.stat_record(7, RecordState::Pending).unwrap().is_none());
+        b.remove_record(12, RecordState::Final).unwrap();
+        b.remove_record(12, RecordState::Final).unwrap();
+        assert_eq!(
+            b.get_record(12, RecordState::Final).unwrap_err().kind(),
+            io::ErrorKind::NotFound
+        );
+        assert_eq!(b.catalog_snapshot().unwrap(), None);
+        b.put_catalog_snapshot(&mut |p| fs::write(p, b"one"))
+            .unwrap();
+        b.put_catalog_snapshot(&mut |p| fs::write(p, b"two"))
+            .unwrap();
+        // A failed fill leaves the previous snapshot, and no temp file.
+        assert!(
+            b.put_catalog_snapshot(&mut |p| {
+                fs::write(p, b"half")?;
+                Err(io::Error::other("disk full"))
+            })
+            .is_err()
+        );
+        let snap = b.catalog_snapshot().unwrap().unwrap();
+        assert_eq!(fs::read(snap).unwrap(), b"two");
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
     }
 

@@ -1,9 +1,10 @@
 //! Garbage collection: mark what the versions use, sweep the rest that is old enough.
 //!
-//! The rules (see the module overview in `store`): take the cutoff from the oldest live
-//! writer first, mark from every version's manifest, list everything before deleting
-//! anything, and delete a chunk only if it is unmarked and, re-checked under its lock,
-//! still older than the cutoff. Quarantined chunks are never deleted.
+//! The rules (see the module overview in `store`): refuse while the catalog lacks a
+//! committed version the store has, take the cutoff from the oldest live writer first,
+//! mark from every version's manifest, list everything before deleting anything, and
+//! delete a chunk only if it is unmarked and, re-checked under its lock, still older than
+//! the cutoff. Quarantined chunks are never deleted.
 
 use std::collections::HashSet;
 use std::time::SystemTime;
@@ -28,6 +29,8 @@ pub struct GcReport {
     pub chunks_kept_recent: u64,
     /// Unused manifests (of versions never committed) removed.
     pub manifests_removed: u64,
+    /// Pending version records of commits that never committed, removed.
+    pub records_removed: u64,
     /// Subjects of backup sessions whose idle lease was revoked; they fail at commit.
     pub leases_revoked: Vec<String>,
 }
@@ -42,6 +45,15 @@ impl Store {
         };
         let mut report = GcReport::default();
         let cutoff = self.gc_cutoff(&mut report);
+        // Before anything else: with committed versions missing from the catalog, their
+        // chunks would look unused.
+        let records = self.check_records().map_err(|e| match e {
+            StoreError::Io { what, source, .. } => self.gc_abort(format!("{what}: {source}")),
+            e => e,
+        })?;
+        if !records.missing.is_empty() {
+            return Err(self.catalog_behind(&records.missing));
+        }
 
         // Mark. Any unreadable manifest aborts: its chunks would look unused.
         let mut marked: HashSet<BlockId> = HashSet::new();
@@ -119,6 +131,11 @@ impl Store {
                 .remove(Space::Manifests, &e.id)
                 .map_err(|err| self.io(|| format!("GC: removing manifest {}", e.id), err))?;
             report.manifests_removed += 1;
+        }
+        for orphan in records.orphans {
+            if self.remove_orphan_record(orphan.version, cutoff)? {
+                report.records_removed += 1;
+            }
         }
         tracing::info!(
             removed = report.chunks_removed,

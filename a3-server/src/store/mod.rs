@@ -10,13 +10,20 @@
 //! - [`verify`]: the verify walk, which names bad blocks and quarantines bad chunks.
 //! - [`gc`]: mark and sweep.
 //! - [`stats`]: logical and stored bytes, dedup ratio.
-//! - Version rows live in the catalog (`catalog::versions`).
+//! - [`records`]: the version records, the store's own description of each committed
+//!   version, and the catalog's snapshot in the store.
+//! - [`rebuild`]: the catalog's versions recreated from the records
+//!   (`a3-server store rebuild-catalog`).
+//! - Version rows live in the catalog (`catalog::versions`); the records make the store
+//!   self-describing, so losing the catalog loses no version.
 //!
 //! # Formats
 //! A chunk is a block encoded by `a3_shared::chunk` (header, raw or zstd payload), named by
 //! the BLAKE3-256 of its plaintext. A manifest is one disk of one version, named by the
-//! BLAKE3 of its file. Chunks and manifests live in separate namespaces: bytes of a disk
-//! block are never read as metadata. Magic numbers are in `a3_shared::formats`.
+//! BLAKE3 of its file. A version record (`a3_shared::version_record`, checksummed like a
+//! manifest) holds what the catalog's version and disk rows hold, and is named by the
+//! version's id. Chunks, manifests and records live in separate namespaces: bytes of a
+//! disk block are never read as metadata. Magic numbers are in `a3_shared::formats`.
 //!
 //! # Commit order
 //! A version becomes visible only when all of it is durable:
@@ -24,11 +31,15 @@
 //! 2. at commit, every chunk the manifests name is checked present (and touched, see GC);
 //! 3. each manifest is written the same durable way;
 //! 4. one catalog transaction (SQLite, `synchronous=FULL`) inserts the version and its
-//!    disks.
+//!    disks; inside it, once the catalog has given the version its id and before it
+//!    commits, the version record is written the same durable way under a pending name;
+//! 5. after the commit, the record is renamed to its final name.
 //!
-//! A crash before 4 leaves no version, only unreferenced chunks and manifests, which GC
-//! reclaims. A failed write (a full disk) removes its temp file and leaves the store as it
-//! was.
+//! A crash before 4 commits leaves no version, only unreferenced chunks and manifests
+//! (and perhaps a pending record), which GC reclaims. A crash between 4 and 5 leaves a
+//! committed version whose record is still pending; GC and start-up finalize it
+//! ([`records`] has the rules). A failed write (a full disk) removes its temp file and
+//! leaves the store as it was.
 //!
 //! # GC and the writer leases
 //! Every backup session holds a lease, registered in the store with its start time. GC:
@@ -39,13 +50,20 @@
 //! 3. lists every chunk and manifest; an incomplete listing aborts GC, deleting nothing;
 //! 4. sweeps what is unmarked *and* last written or touched before the cutoff.
 //!
+//! Before all of that, GC compares the version records with the catalog: a committed
+//! version in the store that the catalog lacks (a lost or older catalog) makes GC refuse,
+//! deleting nothing ([`StoreError::CatalogBehind`]), since its chunks would look unused.
+//! The pending record of a commit that never committed does not count; GC removes it once
+//! it is older than the cutoff.
+//!
 //! A live session can only reference chunks it inserted or was told exist (`has_chunks`
 //! touches them), plus its base version's chunks, which that committed version marks; its
 //! commit touches all of them again, so each is either newer than any cutoff or already
 //! gone, in which case the commit fails instead of naming a missing chunk.
 //!
 //! # Locking, and what may run together
-//! - One process owns a store directory (an flock on `<dir>/lock`).
+//! - One process owns a store directory (an flock on `<dir>/lock`); `store
+//!   rebuild-catalog` takes it too, so it never runs beside the A3.
 //! - Backup sessions, reads, restores, verify and stats all run concurrently.
 //! - One GC at a time; it runs alongside all of the above.
 //! - Per object, a striped mutex orders the few steps that must not interleave: GC's
@@ -66,6 +84,8 @@ pub mod fs;
 pub mod gc;
 pub mod manifest;
 pub mod reader;
+pub mod rebuild;
+pub mod records;
 pub mod session;
 pub mod stats;
 pub mod verify;
@@ -82,10 +102,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::catalog::versions::VersionRow;
 use crate::catalog::{Catalog, CatalogError};
-pub use backend::{Backend, Entry, Space};
+pub use backend::{Backend, Entry, RecordEntry, RecordState, Space};
 pub use fs::{FsBackend, SyncMode};
 pub use gc::GcReport;
 pub use manifest::{DiskManifest, ManifestError};
+pub use rebuild::{RebuildReport, RebuiltVersion, SkippedRecord};
+pub use records::RecordCheck;
 pub use session::{BackupSession, Inserted};
 pub use stats::StoreStats;
 pub use verify::{BadBlock, BadManifest, BadOrphan, VerifyProgress, VerifyReport, VerifyScope};
@@ -276,6 +298,24 @@ pub enum StoreError {
         /// What could not be read.
         reason: String,
     },
+    /// The store holds committed versions the catalog lacks: the catalog was lost or
+    /// replaced by an older copy. GC deletes nothing then: their chunks would look unused.
+    #[error(
+        "store {store}: {missing} committed version(s) in the store are missing from the \
+         catalog (the first is version {first}): the catalog was lost or replaced by an \
+         older copy; nothing was deleted; stop the A3 and run `a3-server store \
+         rebuild-catalog --state-dir {state_dir}`"
+    )]
+    CatalogBehind {
+        /// The store's location.
+        store: String,
+        /// How many versions the catalog lacks.
+        missing: u64,
+        /// The lowest of their ids.
+        first: i64,
+        /// The A3's state dir, for the command.
+        state_dir: String,
+    },
     /// The catalog failed.
     #[error(transparent)]
     Catalog(#[from] CatalogError),
@@ -312,6 +352,9 @@ struct Inner {
     options: StoreOptions,
     leases: Mutex<Leases>,
     stripes: Vec<Mutex<()>>,
+    /// Orders a commit's "no final record under this id? write the pending one" and
+    /// renames against GC's "still an old orphan? remove it".
+    records: Mutex<()>,
     gc: Mutex<()>,
 }
 
@@ -333,14 +376,20 @@ impl Store {
         catalog: Catalog,
         options: StoreOptions,
     ) -> Result<Store, StoreError> {
+        let backend = Store::lock_dir(dir, options.sync)?;
+        Ok(Store::with_backend(Box::new(backend), catalog, options))
+    }
+
+    /// Opens the filesystem store at `dir` and takes its lock, without a catalog yet: a
+    /// tool that must not run beside the A3 takes the lock before it touches the catalog.
+    pub fn lock_dir(dir: &Path, sync: SyncMode) -> Result<FsBackend, StoreError> {
         let store = dir.display().to_string();
-        let backend = FsBackend::open(dir, options.sync).map_err(|e| match e.kind() {
+        FsBackend::open(dir, sync).map_err(|e| match e.kind() {
             std::io::ErrorKind::WouldBlock => StoreError::Locked {
                 store: store.clone(),
             },
             _ => io_error(&store, "opening".into(), e),
-        })?;
-        Ok(Store::with_backend(Box::new(backend), catalog, options))
+        })
     }
 
     /// A store over any backend.
@@ -356,6 +405,7 @@ impl Store {
                 options,
                 leases: Mutex::new(Leases::default()),
                 stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+                records: Mutex::new(()),
                 gc: Mutex::new(()),
             }),
         }
@@ -445,6 +495,10 @@ impl Store {
         self.inner.stripes[usize::from(id.0[0]) % STRIPES]
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn records_lock(&self) -> MutexGuard<'_, ()> {
+        self.inner.records.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn leases(&self) -> MutexGuard<'_, Leases> {

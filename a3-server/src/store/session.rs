@@ -8,6 +8,7 @@ use std::time::{Instant, SystemTime};
 
 use a3_shared::chunk::{self, BlockId};
 
+use super::records::record_of;
 use super::{Lease, Space, Store, StoreError, VersionId};
 use crate::catalog::versions::VersionDiskRow;
 use crate::store::manifest::DiskManifest;
@@ -128,8 +129,9 @@ impl BackupSession {
     }
 
     /// Commits the version: checks every referenced chunk is present, writes the manifests
-    /// durably, then inserts the version row. Fails, committing nothing, if the lease was
-    /// lost or a chunk is missing.
+    /// durably, then inserts the version row, writing the version's record inside that
+    /// transaction. Fails, committing nothing, if the lease was lost, a chunk is missing or
+    /// the record cannot be written.
     pub fn commit(self, metadata: serde_json::Value) -> Result<VersionId, StoreError> {
         let fail = |reason: String| StoreError::Session {
             subject: self.subject.clone(),
@@ -178,12 +180,24 @@ impl BackupSession {
                 manifest: digest.to_hex(),
             });
         }
+        let created_at = crate::util::clock::unix_now();
+        let metadata = metadata.to_string();
         let id = store.inner.catalog.version_insert(
             &self.subject,
-            crate::util::clock::unix_now(),
-            &metadata.to_string(),
+            created_at,
+            &metadata,
             &rows,
+            |id| {
+                store.write_pending_record(&record_of(
+                    id,
+                    &self.subject,
+                    created_at,
+                    &metadata,
+                    &rows,
+                ))
+            },
         )?;
+        store.finalize_record(id);
         tracing::info!(subject = %self.subject, version = id, disks = rows.len(), "version committed");
         Ok(VersionId(id))
     }

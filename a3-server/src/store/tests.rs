@@ -1,9 +1,11 @@
-//! Store tests: round trips, dedup, commit order, crashes, corruption, GC, full disk.
+//! Store tests: round trips, dedup, commit order, crashes, corruption, GC, full disk,
+//! version records and the catalog rebuilt from them.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use a3_shared::chunk::{BlockId, ChunkEncoder, is_zero};
+use a3_shared::version_record::VersionRecord;
 use serde_json::json;
 
 use super::*;
@@ -572,6 +574,37 @@ impl Backend for ListFails {
     fn quarantine(&self, space: Space, id: &BlockId) -> std::io::Result<String> {
         self.0.quarantine(space, id)
     }
+    fn put_record(&self, version: i64, state: RecordState, bytes: &[u8]) -> std::io::Result<()> {
+        self.0.put_record(version, state, bytes)
+    }
+    fn get_record(&self, version: i64, state: RecordState) -> std::io::Result<Vec<u8>> {
+        self.0.get_record(version, state)
+    }
+    fn stat_record(
+        &self,
+        version: i64,
+        state: RecordState,
+    ) -> std::io::Result<Option<RecordEntry>> {
+        self.0.stat_record(version, state)
+    }
+    fn finalize_record(&self, version: i64) -> std::io::Result<bool> {
+        self.0.finalize_record(version)
+    }
+    fn list_records(&self, visit: &mut dyn FnMut(RecordEntry)) -> std::io::Result<()> {
+        self.0.list_records(visit)
+    }
+    fn remove_record(&self, version: i64, state: RecordState) -> std::io::Result<()> {
+        self.0.remove_record(version, state)
+    }
+    fn put_catalog_snapshot(
+        &self,
+        fill: &mut dyn FnMut(&Path) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        self.0.put_catalog_snapshot(fill)
+    }
+    fn catalog_snapshot(&self) -> std::io::Result<Option<PathBuf>> {
+        self.0.catalog_snapshot()
+    }
 }
 
 #[test]
@@ -596,4 +629,222 @@ fn gc_deletes_nothing_when_it_cannot_list_every_chunk() {
     for g in &garbage {
         assert!(chunk_path(dir.path(), &BlockId::of(g)).exists());
     }
+}
+
+fn record_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir.join("versions"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Every commit leaves a final record that says what the catalog row says.
+#[test]
+fn a_commit_writes_a_final_record_of_its_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let (a, b) = (image(30), noise(31, 3 * BS as usize));
+    let v = upload(&store, "web", &[("xvda", &a), ("xvdb", &b)])
+        .0
+        .commit(json!({"name_label": "web"}))
+        .unwrap();
+    assert_eq!(record_names(dir.path()), [format!("{:020}", v.0)]);
+    let record = store.load_record(v.0, RecordState::Final).unwrap();
+    let info = store.version(v).unwrap();
+    assert_eq!(record.subject, "web");
+    assert_eq!(record.created_at, info.created_at);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&record.metadata).unwrap(),
+        info.metadata
+    );
+    assert_eq!(
+        records::row_of(&record),
+        store
+            .inner
+            .catalog
+            .version_get(v.0)
+            .unwrap()
+            .map(|mut r| {
+                r.disks.sort_by(|x, y| x.disk.cmp(&y.disk));
+                r
+            })
+            .unwrap()
+    );
+    let check = store.check_records().unwrap();
+    assert_eq!((check.records, check.missing.len()), (1, 0));
+}
+
+/// The catalog file is lost: GC refuses and deletes nothing, the rebuild brings every
+/// version back under its id with its job history, and a second rebuild changes nothing.
+#[test]
+fn a_lost_catalog_is_rebuilt_from_the_records_and_gc_refuses_meanwhile() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let db = dir.path().join("catalog.sqlite");
+    let (a, b) = (image(32), image(33));
+    let (v1, v2);
+    {
+        let catalog = Catalog::open(&db).unwrap();
+        let store = Store::open_with(&root, catalog.clone(), options()).unwrap();
+        v1 = backup(&store, "web", &[("xvda", &a)]);
+        v2 = backup(&store, "db", &[("xvda", &b), ("xvdb", &a)]);
+        let (_, run) = catalog
+            .job_create("backup", "{}", &[("vm".into(), "web".into())], 1)
+            .unwrap();
+        catalog.run_end(run, None, 2).unwrap();
+        store.snapshot_catalog().unwrap();
+    }
+    std::fs::remove_file(&db).unwrap();
+    let _ = std::fs::remove_file(db.with_extension("sqlite-wal"));
+    let _ = std::fs::remove_file(db.with_extension("sqlite-shm"));
+    let catalog = Catalog::open(&db).unwrap();
+    let store = Store::open_with(&root, catalog.clone(), options()).unwrap();
+    assert!(store.versions(None).unwrap().is_empty());
+    let chunks = store.stats().unwrap().chunks;
+    let err = store.gc().unwrap_err();
+    assert!(
+        matches!(err, StoreError::CatalogBehind { missing: 2, .. }),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains(&format!(
+            "a3-server store rebuild-catalog --state-dir {}",
+            dir.path().display()
+        )),
+        "{err}"
+    );
+    assert_eq!(store.stats().unwrap().chunks, chunks, "GC deleted nothing");
+
+    let report = store.rebuild_catalog().unwrap();
+    assert!(report.is_ok(), "{report:?}");
+    let ids: Vec<VersionId> = report.added.iter().map(|v| v.id).collect();
+    assert_eq!(ids, [v1, v2]);
+    assert_eq!(report.job_history.as_ref().map(|h| h.runs), Some(1));
+    assert_eq!(restore(&store, v1, "xvda"), a);
+    assert_eq!(restore(&store, v2, "xvda"), b);
+    assert_eq!(restore(&store, v2, "xvdb"), a);
+    assert_eq!(store.latest_version("db").unwrap().unwrap().id, v2);
+    assert_eq!(store.gc().unwrap().chunks_removed, 0);
+    assert_eq!(store.stats().unwrap().chunks, chunks);
+
+    let again = store.rebuild_catalog().unwrap();
+    assert!(
+        again.added.is_empty() && again.skipped.is_empty(),
+        "{again:?}"
+    );
+    assert_eq!((again.present, again.job_history), (2, None));
+    // New versions number on from the rebuilt ones.
+    let v3 = backup(&store, "web", &[("xvda", &b)]);
+    assert!(v3 > v2);
+}
+
+/// A crash inside the commit, after the pending record and before the catalog commits:
+/// no version, GC is not blocked and removes the orphan once old, and the next commit
+/// takes the same id. A crash after the catalog commit and before the rename: GC
+/// finalizes the record.
+#[test]
+fn pending_records_of_crashed_commits_never_block_gc() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let v1 = backup(&store, "web", &[("xvda", &image(34))]);
+    let backend = &store.inner.backend;
+    // Committed, but the rename to the final name never happened.
+    std::fs::rename(
+        dir.path().join(format!("versions/{:020}", v1.0)),
+        dir.path().join(format!("versions/{:020}.pending", v1.0)),
+    )
+    .unwrap();
+    // A commit that wrote its pending record, then died before the catalog commit.
+    let orphan = VersionRecord {
+        id: v1.0 + 1,
+        subject: "web".into(),
+        created_at: 5,
+        metadata: "{}".into(),
+        disks: vec![a3_shared::version_record::RecordDisk {
+            name: "xvda".into(),
+            size: 1,
+            block_size: BS,
+            manifest: BlockId::of(b"a manifest GC collected"),
+        }],
+    };
+    backend
+        .put_record(orphan.id, RecordState::Pending, &orphan.encode().unwrap())
+        .unwrap();
+    let gc = store.gc().unwrap();
+    assert_eq!(gc.records_removed, 1, "{gc:?}");
+    assert_eq!(record_names(dir.path()), [format!("{:020}", v1.0)]);
+    // The next commit gets the orphan's id: the catalog rolled its row back.
+    let v2 = backup(&store, "web", &[("xvda", &image(35))]);
+    assert_eq!(v2.0, orphan.id);
+    // An orphan the rebuild meets is skipped when its data is gone, and named.
+    backend
+        .put_record(v2.0 + 1, RecordState::Pending, &{
+            let mut o = orphan.clone();
+            o.id = v2.0 + 1;
+            o.encode().unwrap()
+        })
+        .unwrap();
+    let report = store.rebuild_catalog().unwrap();
+    assert!(report.is_ok(), "{report:?}");
+    assert_eq!(report.skipped.len(), 1);
+    assert!(report.skipped[0].pending);
+    assert!(report.skipped[0].reason.contains("missing"), "{report:?}");
+}
+
+/// A catalog older than the store gives a new commit an id a committed version already
+/// has: the commit stops, and the record of that version is untouched.
+#[test]
+fn a_commit_never_overwrites_the_record_of_another_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let img = image(36);
+    let v1 = {
+        let store = Store::open_with(&root, Catalog::in_memory().unwrap(), options()).unwrap();
+        backup(&store, "web", &[("xvda", &img)])
+    };
+    let before = std::fs::read(root.join(format!("versions/{:020}", v1.0))).unwrap();
+    // An empty catalog, as an old copy would be.
+    let store = Store::open_with(&root, Catalog::in_memory().unwrap(), options()).unwrap();
+    let err = upload(&store, "db", &[("xvda", &noise(37, BS as usize))])
+        .0
+        .commit(json!({}))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("rebuild-catalog") && err.contains("nothing was committed"),
+        "{err}"
+    );
+    assert!(store.versions(None).unwrap().is_empty());
+    let after = std::fs::read(root.join(format!("versions/{:020}", v1.0))).unwrap();
+    assert_eq!(before, after);
+    assert_eq!(record_names(&root), [format!("{:020}", v1.0)]);
+}
+
+/// A damaged record is a typed error, and the rebuild names it instead of guessing.
+#[test]
+fn a_damaged_record_is_named_by_the_rebuild() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let v1 = {
+        let store = Store::open_with(&root, Catalog::in_memory().unwrap(), options()).unwrap();
+        backup(&store, "web", &[("xvda", &image(38))])
+    };
+    let path = root.join(format!("versions/{:020}", v1.0));
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[20] ^= 1;
+    std::fs::write(&path, &bytes).unwrap();
+    let store = Store::open_with(&root, Catalog::in_memory().unwrap(), options()).unwrap();
+    assert!(
+        store
+            .load_record(v1.0, RecordState::Final)
+            .unwrap_err()
+            .contains("checksum")
+    );
+    let report = store.rebuild_catalog().unwrap();
+    assert!(!report.is_ok());
+    assert_eq!(report.skipped[0].version, v1);
+    assert!(report.skipped[0].reason.contains("checksum"), "{report:?}");
+    assert!(store.versions(None).unwrap().is_empty());
 }

@@ -185,6 +185,27 @@ impl Sim {
         pid.unwrap_or_else(|| panic!("no pid in the kill answer: {answer}")) as u32
     }
 
+    /// The VM a restore of `name` made as a new VM ("NAME (restored …)"), if any.
+    pub async fn restored_vm(&self, name: &str) -> Option<Json> {
+        let prefix = format!("{name} (restored ");
+        objects(&self.inventory().await, "VM")
+            .into_iter()
+            .find(|v| {
+                v["name_label"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with(&prefix))
+            })
+    }
+
+    /// Destroys a VM and its disks, as a test clears a restored VM away.
+    pub async fn destroy_vm(&self, uuid: &str) {
+        let s = self.session().await;
+        let r = a3_server::xapi::ops::by_uuid(&s, "VM", uuid).await.unwrap();
+        a3_server::xapi::ops::destroy_vm(&s, &r, false)
+            .await
+            .unwrap();
+    }
+
     /// The directory the process backend keeps for a running ABD VM (its xenstore socket,
     /// its plugged disks under `dev/`).
     pub fn abd_dir(&self, vm_uuid: &str) -> PathBuf {
