@@ -2,6 +2,7 @@
 //! catalog file: an online snapshot taken after each run ([`Catalog::snapshot_to`]), and
 //! the import of its job history into a rebuilt catalog ([`Catalog::import_job_history`]).
 //! Versions are never taken from a snapshot: the store's version records are their truth.
+//! The instance id comes back with the history: the same store is the same A3.
 
 use std::path::Path;
 
@@ -94,9 +95,24 @@ impl Catalog {
                     [],
                 )? as u64);
             }
+            // The same store is the same A3: its instance id comes back too, so that the
+            // reconciler removes what its runs left. This catalog ran no job (checked
+            // above), so nothing carries the id it may have made meanwhile.
+            let has_instance: i64 = tx.query_row(
+                "SELECT COUNT(*) FROM snap.sqlite_master WHERE type = 'table' AND name = 'instance'",
+                [],
+                |r| r.get(0),
+            )?;
+            if has_instance > 0 {
+                tx.execute(
+                    "INSERT OR REPLACE INTO main.instance (only_row, id)
+                     SELECT only_row, id FROM snap.instance",
+                    [],
+                )?;
+            }
             let reason = "interrupted: its end was not recorded before the catalog was \
-                          lost and rebuilt from the store; anything it left in a pool is \
-                          not cleaned up automatically";
+                          lost and rebuilt from the store; the reconciler removes what it \
+                          left in the pools";
             let unfinished = tx.execute(
                 "UPDATE runs SET state = 'failed', reason = ?1 WHERE state = 'running'",
                 [reason],
@@ -138,9 +154,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn job_history_comes_back_from_a_snapshot_once() {
+    fn job_history_and_the_instance_id_come_back_from_a_snapshot_once() {
         let dir = tempfile::tempdir().unwrap();
         let live = Catalog::open(&dir.path().join("catalog.sqlite")).unwrap();
+        let instance = live.instance_id().unwrap();
         let (_, done) = live
             .job_create("backup", "{}", &[("vm-1".into(), "web".into())], 10)
             .unwrap();
@@ -154,7 +171,9 @@ mod tests {
         live.snapshot_to(&snap).unwrap();
 
         let fresh = Catalog::open(&dir.path().join("rebuilt.sqlite")).unwrap();
+        assert_ne!(fresh.instance_id().unwrap(), instance);
         let history = fresh.import_job_history(&snap).unwrap().unwrap();
+        assert_eq!(fresh.instance_id().unwrap(), instance, "the same A3 again");
         assert_eq!(
             history,
             JobHistory {
