@@ -75,7 +75,11 @@ pub async fn backup_vm(
     match &result {
         Ok(_) => {
             // The version is committed: a clean-up failure is logged, never the run's.
-            if let Err(err) = drop_snapshot_data(s, &snap).await {
+            let dropped = async {
+                let rec = ops::record(s, "VM", &snap).await?;
+                super::reconcile::drop_snapshot(e, s, &snap, &rec).await
+            };
+            if let Err(err) = dropped.await {
                 log.warn(&format!(
                     "{}: removing the snapshot after the commit: {err:#}; the next backup of \
                      the VM tries again",
@@ -99,26 +103,6 @@ pub async fn backup_vm(
     result
 }
 
-/// Destroys the snapshot VM (keeping its disks), then keeps only the CBT metadata of each
-/// disk (a disk without CBT goes whole). In this order because xapi's `VDI.data_destroy`
-/// waits for every VBD of the VDI to go and fails with `VDI_IN_USE` while the snapshot VM
-/// still has them (xen-api `ocaml/xapi/xapi_vdi.ml`); xs-cbt-backup does the same.
-async fn drop_snapshot_data(s: &Session, snap: &str) -> JobResult<()> {
-    let rec = ops::record(s, "VM", snap).await?;
-    let vdis = snapshot_vdis(s, &rec).await?;
-    ops::destroy_vm(s, snap, true).await?;
-    for vdi in vdis.into_values() {
-        if ops::flag(&ops::record(s, "VDI", &vdi).await?, "cbt_enabled") {
-            ops::vdi_data_destroy(s, &vdi)
-                .await
-                .with_context(|| format!("data_destroy of snapshot disk {vdi}"))?;
-        } else {
-            ops::destroy_vdi(s, &vdi).await?;
-        }
-    }
-    Ok(())
-}
-
 /// Removes the snapshots of the VM that an earlier, ended run of this A3 left, as the
 /// reconciler would ([`super::reconcile`]), so that this backup starts clean. A failure is
 /// logged and the backup goes on.
@@ -133,9 +117,7 @@ async fn sweep_leftover_snapshots(
         let Ok(rec) = ops::record(s, "VM", &snap).await else {
             continue;
         };
-        let tag =
-            RunTag::of(&rec).or_else(|| RunTag::from_snapshot_name(ops::text(&rec, "name_label")));
-        let Some(run) = tag.filter(|t| e.tag(t.run) == *t).map(|t| t.run) else {
+        let Some(run) = RunTag::of_vm(&rec).filter(|t| e.owns(t)).map(|t| t.run) else {
             continue;
         };
         let ended = matches!(e.catalog().run_get(run), Ok(Some(r)) if r.state != "running");

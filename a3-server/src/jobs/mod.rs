@@ -131,6 +131,11 @@ impl Engine {
         RunTag::new(&self.inner.instance, run)
     }
 
+    /// Whether `tag` names a run of this A3 (its instance id).
+    pub fn owns(&self, tag: &RunTag) -> bool {
+        tag.instance == self.inner.instance
+    }
+
     /// The catalog.
     pub fn catalog(&self) -> &Catalog {
         &self.inner.catalog

@@ -76,8 +76,7 @@ pub async fn reconcile_pool(e: &Engine, s: &Session) -> JobResult<Reconciled> {
     let vbds = ops::all_records(s, "VBD").await?;
     let live: HashSet<i64> = e.catalog().runs_running()?.iter().map(|r| r.id).collect();
     let left = |tag: &Option<RunTag>| -> Option<RunTag> {
-        tag.clone()
-            .filter(|t| e.tag(t.run) == *t && !live.contains(&t.run))
+        tag.clone().filter(|t| e.owns(t) && !live.contains(&t.run))
     };
     let mut done = Reconciled::default();
 
@@ -101,12 +100,7 @@ pub async fn reconcile_pool(e: &Engine, s: &Session) -> JobResult<Reconciled> {
     }
     for (vm, rec) in &vms {
         let snapshot = ops::flag(rec, "is_a_snapshot");
-        let tag = RunTag::of(rec).or_else(|| {
-            snapshot
-                .then(|| RunTag::from_snapshot_name(ops::text(rec, "name_label")))
-                .flatten()
-        });
-        let Some(tag) = left(&tag) else {
+        let Some(tag) = left(&RunTag::of_vm(rec)) else {
             continue;
         };
         let name = ops::text(rec, "name_label");
@@ -156,8 +150,12 @@ fn note(e: &Engine, tag: &RunTag, what: &str, outcome: JobResult<()>) {
     }
 }
 
-/// Removes a snapshot a run left: the snapshot VM, then each disk, except the CBT
-/// metadata of a disk the VM's latest version names as its next incremental's base.
+/// Removes a snapshot once its version is committed, or when a run left it: the snapshot
+/// VM (keeping its disks), then each disk, except the CBT metadata of a disk the VM's
+/// latest version names as its next incremental's base. In this order because xapi's
+/// `VDI.data_destroy` waits for every VBD of the VDI to go and fails with `VDI_IN_USE`
+/// while the snapshot VM still has them (xen-api `ocaml/xapi/xapi_vdi.ml`);
+/// xs-cbt-backup does the same.
 pub async fn drop_snapshot(e: &Engine, s: &Session, snap: &str, rec: &Record) -> JobResult<()> {
     let bases = cbt_bases(e, s, rec).await?;
     let vdis = super::backup::snapshot_vdis(s, rec).await?;

@@ -47,6 +47,16 @@ impl RunTag {
         ops::map_key(rec, "other_config", RUN_KEY).and_then(RunTag::parse)
     }
 
+    /// The tag of a VM record; a snapshot without one is read by its name
+    /// ([`RunTag::snapshot_name`]).
+    pub fn of_vm(rec: &Record) -> Option<RunTag> {
+        RunTag::of(rec).or_else(|| {
+            ops::flag(rec, "is_a_snapshot")
+                .then(|| RunTag::from_snapshot_name(ops::text(rec, "name_label")))
+                .flatten()
+        })
+    }
+
     /// `other_config` entries of a new object made by this run.
     pub fn other_config(&self) -> Vec<(String, String)> {
         vec![(RUN_KEY.to_owned(), self.value())]

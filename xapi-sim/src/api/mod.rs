@@ -372,20 +372,12 @@ impl Table {
         timeout: std::time::Duration,
         f: impl Fn(&mut Ctx<'_>, &[Value]) -> ApiResult<Value> + Send + Sync + 'static,
     ) {
-        self.methods.insert(
-            name.to_owned(),
-            Method {
-                required: 1 + args,
-                max: 1 + args,
-                session: true,
-                has_async: true,
-                kind: Kind::WaitThen {
-                    ready,
-                    timeout,
-                    handler: Arc::new(f),
-                },
-            },
-        );
+        let kind = Kind::WaitThen {
+            ready,
+            timeout,
+            handler: Arc::new(f),
+        };
+        self.add_deferred(name, args, kind);
     }
 
     /// Like [`Table::add`], for a method whose effect completes outside the lock: `f`
@@ -400,6 +392,17 @@ impl Table {
         timeout: std::time::Duration,
         reply: impl Fn(&mut Ctx<'_>, &[Value]) -> ApiResult<Value> + Send + Sync + 'static,
     ) {
+        let kind = Kind::RunThenWait {
+            handler: Arc::new(f),
+            settled,
+            timeout,
+            reply: Arc::new(reply),
+        };
+        self.add_deferred(name, args, kind);
+    }
+
+    /// A session method of `args` arguments, with an `Async.` form, whose reply waits.
+    fn add_deferred(&mut self, name: &str, args: usize, kind: Kind) {
         self.methods.insert(
             name.to_owned(),
             Method {
@@ -407,12 +410,7 @@ impl Table {
                 max: 1 + args,
                 session: true,
                 has_async: true,
-                kind: Kind::RunThenWait {
-                    handler: Arc::new(f),
-                    settled,
-                    timeout,
-                    reply: Arc::new(reply),
-                },
+                kind,
             },
         );
     }
