@@ -262,8 +262,8 @@ pub fn rebuild_catalog(config: &Config) -> Result<RebuildReport, ServerError> {
     Ok(store.rebuild_catalog()?)
 }
 
-/// Recovery of interrupted runs, the reconciler's periodic passes, and the pools'
-/// templates kept current.
+/// Recovery of interrupted runs, the reconciler's passes (periodic, and for a pool as
+/// soon as it is reachable again), and the pools' templates kept current.
 async fn startup_upkeep(
     engine: crate::jobs::Engine,
     config: Arc<Config>,
@@ -275,14 +275,26 @@ async fn startup_upkeep(
     let every = std::time::Duration::from_secs(config.reconcile_interval_secs.max(1));
     let stop = shutdown.clone();
     let reconciler = engine.clone();
+    let mut reconnected = engine.inventory().reconnections();
     tokio::spawn(async move {
+        use tokio::sync::broadcast::error::RecvError;
         loop {
-            tokio::select! {
+            let pool = tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(every) => {}
-            }
-            if let Err(e) = crate::jobs::reconcile::reconcile_all(&reconciler).await {
-                tracing::warn!("reconciler: {e:#}");
+                _ = tokio::time::sleep(every) => None,
+                back = reconnected.recv() => match back {
+                    Ok(pool) => Some(pool),
+                    Err(RecvError::Lagged(_)) => None,
+                    Err(RecvError::Closed) => return,
+                },
+            };
+            match pool {
+                Some(pool) => crate::jobs::reconcile::reconcile_one(&reconciler, &pool).await,
+                None => {
+                    if let Err(e) = crate::jobs::reconcile::reconcile_all(&reconciler).await {
+                        tracing::warn!("reconciler: {e:#}");
+                    }
+                }
             }
         }
     });

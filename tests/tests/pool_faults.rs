@@ -19,7 +19,7 @@ use a3_server::jobs::BackupSpec;
 use a3_server::jobs::restore::RestoreSpec;
 use a3_server::server::Running;
 use a3_server::xapi::Credentials;
-use pool_support::{PASSWORD, assert_nothing_left, objects, user_vms};
+use pool_support::{PASSWORD, assert_nothing_left, leftovers, objects, user_vms};
 use serde_json::Value as Json;
 use xapi_sim::faults::Fault;
 use xapi_sim::{AbdBackend, Sim, SimConfig};
@@ -307,6 +307,24 @@ async fn a_failure_at_any_step_leaves_nothing_behind() {
             "the backup after a failed {method} did not remove the leftovers"
         );
     }
+
+    // The commit supersedes the previous version's CBT metadata: a failed removal is
+    // logged, the version stands, and the next backup removes it.
+    w.arm("VDI.destroy");
+    let run = w.run(&backup).await;
+    w.disarm();
+    assert_eq!(run.state, "succeeded", "{}", w.log(&run));
+    let left = leftovers(&w.inventory());
+    assert!(
+        left.iter().any(|l| l.contains("CBT metadata")),
+        "the superseded CBT metadata is gone though its removal failed: {left:?}"
+    );
+    assert!(
+        w.log(&run)
+            .contains("removing the CBT metadata of older versions")
+    );
+    w.ok(&backup).await;
+    assert_nothing_left(&w.inventory());
 
     // A restore's steps, as a new VM. (A failed VM.start is left out: the disks are
     // restored by then, so the A3 keeps the VM and says it "is restored but did not start".)

@@ -181,6 +181,21 @@ impl Catalog {
         }
     }
 
+    /// The newest version of every subject, without their disks.
+    pub fn versions_latest(&self) -> Result<Vec<VersionRow>, CatalogError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare(
+                "SELECT id, subject, created_at, metadata FROM versions
+                 WHERE id IN (SELECT MAX(id) FROM versions GROUP BY subject) ORDER BY id",
+            )
+            .map_err(|e| self.error(e))?;
+        stmt.query_map([], version_from_row)
+            .map_err(|e| self.error(e))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.error(e))
+    }
+
     fn version_disks(&self, version: i64) -> Result<Vec<VersionDiskRow>, CatalogError> {
         let conn = self.lock();
         let mut stmt = conn
@@ -270,6 +285,13 @@ mod tests {
         assert_eq!(c.version_list(None).unwrap().len(), 3);
         assert_eq!(c.version_get(999).unwrap(), None);
         assert_eq!(c.version_ids().unwrap().len(), 3);
+        let latest: Vec<(String, i64)> = c
+            .versions_latest()
+            .unwrap()
+            .into_iter()
+            .map(|v| (v.subject, v.id))
+            .collect();
+        assert_eq!(latest, [("web".to_owned(), b), ("db".to_owned(), b + 1)]);
     }
 
     #[test]

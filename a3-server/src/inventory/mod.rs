@@ -123,6 +123,8 @@ pub struct Inventory {
     timeouts: Timeouts,
     shutdown: CancellationToken,
     watchers: Arc<Mutex<HashMap<String, CancellationToken>>>,
+    /// The uuid of each pool whose watcher connected again after losing it.
+    reconnected: tokio::sync::broadcast::Sender<String>,
 }
 
 impl Inventory {
@@ -140,7 +142,14 @@ impl Inventory {
             timeouts,
             shutdown,
             watchers: Arc::default(),
+            reconnected: tokio::sync::broadcast::channel(16).0,
         }
+    }
+
+    /// Tells of each pool that is reachable again after its connection was lost (or was
+    /// unreachable when the A3 started), for the reconciler.
+    pub fn reconnections(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.reconnected.subscribe()
     }
 
     /// Starts a watcher for every recorded pool (at server start).

@@ -34,12 +34,14 @@ pub async fn run(
     mut initial: Option<Connected>,
 ) {
     let mut backoff = MIN_BACKOFF;
+    let mut lost = false;
     loop {
         let mut connected = false;
         let outcome = tokio::select! {
             _ = cancel.cancelled() => return,
-            r = watch(&inventory, &pool_uuid, initial.take(), &mut connected) => r,
+            r = watch(&inventory, &pool_uuid, initial.take(), &mut connected, lost) => r,
         };
+        lost = true;
         let Err(e) = outcome;
         if let InventoryError::UnknownPool(_) = e {
             return;
@@ -67,6 +69,7 @@ async fn watch(
     pool_uuid: &str,
     initial: Option<Connected>,
     connected: &mut bool,
+    again: bool,
 ) -> Result<Infallible, InventoryError> {
     let Connected { session, token } = match initial {
         Some(c) => c,
@@ -84,6 +87,10 @@ async fn watch(
     inventory
         .catalog
         .set_pool_status(pool_uuid, Some(&session.endpoint().to_string()), "")?;
+    if again {
+        // No one listening is fine: the reconciler's periodic pass comes anyway.
+        let _ = inventory.reconnected.send(pool_uuid.to_owned());
+    }
     let mut watcher = EventWatcher::new(session, sync::EVENT_CLASSES, token);
     loop {
         let events = match watcher.next_batch().await {

@@ -48,6 +48,9 @@ pub struct Target {
 struct Created {
     snapshot: Option<String>,
     vbds: Vec<String>,
+    /// Once committed: the previous version's metadata, if any, and the new one's, whose
+    /// CBT bases tell which metadata disks are superseded.
+    committed: Option<(Option<VmMetadata>, VmMetadata)>,
 }
 
 /// Backs up `t` through `held`; returns the committed version.
@@ -90,6 +93,10 @@ pub async fn backup_vm(
                     "{}: snapshot removed, CBT metadata kept for the next incremental",
                     t.name
                 ));
+            }
+            if let Some((previous, current)) = &created.committed {
+                super::reconcile::drop_superseded_bases(e, s, previous.as_ref(), current, log)
+                    .await;
             }
         }
         Err(_) => {
@@ -197,6 +204,11 @@ async fn snapshot_and_stream(
     ops::tag(s, "VM", &snap, RUN_KEY, &tag.value()).await?;
     let snap_rec = ops::record(s, "VM", &snap).await?;
     let snap_vdis = snapshot_vdis(s, &snap_rec).await?;
+    // Its disks too: once the snapshot VM is gone, a disk left (or the CBT metadata kept
+    // of it) is found by this tag alone.
+    for vdi in snap_vdis.values() {
+        ops::tag(s, "VDI", vdi, RUN_KEY, &tag.value()).await?;
+    }
 
     let subject = t.uuid.clone();
     let last = e.catalog().version_latest(&subject)?;
@@ -275,6 +287,7 @@ async fn snapshot_and_stream(
     }
 
     let json = serde_json::to_value(&meta)?;
+    let previous = last_meta.map(|(_, m)| m);
     let session = Arc::into_inner(session).context("a disk job still holds the store session")?;
     let id = tokio::task::spawn_blocking(move || {
         for (name, m) in manifests {
@@ -284,6 +297,7 @@ async fn snapshot_and_stream(
     })
     .await??;
     log.info(&format!("{}: version {id} committed", t.name));
+    created.committed = Some((previous, meta));
     Ok(id.0)
 }
 

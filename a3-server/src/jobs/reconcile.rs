@@ -11,11 +11,14 @@
 //! - a VM of a restore that never finished (a restore takes its tag off the VM and disks
 //!   once they are written): destroyed, with the disks the restore made;
 //! - a disk a run made that nothing uses (a restore's disk before its VBD, the diag test
-//!   disk): destroyed.
+//!   disk, a snapshot's disk): destroyed, except that the CBT base of a VM's latest
+//!   version keeps its CBT metadata; the metadata of an older version's snapshot disk is
+//!   superseded and goes (a backup removes its previous version's itself, after the
+//!   commit; this catches a failure there).
 //!
-//! It runs at start, once recovery has marked the interrupted runs failed, and then every
-//! `reconcile_interval_secs` for every pool, so a pool that was unreachable is cleaned
-//! once it is back. Each removal is a line in the log of the run that left the object.
+//! It runs at start, once recovery has marked the interrupted runs failed, for a pool as
+//! soon as its connection is back, and every `reconcile_interval_secs` for every pool.
+//! Each removal is a line in the log of the run that left the object.
 
 use std::collections::{HashMap, HashSet};
 
@@ -50,22 +53,28 @@ impl Reconciled {
 /// Reconciles every pool the A3 manages; an unreachable pool is skipped until next time.
 pub async fn reconcile_all(e: &Engine) -> JobResult<()> {
     for pool in e.catalog().pool_uuids()? {
-        let (s, _) = match e.inventory().connect(&pool).await {
-            Ok(c) => c,
-            Err(err) => {
-                tracing::info!(%pool, "reconciler: pool unreachable ({err}); next pass");
-                continue;
-            }
-        };
-        let done = reconcile_pool(e, &s).await;
-        s.logout().await;
-        match done {
-            Ok(d) if !d.is_empty() => tracing::info!(%pool, ?d, "reconciler: leftovers removed"),
-            Ok(_) => {}
-            Err(err) => tracing::warn!(%pool, "reconciler: {err:#}"),
-        }
+        reconcile_one(e, &pool).await;
     }
     Ok(())
+}
+
+/// Reconciles the pool `pool` (a uuid), logging the outcome; an unreachable pool is left
+/// for the next pass.
+pub async fn reconcile_one(e: &Engine, pool: &str) {
+    let (s, _) = match e.inventory().connect(pool).await {
+        Ok(c) => c,
+        Err(err) => {
+            tracing::info!(%pool, "reconciler: pool unreachable ({err}); next pass");
+            return;
+        }
+    };
+    let done = reconcile_pool(e, &s).await;
+    s.logout().await;
+    match done {
+        Ok(d) if !d.is_empty() => tracing::info!(%pool, ?d, "reconciler: leftovers removed"),
+        Ok(_) => {}
+        Err(err) => tracing::warn!(%pool, "reconciler: {err:#}"),
+    }
 }
 
 /// Removes, in the pool `s` is logged in to, what this A3's ended runs left there.
@@ -121,22 +130,114 @@ pub async fn reconcile_pool(e: &Engine, s: &Session) -> JobResult<Reconciled> {
             done.vms += 1;
         }
     }
-    // Disks last: a half-restored VM's disks are free once the VM is gone.
+    // Disks last: a half-restored VM's disks, and a snapshot's, are free once the VM is
+    // gone. A snapshot disk that is the CBT base of its VM's latest version keeps its CBT
+    // metadata; an older version's base is superseded and goes.
+    let bases = latest_cbt_bases(e)?;
     for (vdi, rec) in ops::all_records(s, "VDI").await? {
-        if let Some(tag) = left(&RunTag::of(&rec))
-            && ops::refs(&rec, "VBDs").is_empty()
-        {
-            let what = format!("the disk '{}'", ops::text(&rec, "name_label"));
-            note(
-                e,
-                &tag,
-                &what,
-                ops::destroy_vdi(s, &vdi).await.map_err(Into::into),
-            );
-            done.vdis += 1;
+        let Some(tag) = left(&RunTag::of(&rec)) else {
+            continue;
+        };
+        if !ops::refs(&rec, "VBDs").is_empty() {
+            continue;
         }
+        let name = ops::text(&rec, "name_label");
+        let metadata_only = ops::text(&rec, "type") == "cbt_metadata";
+        if bases.contains(ops::text(&rec, "uuid")) {
+            if !metadata_only {
+                let what = format!("the data of snapshot disk '{name}' (its CBT metadata stays)");
+                note(
+                    e,
+                    &tag,
+                    &what,
+                    ops::vdi_data_destroy(s, &vdi).await.map_err(Into::into),
+                );
+                done.vdis += 1;
+            }
+            continue;
+        }
+        let what = if metadata_only {
+            format!("the CBT metadata of '{name}', superseded by a newer version")
+        } else {
+            format!("the disk '{name}'")
+        };
+        note(
+            e,
+            &tag,
+            &what,
+            ops::destroy_vdi(s, &vdi).await.map_err(Into::into),
+        );
+        done.vdis += 1;
     }
     Ok(done)
+}
+
+/// The uuids of the snapshot disks the latest version of each VM takes as CBT bases.
+fn latest_cbt_bases(e: &Engine) -> JobResult<HashSet<String>> {
+    Ok(e.catalog()
+        .versions_latest()?
+        .into_iter()
+        .filter_map(|v| serde_json::from_str::<VmMetadata>(&v.metadata).ok())
+        .flat_map(|m| m.disks.into_iter().filter_map(|d| d.cbt_base_uuid))
+        .collect())
+}
+
+/// Removes the CBT metadata of the VM's disks that `current` (the version just
+/// committed) no longer takes as bases: the next incremental starts from `current`'s.
+/// Metadata counts as this A3's when it carries this A3's tag, or when `previous` (the
+/// version before) named it, as versions from before the tag did. Failures are logged;
+/// the reconciler removes a tagged one later.
+pub async fn drop_superseded_bases(
+    e: &Engine,
+    s: &Session,
+    previous: Option<&VmMetadata>,
+    current: &VmMetadata,
+    log: &RunLog,
+) {
+    let keep: HashSet<&str> = current
+        .disks
+        .iter()
+        .filter_map(|d| d.cbt_base_uuid.as_deref())
+        .collect();
+    let named: HashSet<&str> = previous
+        .iter()
+        .flat_map(|p| p.disks.iter().filter_map(|d| d.cbt_base_uuid.as_deref()))
+        .collect();
+    for d in &current.disks {
+        let removed = async {
+            let vdi = ops::by_uuid(s, "VDI", &d.vdi_uuid).await?;
+            let mut removed = Vec::new();
+            for snap in ops::refs(&ops::record(s, "VDI", &vdi).await?, "snapshots") {
+                let rec = ops::record(s, "VDI", &snap).await?;
+                let uuid = ops::text(&rec, "uuid");
+                let ours = named.contains(uuid) || RunTag::of(&rec).is_some_and(|t| e.owns(&t));
+                if ours
+                    && !keep.contains(uuid)
+                    && ops::text(&rec, "type") == "cbt_metadata"
+                    && ops::refs(&rec, "VBDs").is_empty()
+                {
+                    ops::destroy_vdi(s, &snap).await?;
+                    removed.push(uuid.to_owned());
+                }
+            }
+            Ok::<_, crate::xapi::XapiError>(removed)
+        };
+        match removed.await {
+            Ok(uuids) => {
+                for uuid in uuids {
+                    log.info(&format!(
+                        "disk {}: removed the CBT metadata {uuid} of an older version",
+                        d.name
+                    ));
+                }
+            }
+            Err(err) => log.warn(&format!(
+                "disk {}: removing the CBT metadata of older versions: {err}; the reconciler \
+                 tries again",
+                d.name
+            )),
+        }
+    }
 }
 
 /// Logs a removal (or its failure) in the log of the run that left the object.

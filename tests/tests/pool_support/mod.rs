@@ -466,7 +466,8 @@ pub fn objects(inv: &Json, class: &str) -> Vec<Json> {
 }
 
 /// What the A3 left behind in the pool: snapshots, VBDs tagged by a run, snapshot disks
-/// with data (persistent ABDs and kept CBT metadata are not leftovers).
+/// with data, superseded CBT metadata (persistent ABDs and the latest CBT metadata of a
+/// disk are not leftovers).
 pub fn leftovers(inv: &Json) -> Vec<String> {
     let mut out = Vec::new();
     for vm in objects(inv, "VM") {
@@ -479,9 +480,20 @@ pub fn leftovers(inv: &Json) -> Vec<String> {
             out.push(format!("a VBD of run {}", vbd["other_config"]["a3_run"]));
         }
     }
+    // A disk's CBT chain needs the metadata of its latest backup only: older ones are
+    // superseded.
+    let mut bases: std::collections::HashMap<String, usize> = Default::default();
     for vdi in objects(inv, "VDI") {
         if vdi["is_a_snapshot"] == true && vdi["type"] != "cbt_metadata" {
             out.push(format!("the snapshot disk with data {}", vdi["name_label"]));
+        }
+        if vdi["type"] == "cbt_metadata" {
+            *bases.entry(vdi["snapshot_of"].to_string()).or_default() += 1;
+        }
+    }
+    for (of, n) in bases {
+        if n > 1 {
+            out.push(format!("{n} CBT metadata disks of the disk {of}"));
         }
     }
     out
