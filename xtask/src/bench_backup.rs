@@ -1085,12 +1085,13 @@ impl A3 {
         let v: serde_json::Value = serde_json::from_str(&out).context("store verify --json")?;
         let count = |k: &str| v[k].as_array().map_or(0, Vec::len);
         Ok(format!(
-            "{} versions, {} chunks, {} MB read; bad blocks {}, bad manifests {}, bad unreferenced chunks {}",
+            "{} versions, {} chunks, {} MB read; bad blocks {}, bad manifests {}, bad records {}, bad unreferenced chunks {}",
             v["versions"],
             v["chunks"],
             v["bytes"].as_u64().unwrap_or(0) / 1_000_000,
             count("bad_blocks"),
             count("bad_manifests"),
+            count("bad_records"),
             count("bad_unreferenced")
         ))
     }

@@ -7,6 +7,7 @@ mod bench_backup;
 mod bench_image;
 mod bench_xapi;
 mod demo;
+mod faults;
 mod fuzz;
 mod image;
 mod setup;
@@ -55,6 +56,9 @@ enum Task {
         #[arg(long, default_value_t = 60)]
         seconds: u32,
     },
+    /// The fault sweeps at full size: 12,000 corruptions of the store, each of which
+    /// verify must name; the last line printed is JSON.
+    Faults,
     /// Benchmarks that print ratios against peers measured in the same run.
     Bench {
         #[command(subcommand)]
@@ -87,6 +91,7 @@ fn main() -> ExitCode {
         Task::Demo { keep_running } => demo::run(keep_running),
         Task::Image => image::build(),
         Task::Fuzz { target, seconds } => fuzz::run(target.as_deref(), seconds),
+        Task::Faults => faults::run(),
         Task::Bench { bench } => match bench {
             Bench::Xapi => bench_xapi::run(),
             Bench::Image => bench_image::run(),

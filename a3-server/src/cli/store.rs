@@ -139,12 +139,13 @@ pub async fn run(cmd: StoreCommand, config: &Config, api: Option<&str>) -> anyho
             }
             if !report.is_ok() {
                 bail!(
-                    "verify found {} bad block(s), {} unreadable manifest(s) and {} bad \
-                     unused chunk(s); bad chunks were quarantined: the next backup of each \
-                     disk named above stores them again, and until then those blocks cannot \
-                     be restored",
+                    "verify found {} bad block(s), {} unreadable manifest(s), {} bad \
+                     version record(s) and {} bad unused chunk(s); bad chunks were \
+                     quarantined: the next backup of each disk named above stores them \
+                     again, and until then those blocks cannot be restored",
                     report.bad_blocks.len(),
                     report.bad_manifests.len(),
+                    report.bad_records.len(),
                     report.bad_unreferenced.len()
                 );
             }
@@ -261,6 +262,9 @@ fn print_verify(r: &VerifyReport) {
             "BAD  version {} disk '{}': manifest unreadable: {}",
             m.version, m.disk, m.problem
         );
+    }
+    for b in &r.bad_records {
+        println!("BAD  version {}: {}", b.version, b.problem);
     }
     for b in &r.bad_blocks {
         println!(

@@ -110,7 +110,9 @@ pub use rebuild::{RebuildReport, RebuiltVersion, SkippedRecord};
 pub use records::RecordCheck;
 pub use session::{BackupSession, Inserted};
 pub use stats::StoreStats;
-pub use verify::{BadBlock, BadManifest, BadOrphan, VerifyProgress, VerifyReport, VerifyScope};
+pub use verify::{
+    BadBlock, BadManifest, BadOrphan, BadRecord, VerifyProgress, VerifyReport, VerifyScope,
+};
 
 /// Chunk-lock stripes: enough that parallel streams rarely share one.
 const STRIPES: usize = 64;

@@ -14,7 +14,7 @@ use a3_shared::chunk::BlockId;
 use serde::{Deserialize, Serialize};
 
 use super::reader::Checked;
-use super::{Space, Store, StoreError, VersionId, VersionInfo};
+use super::{RecordState, Space, Store, StoreError, VersionId, VersionInfo};
 
 /// What to verify.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +64,17 @@ pub struct BadManifest {
     pub problem: String,
 }
 
+/// A version whose record in the store is missing, damaged, or disagrees with the
+/// catalog's row: the catalog could not be rebuilt from the store for it, or the row
+/// itself was altered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BadRecord {
+    /// The version.
+    pub version: VersionId,
+    /// What is wrong.
+    pub problem: String,
+}
+
 /// A damaged chunk no version uses.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BadOrphan {
@@ -90,6 +101,8 @@ pub struct VerifyReport {
     pub bad_blocks: Vec<BadBlock>,
     /// Manifests that cannot be read.
     pub bad_manifests: Vec<BadManifest>,
+    /// Version records that are missing, damaged, or disagree with the catalog.
+    pub bad_records: Vec<BadRecord>,
     /// Damaged chunks no version uses.
     pub bad_unreferenced: Vec<BadOrphan>,
     /// Where damaged chunks were moved.
@@ -101,6 +114,7 @@ impl VerifyReport {
     pub fn is_ok(&self) -> bool {
         self.bad_blocks.is_empty()
             && self.bad_manifests.is_empty()
+            && self.bad_records.is_empty()
             && self.bad_unreferenced.is_empty()
     }
 }
@@ -131,10 +145,17 @@ impl Store {
             versions: versions.len() as u64,
             ..VerifyReport::default()
         };
-        // Pass 1: the distinct chunks to check, in first-use order.
+        // Pass 1: each version's record, and the distinct chunks to check, in first-use
+        // order.
         let mut ids = Vec::new();
         let mut seen = HashSet::new();
         for v in &versions {
+            if let Err(problem) = self.check_record(v.id) {
+                report.bad_records.push(BadRecord {
+                    version: v.id,
+                    problem,
+                });
+            }
             for d in &v.disks {
                 report.disks += 1;
                 match self.manifest(v.id, &d.name) {
@@ -199,10 +220,37 @@ impl Store {
             chunks = report.chunks,
             bad_blocks = report.bad_blocks.len(),
             bad_manifests = report.bad_manifests.len(),
+            bad_records = report.bad_records.len(),
             quarantined = report.quarantined.len(),
             "verify done"
         );
         Ok(report)
+    }
+
+    /// Checks that version `id` has a record (final, or pending for a commit whose
+    /// rename has not happened yet) that says what the catalog's row says.
+    fn check_record(&self, id: VersionId) -> Result<(), String> {
+        let record = match self.load_record(id.0, RecordState::Final) {
+            Err(e) if e.starts_with("unreadable") => {
+                self.load_record(id.0, RecordState::Pending)
+                    .map_err(|p| format!("its record: {e} (pending: {p})"))?
+            }
+            other => other.map_err(|e| format!("its record: {e}"))?,
+        };
+        let row = self
+            .inner
+            .catalog
+            .version_get(id.0)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| "its catalog row is gone".to_owned())?;
+        let stored = super::records::row_of(&record);
+        if stored != row {
+            return Err(format!(
+                "the catalog's row and the store's record disagree (catalog: {row:?}; \
+                 record: {stored:?})"
+            ));
+        }
+        Ok(())
     }
 
     fn name_bad_blocks(
