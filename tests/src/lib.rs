@@ -88,6 +88,35 @@ impl Drop for ChildGuard {
 /// `config` if any, logging to [`a3_log`]; waits until port 2811 is bound and the CLI
 /// reaches the API.
 pub fn start_a3(state: &Path, data_listen: &str, config: Option<&Path>) -> ChildGuard {
+    start_a3_from(&bin("a3-server"), state, data_listen, config, &[])
+}
+
+/// [`start_a3`] with the build of `a3-server` that has crash points
+/// (`a3-server-failpoints`, which `cargo xtask test` builds), set to abort the process at
+/// the crash point `point` (`NAME[:N]`, see `a3_server::util::crashpoint`).
+pub fn start_a3_crashing(
+    state: &Path,
+    data_listen: &str,
+    config: Option<&Path>,
+    point: &str,
+) -> ChildGuard {
+    let server = bin("a3-server-failpoints");
+    start_a3_from(
+        &server,
+        state,
+        data_listen,
+        config,
+        &[("A3_CRASH_AT", point)],
+    )
+}
+
+fn start_a3_from(
+    server: &Path,
+    state: &Path,
+    data_listen: &str,
+    config: Option<&Path>,
+    env: &[(&str, &str)],
+) -> ChildGuard {
     std::fs::create_dir_all(state).unwrap();
     // Left by an earlier run on this state dir; the new server writes its own.
     let _ = std::fs::remove_file(state.join("api.url"));
@@ -97,7 +126,8 @@ pub fn start_a3(state: &Path, data_listen: &str, config: Option<&Path>) -> Child
         .append(true)
         .open(a3_log(state))
         .unwrap();
-    let mut cmd = Command::new(bin("a3-server"));
+    let mut cmd = Command::new(server);
+    cmd.envs(env.iter().copied());
     cmd.args(["serve", "--state-dir"]).arg(state).args([
         "--http-listen",
         "127.0.0.1:0",

@@ -1,35 +1,77 @@
 //! `cargo xtask faults`: the fault sweeps at full size (issue 11). `cargo xtask test` runs
-//! the same sweeps with fewer faults.
+//! the same sweeps, smaller:
+//! - the corruption sweep (`tests/tests/faults_corruption.rs`): 12,000 faults (bit flips,
+//!   truncations, zeroed ranges, deletions) in chunks, manifests, version records and
+//!   catalog rows, each of which a whole-store verify must name exactly;
+//! - the kill sweep (`tests/tests/faults_kill.rs`): the A3 aborted at every crash point of
+//!   a backup (its `failpoints` build), then restarted: nothing half-visible, nothing lost,
+//!   nothing left in the pool.
 //!
-//! Today: the corruption sweep (`tests/tests/faults_corruption.rs`), 12,000 faults (bit
-//! flips, truncations, zeroed ranges, deletions) in chunks, manifests, version records and
-//! catalog rows, each of which a whole-store verify must name exactly. The kill sweep
-//! (kill -9 at every durable-write boundary) is not built yet: its keys print `null`.
 //! The last line printed is JSON.
 
 use std::process::{Command, Stdio};
 
 use anyhow::{Context, bail};
 
-use crate::setup::workspace_root;
+use crate::setup::{self, workspace_root};
 
 /// Faults injected by the full corruption sweep.
 const CORRUPTION_FAULTS: u32 = 12_000;
 
 pub fn run() -> anyhow::Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    // The pool tests start the shipped binaries; the kill sweep its failpoints build.
+    setup::ensure_python_module("XenAPI", "XenAPI")?;
+    setup::cargo(&["build", "--workspace", "--bins"])?;
+    build_failpoints_server()?;
     eprintln!("xtask: corruption sweep, {CORRUPTION_FAULTS} faults");
+    let faults = CORRUPTION_FAULTS.to_string();
+    let corruption = sweep("faults_corruption", "FAULTS", ("A3_FAULTS", &faults))?;
+    eprintln!("xtask: kill sweep, every crash point");
+    let kills = sweep("faults_kill", "KILLS", ("A3_KILL_POINTS", "all"))?;
+    println!(
+        "faults injected {}, detected {}, harmless {} (the block still decodes), false \
+         positives {}; kills survived {}, bytes lost {}",
+        corruption["faults_injected"],
+        corruption["detected"],
+        corruption["harmless"],
+        corruption["false_positives"],
+        kills["kills_survived"],
+        kills["bytes_lost"],
+    );
+    let summary = serde_json::json!({
+        "faults_injected": corruption["faults_injected"],
+        "detected": corruption["detected"],
+        "harmless": corruption["harmless"],
+        "false_positives": corruption["false_positives"],
+        "kills_survived": kills["kills_survived"],
+        "bytes_lost": kills["bytes_lost"],
+    });
+    println!("{summary}");
+    Ok(())
+}
+
+/// Builds `a3-server` with its crash points (`util::crashpoint`) as
+/// `target/debug/a3-server-failpoints`, for the kill sweep, then puts the shipped build
+/// back under `a3-server` (cargo keeps both, so that second step only copies it).
+pub fn build_failpoints_server() -> anyhow::Result<()> {
+    let build = |features: &[&str]| {
+        let mut args = vec!["build", "-p", "a3-server", "--bin", "a3-server"];
+        args.extend_from_slice(features);
+        setup::cargo(&args)
+    };
+    build(&["--features", "failpoints"])?;
+    let dir = setup::target_dir().join("debug");
+    std::fs::copy(dir.join("a3-server"), dir.join("a3-server-failpoints"))
+        .context("copying the failpoints build of a3-server")?;
+    build(&[])
+}
+
+/// Runs the e2e test `test` with `env` set; returns the JSON of its `PREFIX {json}` line.
+fn sweep(test: &str, prefix: &str, env: (&str, &str)) -> anyhow::Result<serde_json::Value> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(cargo)
-        .args([
-            "test",
-            "-p",
-            "a3-e2e",
-            "--test",
-            "faults_corruption",
-            "--",
-            "--nocapture",
-        ])
-        .env("A3_FAULTS", CORRUPTION_FAULTS.to_string())
+        .args(["test", "-p", "a3-e2e", "--test", test, "--", "--nocapture"])
+        .env(env.0, env.1)
         .current_dir(workspace_root())
         .stderr(Stdio::inherit())
         .output()
@@ -37,26 +79,11 @@ pub fn run() -> anyhow::Result<()> {
     let stdout = String::from_utf8_lossy(&out.stdout);
     print!("{stdout}");
     if !out.status.success() {
-        bail!("the corruption sweep failed ({})", out.status);
+        bail!("the sweep {test} failed ({})", out.status);
     }
     let line = stdout
         .lines()
-        .find_map(|l| l.strip_prefix("FAULTS "))
-        .context("the corruption sweep printed no FAULTS line")?;
-    let sweep: serde_json::Value = serde_json::from_str(line).context("the FAULTS line")?;
-    let summary = serde_json::json!({
-        "faults_injected": sweep["faults_injected"],
-        "detected": sweep["detected"],
-        "harmless": sweep["harmless"],
-        "false_positives": sweep["false_positives"],
-        "kills_survived": null,
-        "bytes_lost": null,
-    });
-    println!(
-        "faults injected {}, detected {}, harmless {} (the block still decodes), false \
-         positives {}; kill sweep: not built yet",
-        sweep["faults_injected"], sweep["detected"], sweep["harmless"], sweep["false_positives"]
-    );
-    println!("{summary}");
-    Ok(())
+        .find_map(|l| l.strip_prefix(prefix)?.strip_prefix(' '))
+        .with_context(|| format!("the sweep {test} printed no {prefix} line"))?;
+    serde_json::from_str(line).with_context(|| format!("the {prefix} line of {test}"))
 }

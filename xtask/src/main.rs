@@ -122,7 +122,19 @@ fn test(args: &[String]) -> anyhow::Result<()> {
     ])?;
     // End-to-end tests start the workspace's binaries as processes, and the qemu ones boot
     // the ABD image.
+    // The crash points compile only with the feature: lint that build too.
+    setup::cargo(&[
+        "clippy",
+        "-p",
+        "a3-server",
+        "--features",
+        "failpoints",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
     setup::cargo(&["build", "--workspace", "--bins"])?;
+    faults::build_failpoints_server()?;
     image::build()?;
     let mut test_args = vec!["test", "--workspace"];
     test_args.extend(args.iter().map(String::as_str));

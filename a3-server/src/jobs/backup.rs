@@ -297,6 +297,7 @@ async fn snapshot_and_stream(
     })
     .await??;
     log.info(&format!("{}: version {id} committed", t.name));
+    fail::fail_point!("backup-committed");
     created.committed = Some((previous, meta));
     Ok(id.0)
 }

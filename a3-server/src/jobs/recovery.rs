@@ -2,7 +2,8 @@
 //! killed). They are marked failed with the reason and their ABDs given back; then the
 //! reconciler ([`super::reconcile`]) removes what they left in every reachable pool
 //! (and, later, in the pools unreachable now), and ABDs a crash left half-provisioned
-//! are destroyed. No version of such a run exists: a version row is only written at its
+//! are destroyed. A VM of such a run whose commit finished before the stop keeps its
+//! version; no other version of it exists, since a version row is only written at its
 //! commit.
 
 use super::Engine;
@@ -15,8 +16,9 @@ pub async fn recover(e: &Engine) -> JobResult<usize> {
     let runs = e.catalog().runs_running()?;
     for run in &runs {
         let reason = "interrupted: the A3 stopped while this run was going (crash or kill); \
-                      no version was committed by the interrupted VMs, and the reconciler \
-                      removes the snapshots and attached disks the run left; run the job again";
+                      versions committed before that stand, the rest were not committed, \
+                      and the reconciler removes the snapshots and attached disks the run \
+                      left; run the job again";
         RunLog::new(e.catalog().clone(), run.id).error(reason);
         e.catalog()
             .run_fail_interrupted(run.id, reason, crate::util::clock::unix_now())?;

@@ -151,6 +151,7 @@ impl FsBackend {
             fs::rename(&tmp.path, dest)?;
         }
         tmp.armed = false;
+        fail::fail_point!("store-object-renamed");
         sync_dir(dir, self.sync)
     }
 

@@ -180,6 +180,7 @@ impl BackupSession {
                 manifest: digest.to_hex(),
             });
         }
+        fail::fail_point!("commit-manifests-written");
         let created_at = crate::util::clock::unix_now();
         let metadata = metadata.to_string();
         let id = store.inner.catalog.version_insert(
@@ -194,9 +195,12 @@ impl BackupSession {
                     created_at,
                     &metadata,
                     &rows,
-                ))
+                ))?;
+                fail::fail_point!("commit-record-pending");
+                Ok::<(), StoreError>(())
             },
         )?;
+        fail::fail_point!("commit-catalog-committed");
         store.finalize_record(id);
         tracing::info!(subject = %self.subject, version = id, disks = rows.len(), "version committed");
         Ok(VersionId(id))

@@ -289,16 +289,33 @@ impl A3 {
 
     /// [`A3::start`], with `extra` lines appended to the config.
     pub fn start_configured(state: &Path, ip: &str, extra: &str) -> A3 {
+        let config = A3::config(state, ip, extra);
+        A3::start_with(state, ip, &config, &format!("{ip}:0"))
+    }
+
+    /// [`A3::start`] with the crash-point build, aborting at `point`
+    /// ([`a3_e2e::start_a3_crashing`]).
+    pub fn start_crashing(state: &Path, ip: &str, point: &str) -> A3 {
+        let config = state.with_extension("toml");
+        std::fs::write(&config, A3::config(state, ip, "")).unwrap();
+        A3 {
+            state: state.to_owned(),
+            ip: ip.to_owned(),
+            child: a3_e2e::start_a3_crashing(state, &format!("{ip}:0"), Some(&config), point),
+        }
+    }
+
+    /// The config text (template, DNS) plus `extra`; writes the template beside the state.
+    fn config(state: &Path, ip: &str, extra: &str) -> String {
         std::fs::create_dir_all(state).unwrap();
         let xva = state.join("abd.xva");
         if !xva.exists() {
             template_xva(&xva);
         }
-        let config = format!(
+        format!(
             "abd_template = {:?}\ndns = [\"{ip}:53\", \"127.0.0.53\"]\nabd_boot_timeout_secs = 60\n{extra}",
             xva.display().to_string()
-        );
-        A3::start_with(state, ip, &config, &format!("{ip}:0"))
+        )
     }
 
     /// Starts `a3-server serve` on `ip` with the config file text `config` and port 2811 on
