@@ -103,6 +103,21 @@ impl BackupWork {
             .ok_or_else(|| self.ended())
     }
 
+    /// The agent moved on: keeps the store's writer lease, which has no call of its own
+    /// while the agent reads zeros or unchanged blocks. Fails once the lease is lost; a
+    /// job already committed or aborted has nothing to keep.
+    pub fn renew(&self) -> Result<(), StreamError> {
+        let session = self
+            .session
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        match session {
+            Some(s) => Ok(s.renew()?),
+            None => Ok(()),
+        }
+    }
+
     /// Refuses an announced disk size before the plan is made from it: one past any real
     /// disk (a hostile or broken agent), or one other than the disk's (the agent opened
     /// another device, whose bytes would restore as this disk's).
@@ -280,6 +295,55 @@ mod tests {
             BackupSession::shared(session),
             None,
         ))
+    }
+
+    /// A job whose agent keeps moving keeps its lease past the idle limit, GC or not; once
+    /// the job is committed or aborted there is nothing to renew.
+    #[test]
+    fn progress_keeps_the_lease_of_a_moving_job() {
+        use crate::store::{FsBackend, StoreOptions, SyncMode};
+        use crate::util::clock::TestClock;
+        use std::time::Duration;
+
+        let dir = tempfile::tempdir().unwrap();
+        let clock = TestClock::new();
+        let backend = FsBackend::open_with_clock(dir.path(), SyncMode::Off, clock.clone());
+        let limit = Duration::from_secs(600);
+        let store = Store::with_backend(
+            Box::new(backend.unwrap()),
+            Catalog::in_memory().unwrap(),
+            StoreOptions {
+                lease_idle_limit: limit,
+                ..StoreOptions::default()
+            },
+        );
+        let session = Arc::new(store.begin_backup("vm").unwrap());
+        let w = BackupWork::new(
+            1,
+            "abd-1".into(),
+            "disk".into(),
+            None,
+            DEFAULT_BLOCK_SIZE,
+            None,
+            None,
+            BackupSession::shared(session.clone()),
+            None,
+        );
+        for _ in 0..5 {
+            clock.advance(limit / 2);
+            w.renew().unwrap();
+            assert!(store.gc().unwrap().leases_revoked.is_empty());
+        }
+        clock.advance(limit);
+        assert_eq!(store.gc().unwrap().leases_revoked, ["vm"]);
+        assert!(
+            w.renew()
+                .unwrap_err()
+                .to_string()
+                .contains("lease was lost")
+        );
+        w.session.lock().unwrap().take();
+        w.renew().unwrap();
     }
 
     #[tokio::test]

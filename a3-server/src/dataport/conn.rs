@@ -325,7 +325,16 @@ async fn session(
 /// A control message from the agent.
 fn control(port: &DataPort, abd: &str, msg: AgentMsg) {
     match msg {
-        AgentMsg::Progress(p) => port.jobs().progress(abd, &p),
+        AgentMsg::Progress(p) => {
+            // A backup moving on keeps its writer lease; one whose lease GC revoked stops
+            // now, rather than at the commit.
+            if port.jobs().progress(abd, &p)
+                && let Some(Active::Backup(w)) = port.active(p.job).filter(|a| a.abd() == abd)
+                && let Err(e) = w.renew()
+            {
+                port.fail(p.job, &e.to_string());
+            }
+        }
         AgentMsg::Failed { job, reason } => {
             if port.active(job).is_some_and(|a| a.abd() == abd) {
                 port.fail(job, &format!("ABD '{abd}': {reason}"));

@@ -111,16 +111,22 @@ impl Jobs {
         all
     }
 
-    /// Records the agent's progress report (ignored once the job ended).
-    pub fn progress(&self, abd: &str, p: &Progress) {
-        if let Some(j) = self.lock().jobs.get_mut(&p.job)
-            && j.abd == abd
-            && !j.state.is_final()
-        {
-            j.done = p.done;
-            j.total = p.total;
-            j.sent = p.sent;
+    /// Records the agent's progress report (ignored once the job ended). Returns whether
+    /// the running job moved on since the last one: the agent reports every quarter
+    /// second, moving or stuck.
+    pub fn progress(&self, abd: &str, p: &Progress) -> bool {
+        let mut inner = self.lock();
+        let Some(j) = inner.jobs.get_mut(&p.job) else {
+            return false;
+        };
+        if j.abd != abd || j.state.is_final() {
+            return false;
         }
+        let moved = j.state == JobState::Running && (p.done > j.done || p.sent > j.sent);
+        j.done = p.done;
+        j.total = p.total;
+        j.sent = p.sent;
+        moved
     }
 
     /// Moves a running job to `state`; a job that already ended keeps its first ending.
@@ -200,5 +206,25 @@ mod tests {
             jobs.get(id).unwrap().state,
             JobState::Failed { .. }
         ));
+    }
+
+    /// Only a running job whose agent read or sent more counts as moving on (its lease is
+    /// renewed then); the agent's reports of a stuck job do not.
+    #[test]
+    fn progress_says_whether_a_running_job_moved_on() {
+        let jobs = Jobs::default();
+        let id = jobs.create("backup", "abd-1", "d", "/x");
+        let report = |done, sent| Progress {
+            job: id,
+            done,
+            total: 9,
+            sent,
+        };
+        assert!(jobs.progress("abd-1", &report(4, 0)));
+        assert!(!jobs.progress("abd-1", &report(4, 0)), "stuck");
+        assert!(jobs.progress("abd-1", &report(4, 1)), "sent more");
+        assert!(!jobs.progress("abd-2", &report(8, 2)), "another ABD");
+        jobs.set(id, JobState::Finishing);
+        assert!(!jobs.progress("abd-1", &report(9, 3)), "committing");
     }
 }

@@ -114,6 +114,12 @@ impl BackupSession {
         BackupSession(session)
     }
 
+    /// Renews the writer lease: the job is making progress (see
+    /// [`crate::store::BackupSession::renew`]). Takes a lock, does no I/O.
+    pub fn renew(&self) -> Result<(), StorageError> {
+        Ok(self.0.renew()?)
+    }
+
     /// Which of `ids` the store has (touching them for GC).
     pub async fn has_chunks(&self, ids: Vec<WireId>) -> Result<Vec<bool>, StorageError> {
         let s = self.0.clone();

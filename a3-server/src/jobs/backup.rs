@@ -265,6 +265,9 @@ async fn snapshot_and_stream(
                 " the whole disk"
             }
         ));
+        // The job moved on to another disk: keep the lease through the steps above, which
+        // make no store call (or stop here if GC revoked it meanwhile).
+        session.renew()?;
         let job = e
             .dataport()
             .start_disk_backup(DiskBackupRequest {

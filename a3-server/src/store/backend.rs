@@ -8,9 +8,12 @@
 //! snapshot. A backend gives these guarantees the store's invariants rest on:
 //! - `put`, `put_record` and `put_catalog_snapshot` are atomic and durable: after one
 //!   returns the object is whole and survives a crash; after a failure or crash it is
-//!   absent or whole (or the previous one), never torn;
+//!   absent or whole (or the previous one), never torn; a put that fails leaves no object
+//!   that was not there before (or whose name may not survive a power cut);
 //! - `finalize_record` is an atomic, durable rename of a pending record to its final name;
-//! - `touch` and the puts set the object's modification time to now (GC's clock);
+//! - `touch`, `put` and `put_record` stamp the object (its modification time) with
+//!   [`Backend::clock`]'s now, a time that never steps back while the backend is open:
+//!   GC compares the stamps with the writers' starts, read from the same clock;
 //! - `list` and `list_records` either visit every object or fail: GC deletes nothing from
 //!   a partial listing;
 //! - `quarantine` moves an object aside, never deletes it, and a quarantined object is no
@@ -23,6 +26,8 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use a3_shared::chunk::BlockId;
+
+use crate::util::clock::Steady;
 
 /// A namespace of objects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,7 +55,7 @@ pub struct Entry {
     pub id: BlockId,
     /// Its size in bytes.
     pub len: u64,
-    /// Its last `put` or `touch`.
+    /// Its last `put` or `touch`, by [`Backend::clock`].
     pub modified: SystemTime,
     /// Moved aside by `quarantine` (only listings show these).
     pub quarantined: bool,
@@ -72,7 +77,7 @@ pub struct RecordEntry {
     pub version: i64,
     /// Pending or final.
     pub state: RecordState,
-    /// Its last write.
+    /// Its last write, by [`Backend::clock`].
     pub modified: SystemTime,
 }
 
@@ -80,6 +85,10 @@ pub struct RecordEntry {
 pub trait Backend: Send + Sync + 'static {
     /// Where, for messages (a directory, a bucket URL).
     fn location(&self) -> &str;
+
+    /// The clock objects are stamped with, and GC and the writer leases read: the
+    /// store's time (the module overview of `store` says why).
+    fn clock(&self) -> &Steady;
 
     /// Stores `bytes` as `id`, atomically and durably, replacing any live object of that
     /// name.

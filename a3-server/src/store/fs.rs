@@ -13,17 +13,24 @@
 //!
 //! A write goes temp → fsync → rename → fsync of the directory (with [`SyncMode::Full`]), so
 //! every name above always holds whole bytes, and the temp file is removed if anything
-//! fails on the way.
+//! fails on the way. If the directory's fsync fails, a name the write created is removed
+//! again: an object whose name may not survive a power cut is not stored.
+//!
+//! Puts and touches stamp the file's modification time with the store's clock
+//! ([`Steady`]: the wall clock read at open, then carried on by the monotonic clock), not
+//! with the kernel's wall clock, so GC's comparisons of stamps hold whatever the wall
+//! clock does.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::SystemTime;
 
 use a3_shared::chunk::BlockId;
 
 use super::backend::{Backend, Entry, RecordEntry, RecordState, Space};
+use crate::util::clock::{Clock, Steady, SystemClock};
 
 /// How hard writes are pushed to the disk: a documented setting (STYLE.md 6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -44,6 +51,11 @@ pub struct FsBackend {
     location: String,
     sync: SyncMode,
     next_tmp: AtomicU64,
+    /// What puts and touches stamp.
+    clock: Steady,
+    /// Tests: how many of the next directory fsyncs fail, as a failing disk's would.
+    #[cfg(test)]
+    dir_sync_failures: Arc<std::sync::atomic::AtomicU32>,
     /// Holds the flock; released when dropped.
     _lock: File,
 }
@@ -56,6 +68,15 @@ impl FsBackend {
     /// Opens (creating if needed) the store at `root`, takes its lock and clears leftover
     /// temp files of a crashed run. `ErrorKind::WouldBlock` means another process owns it.
     pub fn open(root: &Path, sync: SyncMode) -> io::Result<FsBackend> {
+        FsBackend::open_with_clock(root, sync, Arc::new(SystemClock))
+    }
+
+    /// [`FsBackend::open`], reading time from `clock`.
+    pub fn open_with_clock(
+        root: &Path,
+        sync: SyncMode,
+        clock: Arc<dyn Clock>,
+    ) -> io::Result<FsBackend> {
         fs::create_dir_all(root)?;
         let lock = OpenOptions::new()
             .create(true)
@@ -83,8 +104,31 @@ impl FsBackend {
             location: root.display().to_string(),
             sync,
             next_tmp: AtomicU64::new(0),
+            clock: Steady::new(clock),
+            #[cfg(test)]
+            dir_sync_failures: Default::default(),
             _lock: lock,
         })
+    }
+
+    /// Tests: how many of the next directory fsyncs fail (kept by the test once the
+    /// backend is boxed into a store).
+    #[cfg(test)]
+    pub(crate) fn dir_sync_failures(&self) -> Arc<std::sync::atomic::AtomicU32> {
+        self.dir_sync_failures.clone()
+    }
+
+    /// Makes the entries of `dir` durable.
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        #[cfg(test)]
+        if self
+            .dir_sync_failures
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(io::Error::other("injected directory fsync failure"));
+        }
+        sync_dir(dir, self.sync)
     }
 
     /// The live path of an object.
@@ -129,9 +173,8 @@ impl FsBackend {
             .create_new(true)
             .open(&tmp.path)?;
         f.write_all(bytes)?;
-        // GC compares this time with the oldest writer's start: set it from the same clock
-        // (the inode's own is the kernel's coarse clock, a few ms behind).
-        f.set_modified(SystemTime::now())?;
+        // GC compares this stamp with the oldest writer's start, taken from the same clock.
+        f.set_modified(self.clock.now())?;
         if self.sync == SyncMode::Full {
             f.sync_all()?;
         }
@@ -140,9 +183,15 @@ impl FsBackend {
     }
 
     /// Renames a written (and synced) temp file to `dest`, creating its directory if
-    /// needed, and makes the rename durable.
+    /// needed, and makes the rename durable. If that last step fails, a name the rename
+    /// created is removed: the caller must not count on an object a power cut may lose.
+    /// A name that was there before keeps the new file: it held the same bytes (objects
+    /// are named by their content) or is replaced anyway (a record, the catalog's
+    /// snapshot), and the write still fails. The store's per-object locks make the check
+    /// and the rename one step.
     fn place(&self, mut tmp: TempFile, dest: &Path) -> io::Result<()> {
         let dir = dest.parent().expect("object path has a parent");
+        let existed = fs::symlink_metadata(dest).is_ok();
         if let Err(e) = fs::rename(&tmp.path, dest) {
             if e.kind() != io::ErrorKind::NotFound {
                 return Err(e);
@@ -152,7 +201,18 @@ impl FsBackend {
         }
         tmp.armed = false;
         fail::fail_point!("store-object-renamed");
-        sync_dir(dir, self.sync)
+        self.sync_dir(dir).map_err(|e| {
+            if existed {
+                return e;
+            }
+            match fs::remove_file(dest) {
+                Ok(()) => e,
+                Err(gone) => io::Error::new(
+                    e.kind(),
+                    format!("{e}; and removing {} again failed: {gone}", dest.display()),
+                ),
+            }
+        })
     }
 
     /// Creates `dir` and any missing parent below the root, making each new entry durable.
@@ -162,7 +222,11 @@ impl FsBackend {
             self.make_dirs(parent)?;
         }
         match fs::create_dir(dir) {
-            Ok(()) => sync_dir(parent, self.sync),
+            // A directory whose own name may not be durable is removed again, so that the
+            // next write creates and syncs it anew.
+            Ok(()) => self.sync_dir(parent).inspect_err(|_| {
+                let _ = fs::remove_dir(dir);
+            }),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
             Err(e) => Err(e),
         }
@@ -195,6 +259,10 @@ impl Backend for FsBackend {
         &self.location
     }
 
+    fn clock(&self) -> &Steady {
+        &self.clock
+    }
+
     fn put(&self, space: Space, id: &BlockId, bytes: &[u8]) -> io::Result<()> {
         self.write_durably(&id.to_hex(), &self.path_of(space, id), bytes)
     }
@@ -219,7 +287,7 @@ impl Backend for FsBackend {
     fn touch(&self, space: Space, id: &BlockId) -> io::Result<bool> {
         match File::open(self.path_of(space, id)) {
             Ok(f) => {
-                f.set_modified(SystemTime::now())?;
+                f.set_modified(self.clock.now())?;
                 Ok(true)
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
@@ -253,7 +321,7 @@ impl Backend for FsBackend {
             target = dir.join(format!("{hex}.{n}{QUARANTINE_SUFFIX}"));
         }
         fs::rename(&live, &target)?;
-        sync_dir(dir, self.sync)?;
+        self.sync_dir(dir)?;
         Ok(target.display().to_string())
     }
 
@@ -286,7 +354,7 @@ impl Backend for FsBackend {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
             Err(e) => return Err(e),
         }
-        sync_dir(done.parent().expect("record path has a parent"), self.sync)?;
+        self.sync_dir(done.parent().expect("record path has a parent"))?;
         Ok(true)
     }
 

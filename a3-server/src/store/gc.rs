@@ -3,8 +3,9 @@
 //! The rules (see the module overview in `store`): refuse while the catalog lacks a
 //! committed version the store has, take the cutoff from the oldest live writer first,
 //! mark from every version's manifest, list everything before deleting anything, and
-//! delete a chunk only if it is unmarked and, re-checked under its lock, still older than
-//! the cutoff. Quarantined chunks are never deleted.
+//! delete a chunk only if it is unmarked and, re-checked under its lock, still stamped
+//! before the cutoff. Quarantined chunks are never deleted. All times are the store's
+//! ([`super::Backend::clock`]), never the wall clock's.
 
 use std::collections::HashSet;
 use std::time::SystemTime;
@@ -91,6 +92,26 @@ impl Store {
             })
             .map_err(|e| self.gc_abort(format!("listing manifests: {e}")))?;
 
+        // Stamps left by an earlier process can be ahead of this one's clock (the wall clock
+        // was ahead then, or is behind now): catch up with them, so that the next GC can
+        // judge them. This GC keeps them, since they are newer than its cutoff.
+        let newest = chunks
+            .iter()
+            .chain(&orphan_manifests)
+            .map(|e| e.modified)
+            .chain(records.orphans.iter().map(|r| r.modified))
+            .max();
+        if let Some(newest) = newest {
+            let moved = self.inner.backend.clock().catch_up(newest);
+            if !moved.is_zero() {
+                tracing::info!(
+                    ?moved,
+                    "the store's clock caught up with objects stamped ahead of it (the wall \
+                     clock was behind when the store opened)"
+                );
+            }
+        }
+
         // Sweep.
         for e in chunks {
             if e.modified >= cutoff {
@@ -146,13 +167,14 @@ impl Store {
         Ok(report)
     }
 
-    /// Revokes idle leases and returns the time before which unused objects may go.
+    /// Revokes idle leases and returns the store time before which unused objects may go.
     fn gc_cutoff(&self, report: &mut GcReport) -> SystemTime {
-        let now = SystemTime::now();
         let limit = self.inner.options.lease_idle_limit;
+        let clock = self.inner.backend.clock();
         let mut leases = self.leases();
+        let (now, mono) = (clock.now(), clock.mono());
         leases.live.retain(|_, l| {
-            let keep = l.committing || l.last_active.elapsed() < limit;
+            let keep = l.committing || mono.saturating_duration_since(l.last_active) < limit;
             if !keep {
                 tracing::warn!(subject = %l.subject, "GC revoked an idle backup session's lease");
                 report.leases_revoked.push(l.subject.clone());

@@ -27,7 +27,9 @@
 //!
 //! # Commit order
 //! A version becomes visible only when all of it is durable:
-//! 1. every chunk is durable when `insert_chunk` returns (temp, fsync, rename, fsync dir);
+//! 1. every chunk is durable when `insert_chunk` returns (temp, fsync, rename, fsync dir;
+//!    if the directory's fsync fails, the chunk's name is removed again and the insert
+//!    fails: a chunk whose name a power cut may lose is never counted as stored);
 //! 2. at commit, every chunk the manifests name is checked present (and touched, see GC);
 //! 3. each manifest is written the same durable way;
 //! 4. one catalog transaction (SQLite, `synchronous=FULL`) inserts the version and its
@@ -42,13 +44,14 @@
 //! leaves the store as it was.
 //!
 //! # GC and the writer leases
-//! Every backup session holds a lease, registered in the store with its start time. GC:
-//! 1. revokes leases idle longer than [`StoreOptions::lease_idle_limit`] (such a session
-//!    then fails at commit) and takes the cutoff: the older of its own start and the
-//!    oldest live lease's start, minus [`StoreOptions::gc_margin`];
+//! Every backup session holds a lease, registered in the store with its start. GC:
+//! 1. revokes leases without progress for longer than [`StoreOptions::lease_idle_limit`]
+//!    (such a session then fails at its next call or at commit) and takes the cutoff: the
+//!    older of its own start and the oldest live lease's start, minus
+//!    [`StoreOptions::gc_margin`];
 //! 2. marks: reads every version's manifests; one unreadable manifest aborts GC;
 //! 3. lists every chunk and manifest; an incomplete listing aborts GC, deleting nothing;
-//! 4. sweeps what is unmarked *and* last written or touched before the cutoff.
+//! 4. sweeps what is unmarked *and* stamped (last written or touched) before the cutoff.
 //!
 //! Before all of that, GC compares the version records with the catalog: a committed
 //! version in the store that the catalog lacks (a lost or older catalog) makes GC refuse,
@@ -58,8 +61,39 @@
 //!
 //! A live session can only reference chunks it inserted or was told exist (`has_chunks`
 //! touches them), plus its base version's chunks, which that committed version marks; its
-//! commit touches all of them again, so each is either newer than any cutoff or already
+//! commit touches all of them again, so each is either stamped after any cutoff or already
 //! gone, in which case the commit fails instead of naming a missing chunk.
+//!
+//! ## The store's time
+//! Every time above (a lease's start, GC's start, an object's stamp) is read from one
+//! clock, the backend's [`Backend::clock`], never from the wall clock: the wall clock read
+//! once when the store opens, then carried on by the monotonic clock
+//! ([`crate::util::clock::Steady`]). The rule rests on one fact: a stamp written after a
+//! lease began is not older than the lease's start. Stamps and starts both come from that
+//! clock, which never steps back, and a lease's start is read under the same lock as GC's
+//! (a lease GC did not see began after GC's start). So a step of the wall clock, either
+//! way and at any moment, changes nothing: no object a live session references is older
+//! than the cutoff. The margin only covers file systems whose file times are coarser than
+//! the clock. (A generation counter per object would need state per object; the file's
+//! time is that state already, written with the put or the touch at no extra I/O. Only
+//! the clock that filled it was wrong.)
+//!
+//! Nothing of it is persisted, and need not be: one process owns the store (the flock)
+//! and no session outlives it, so after a restart the objects a session can reference are
+//! those it stamps itself. Stamps an earlier process left may lie ahead of the new clock
+//! (the wall clock was ahead then, or the store opened while it was behind): GC moves the
+//! clock forward to the newest stamp among the unused objects it lists
+//! ([`crate::util::clock::Steady::catch_up`]; moving forward keeps every later stamp at or
+//! after every earlier start), so such objects wait one more GC, not until the wall clock
+//! gets there. An object stamped so far ahead that no clock could run on from it is kept.
+//!
+//! A session idle for too long must not hold GC back for ever. Idleness is judged by the
+//! monotonic clock, which the catch-up does not move (else a catch-up would revoke every
+//! lease at once). A session renews its lease with
+//! each store call; a job renews it too while it makes progress without one: the data
+//! port on each progress report that shows the agent moved on (reading zeros, taking
+//! unchanged blocks from the base), and a VM backup before each of its disks (one lease
+//! covers every disk of the VM). A job that stops moving loses its lease after the limit.
 //!
 //! # Locking, and what may run together
 //! - One process owns a store directory (an flock on `<dir>/lock`); `store
@@ -122,10 +156,12 @@ const STRIPES: usize = 64;
 pub struct StoreOptions {
     /// How writes reach the disk.
     pub sync: SyncMode,
-    /// GC keeps chunks written or touched less than this before the oldest live writer
-    /// started (clock steps, slow clocks between processes).
+    /// GC keeps objects stamped less than this before the oldest live writer started:
+    /// room for file systems whose file times are coarser than the store's clock. Clock
+    /// steps need none (the store's time never steps back).
     pub gc_margin: Duration,
-    /// A writer idle this long loses its lease at the next GC and fails at commit.
+    /// A writer that makes no progress (no store call, no renewal) for this long, by the
+    /// monotonic clock, loses its lease at the next GC and fails at commit.
     pub lease_idle_limit: Duration,
 }
 
@@ -336,7 +372,9 @@ impl StoreError {
 /// A writer's lease.
 struct Lease {
     subject: String,
+    /// Store time (the backend's clock) when it began.
     started: SystemTime,
+    /// Monotonic time of its last renewal.
     last_active: Instant,
     /// Set while commit runs: GC does not revoke it then.
     committing: bool,

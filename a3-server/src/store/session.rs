@@ -4,7 +4,6 @@
 
 use std::collections::HashSet;
 use std::sync::Mutex;
-use std::time::{Instant, SystemTime};
 
 use a3_shared::chunk::{self, BlockId};
 
@@ -42,15 +41,18 @@ impl Store {
                 reason: "the subject name is empty".into(),
             });
         }
+        // Its start is read under the registry's lock, as GC reads its own: a lease GC did
+        // not see began after GC's start, so all it stamps is newer than GC's cutoff.
         let mut leases = self.leases();
+        let clock = self.inner.backend.clock();
         leases.next += 1;
         let lease = leases.next;
         leases.live.insert(
             lease,
             Lease {
                 subject: subject.to_owned(),
-                started: SystemTime::now(),
-                last_active: Instant::now(),
+                started: clock.now(),
+                last_active: clock.mono(),
                 committing: false,
             },
         );
@@ -206,11 +208,15 @@ impl BackupSession {
         Ok(VersionId(id))
     }
 
-    /// Marks the session active; fails if GC revoked the lease.
-    fn renew(&self) -> Result<(), StoreError> {
+    /// Marks the session active, so GC does not revoke its lease as idle; fails if GC
+    /// already did. Every store call of the session does this; a job calls it too while
+    /// it makes progress without one (the agent reading zeros or unchanged blocks, the
+    /// next disk of a VM being attached).
+    pub fn renew(&self) -> Result<(), StoreError> {
+        let now = self.store.inner.backend.clock().mono();
         match self.store.leases().live.get_mut(&self.lease) {
             Some(l) => {
-                l.last_active = Instant::now();
+                l.last_active = now;
                 Ok(())
             }
             None => Err(self.lease_lost()),
@@ -231,8 +237,8 @@ impl BackupSession {
         StoreError::Session {
             subject: self.subject.clone(),
             reason: format!(
-                "the writer lease was lost (idle over {:?} while GC ran), so chunks it \
-                 relied on may be gone; run the backup again",
+                "the writer lease was lost (no progress for over {:?} while GC ran), so \
+                 chunks it relied on may be gone; run the backup again",
                 self.store.inner.options.lease_idle_limit
             ),
         }

@@ -2,6 +2,7 @@
 //! version records and the catalog rebuilt from them.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use a3_shared::chunk::{BlockId, ChunkEncoder, is_zero};
@@ -9,6 +10,7 @@ use a3_shared::version_record::VersionRecord;
 use serde_json::json;
 
 use super::*;
+use crate::util::clock::TestClock;
 
 const BS: u32 = 64 << 10;
 
@@ -59,37 +61,39 @@ fn chunk_path(dir: &Path, id: &BlockId) -> PathBuf {
 /// number of chunks uploaded.
 fn upload(store: &Store, subject: &str, disks: &[(&str, &[u8])]) -> (BackupSession, usize) {
     let s = store.begin_backup(subject).unwrap();
+    let sent = disks.iter().map(|(name, data)| send(&s, name, data)).sum();
+    (s, sent)
+}
+
+/// One disk of [`upload`]: returns the number of chunks uploaded.
+fn send(s: &BackupSession, name: &str, data: &[u8]) -> usize {
     let mut enc = ChunkEncoder::new(1).unwrap();
     let mut sent = 0;
-    for (name, data) in disks {
-        let blocks: Vec<Option<BlockId>> = data
-            .chunks(BS as usize)
-            .map(|b| (!is_zero(b)).then(|| BlockId::of(b)))
-            .collect();
-        let ids: Vec<BlockId> = blocks.iter().flatten().copied().collect();
-        let have = s.has_chunks(&ids).unwrap();
-        for (block, (id, have)) in data
-            .chunks(BS as usize)
-            .filter(|b| !is_zero(b))
-            .zip(ids.iter().zip(have))
-        {
-            if !have
-                && s.insert_chunk(id, &enc.encode(block).unwrap()).unwrap() != Inserted::Existing
-            {
-                sent += 1;
-            }
+    let blocks: Vec<Option<BlockId>> = data
+        .chunks(BS as usize)
+        .map(|b| (!is_zero(b)).then(|| BlockId::of(b)))
+        .collect();
+    let ids: Vec<BlockId> = blocks.iter().flatten().copied().collect();
+    let have = s.has_chunks(&ids).unwrap();
+    for (block, (id, have)) in data
+        .chunks(BS as usize)
+        .filter(|b| !is_zero(b))
+        .zip(ids.iter().zip(have))
+    {
+        if !have && s.insert_chunk(id, &enc.encode(block).unwrap()).unwrap() != Inserted::Existing {
+            sent += 1;
         }
-        s.add_disk(
-            name,
-            DiskManifest {
-                size: data.len() as u64,
-                block_size: BS,
-                blocks,
-            },
-        )
-        .unwrap();
     }
-    (s, sent)
+    s.add_disk(
+        name,
+        DiskManifest {
+            size: data.len() as u64,
+            block_size: BS,
+            blocks,
+        },
+    )
+    .unwrap();
+    sent
 }
 
 fn backup(store: &Store, subject: &str, disks: &[(&str, &[u8])]) -> VersionId {
@@ -544,6 +548,9 @@ impl Backend for ListFails {
     fn location(&self) -> &str {
         self.0.location()
     }
+    fn clock(&self) -> &crate::util::clock::Steady {
+        self.0.clock()
+    }
     fn put(&self, space: Space, id: &BlockId, bytes: &[u8]) -> std::io::Result<()> {
         self.0.put(space, id, bytes)
     }
@@ -847,4 +854,202 @@ fn a_damaged_record_is_named_by_the_rebuild() {
     assert_eq!(report.skipped[0].version, v1);
     assert!(report.skipped[0].reason.contains("checksum"), "{report:?}");
     assert!(store.versions(None).unwrap().is_empty());
+}
+
+/// A store on `dir` whose time comes from `clock`.
+fn open_clocked(dir: &Path, clock: &Arc<TestClock>, options: StoreOptions) -> Store {
+    let backend = FsBackend::open_with_clock(dir, SyncMode::Full, clock.clone()).unwrap();
+    Store::with_backend(Box::new(backend), Catalog::in_memory().unwrap(), options)
+}
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+/// The wall clock steps an hour back or forward while a backup runs, and perhaps back
+/// again later: GC, with the default margin, deletes the old garbage and nothing the
+/// backup uses, and it commits. (Stamped with the wall clock, as before, the chunks sent
+/// after a step back went once the clock was set right again.)
+#[test]
+fn gc_ignores_wall_clock_steps_during_a_backup() {
+    for (step, then) in [(-3600, 0), (3600, 0), (-3600, 3600), (3600, -3600)] {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = TestClock::new();
+        let store = open_clocked(dir.path(), &clock, StoreOptions::default());
+        let kept = noise(40, 2 * BS as usize);
+        let v1 = backup(&store, "web", &[("xvda", &kept)]);
+        // Two chunks of an aborted backup: one nothing uses again, one the next reuses.
+        let lost = noise(41, BS as usize);
+        let reused = noise(42, BS as usize);
+        drop(upload(&store, "old", &[("a", &lost), ("b", &reused)]));
+        clock.advance(10 * MINUTE);
+
+        let s = store.begin_backup("new").unwrap();
+        let mut first = noise(43, BS as usize);
+        first.extend_from_slice(&reused);
+        assert_eq!(send(&s, "xvda", &first), 1);
+        clock.step_wall(step);
+        clock.advance(MINUTE);
+        let second = noise(44, 2 * BS as usize);
+        assert_eq!(send(&s, "xvdb", &second), 2);
+        clock.step_wall(then);
+        clock.advance(MINUTE);
+
+        let gc = store.gc().unwrap();
+        assert_eq!(gc.chunks_removed, 1, "steps {step} {then}: {gc:?}");
+        assert!(!chunk_path(dir.path(), &BlockId::of(&lost)).exists());
+        assert_eq!(gc.chunks_kept_recent, 4, "steps {step} {then}: {gc:?}");
+        let v2 = s.commit(json!({})).unwrap();
+        assert_eq!(restore(&store, v2, "xvda"), first);
+        assert_eq!(restore(&store, v2, "xvdb"), second);
+        assert_eq!(restore(&store, v1, "xvda"), kept);
+        assert!(verify_all(&store).is_ok());
+        clock.advance(10 * MINUTE);
+        let gc = store.gc().unwrap();
+        assert_eq!((gc.chunks_removed, gc.chunks_kept_recent), (0, 0), "{gc:?}");
+    }
+}
+
+/// The store reopens after the wall clock was stepped back an hour (it had been ahead):
+/// the garbage the earlier process stamped is ahead of the new clock. The first GC keeps
+/// it and catches up; the next reclaims it, an hour early by the wall clock.
+#[test]
+fn garbage_stamped_ahead_of_a_reopened_store_is_reclaimed_by_the_next_gc() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = TestClock::new();
+    let garbage = noise(45, 3 * BS as usize);
+    {
+        let store = open_clocked(dir.path(), &clock, StoreOptions::default());
+        drop(upload(&store, "old", &[("xvda", &garbage)]));
+    }
+    clock.step_wall(-3600);
+    let store = open_clocked(dir.path(), &clock, StoreOptions::default());
+    clock.advance(10 * MINUTE);
+    let gc = store.gc().unwrap();
+    assert_eq!((gc.chunks_removed, gc.chunks_kept_recent), (0, 3), "{gc:?}");
+    clock.advance(10 * MINUTE);
+    let gc = store.gc().unwrap();
+    assert_eq!((gc.chunks_removed, gc.chunks_kept_recent), (3, 0), "{gc:?}");
+    assert_eq!(store.stats().unwrap().chunks, 0);
+}
+
+/// A two-disk VM backup under one lease takes 40 minutes against a 10-minute idle limit,
+/// GC running every 4 minutes: renewed as the job moves on (store calls, progress), it
+/// keeps its lease and commits. A session beside it that stops moving loses its lease.
+#[test]
+fn a_vm_backup_that_keeps_moving_outlives_the_idle_limit_while_gc_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = TestClock::new();
+    let store = open_clocked(
+        dir.path(),
+        &clock,
+        StoreOptions {
+            lease_idle_limit: 10 * MINUTE,
+            ..StoreOptions::default()
+        },
+    );
+    let garbage = noise(46, 2 * BS as usize);
+    drop(upload(&store, "old", &[("xvda", &garbage)]));
+    clock.advance(10 * MINUTE);
+
+    let vm = store.begin_backup("vm").unwrap();
+    let stuck = store.begin_backup("stuck").unwrap();
+    let xvda = image(47);
+    let xvdb = image(48);
+    let mut removed = 0;
+    let mut revoked = Vec::new();
+    let mut run_for = |minutes: u32| {
+        for _ in 0..minutes / 4 {
+            clock.advance(4 * MINUTE);
+            // What the data port does on each progress report that moved on.
+            vm.renew().unwrap();
+            let gc = store.gc().unwrap();
+            removed += gc.chunks_removed;
+            revoked.extend(gc.leases_revoked);
+        }
+    };
+    send(&vm, "xvda", &xvda);
+    run_for(20);
+    // The next disk: what the VM backup does before starting it.
+    vm.renew().unwrap();
+    send(&vm, "xvdb", &xvdb);
+    run_for(20);
+    assert_eq!(removed, 2, "only the old garbage goes");
+    assert_eq!(revoked, ["stuck"]);
+    assert!(stuck.renew().is_err());
+    let v = vm.commit(json!({"vm": true})).unwrap();
+    assert_eq!(restore(&store, v, "xvda"), xvda);
+    assert_eq!(restore(&store, v, "xvdb"), xvdb);
+    assert!(verify_all(&store).is_ok());
+}
+
+/// The directory's fsync after a chunk's rename (or a new directory's) fails: the insert
+/// fails and the chunk is not in the store, so it is never answered present; the retry
+/// stores it. A manifest's failed fsync fails the commit, leaving no version.
+#[test]
+fn an_object_whose_directory_fsync_failed_is_not_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = FsBackend::open(dir.path(), SyncMode::Full).unwrap();
+    let failures = backend.dir_sync_failures();
+    let store = Store::with_backend(Box::new(backend), Catalog::in_memory().unwrap(), options());
+    let mut enc = ChunkEncoder::new(1).unwrap();
+    let s = store.begin_backup("web").unwrap();
+    let blocks: Vec<Vec<u8>> = (0..2).map(|i| noise(50 + i, BS as usize)).collect();
+    let ids: Vec<BlockId> = blocks.iter().map(|b| BlockId::of(b)).collect();
+    // The first chunk's directory exists: the fsync after its rename fails. The second
+    // one's does not: the fsync after creating its directory fails.
+    let existing = chunk_path(dir.path(), &ids[0]);
+    std::fs::create_dir_all(existing.parent().unwrap()).unwrap();
+    let fresh = dir.path().join("chunks").join(&ids[1].to_hex()[..2]);
+    assert!(!fresh.exists());
+    for (id, block) in ids.iter().zip(&blocks) {
+        failures.store(1, std::sync::atomic::Ordering::Relaxed);
+        let err = s.insert_chunk(id, &enc.encode(block).unwrap()).unwrap_err();
+        assert!(
+            err.to_string().contains("injected directory fsync failure"),
+            "{err}"
+        );
+    }
+    assert!(!existing.exists());
+    assert!(!fresh.exists());
+    assert_eq!(s.has_chunks(&ids).unwrap(), [false, false]);
+    assert_eq!(store.stats().unwrap().chunks, 0);
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+        0
+    );
+    for (id, block) in ids.iter().zip(&blocks) {
+        let bytes = enc.encode(block).unwrap();
+        assert!(matches!(
+            s.insert_chunk(id, &bytes).unwrap(),
+            Inserted::New { .. }
+        ));
+    }
+    assert_eq!(s.has_chunks(&ids).unwrap(), [true, true]);
+
+    let disk: Vec<u8> = blocks.concat();
+    s.add_disk(
+        "xvda",
+        DiskManifest {
+            size: disk.len() as u64,
+            block_size: BS,
+            blocks: ids.iter().map(|id| Some(*id)).collect(),
+        },
+    )
+    .unwrap();
+    failures.store(1, std::sync::atomic::Ordering::Relaxed);
+    let err = s.commit(json!({})).unwrap_err();
+    assert!(
+        err.to_string().contains("injected directory fsync failure"),
+        "{err}"
+    );
+    assert!(store.versions(None).unwrap().is_empty());
+    let mut manifests = 0;
+    store
+        .inner
+        .backend
+        .list(Space::Manifests, &mut |_| manifests += 1)
+        .unwrap();
+    assert_eq!(manifests, 0);
+    // With the disk healthy again, the backup is simply run again.
+    let v = backup(&store, "web", &[("xvda", &disk)]);
+    assert_eq!(restore(&store, v, "xvda"), disk);
 }

@@ -1,6 +1,7 @@
 //! Small helpers every layer may use; they depend on nothing else in the crate.
 //!
-//! - [`clock`]: wall-clock time as the catalog stores it, and as listings show it.
+//! - [`clock`]: wall-clock time as the catalog stores it, and as listings show it; the
+//!   injectable clocks the store's leases and GC read, and a wall time that never steps.
 //! - [`crashpoint`]: the kill sweep's crash points (`failpoints` builds only).
 //! - [`install_crypto_provider`]: the one rustls provider every endpoint uses.
 
