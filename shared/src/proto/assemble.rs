@@ -306,7 +306,7 @@ mod tests {
             block_size: BS,
         };
         let mut a = Assembler::new(size, BS, Some(geometry), Some(&cbt), base).unwrap();
-        assert_eq!(a.plan().runs().collect::<Vec<_>>(), [2..4]);
+        assert_eq!(a.plan().runs().collect::<Vec<_>>(), vec![2..4]);
         assert_eq!(a.done_bytes(), 4 * u64::from(BS));
         // Block 2 unchanged after all (same id as the base), block 3 new.
         let p = a

@@ -178,6 +178,6 @@ mod tests {
         b.put_bytes(0, &[0xFF, 0xFF, 0xFF, 0xFF]);
         assert_eq!(a, b);
         assert_eq!(b.bytes(16, 8), &[0x0F]);
-        assert_eq!(b.runs().collect::<Vec<_>>(), [0..20]);
+        assert_eq!(b.runs().collect::<Vec<_>>(), vec![0..20]);
     }
 }
