@@ -1,11 +1,17 @@
 //! The backup pipeline.
 //!
 //! ```text
+//! the plan (pages on stream 0, from the A3)
+//!   ▼
 //! reader thread ──batches (≤ BATCH_BYTES, consecutive planned blocks)──▶ N stream workers
-//!   large aligned preads                  each: classify (zero / same-as-base / hash)
+//!   large aligned preads                  each: classify (zero / hash)
 //!   in plan order                               → HashBatch up, Need down
 //!                                               → compress the needed blocks, send them
 //! ```
+//!
+//! The A3 plans (from the CBT bitmap and the base it keeps) and sends one bit per block;
+//! the agent never holds a block list or a CBT bitmap, and the A3 decides which reported
+//! ids equal the base's.
 //!
 //! The reader never waits on a round trip: while one worker waits for its Need answer the
 //! others hash, compress and send, and the reader fills the queue. Block data lives in a
@@ -17,10 +23,9 @@
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
-use a3_shared::proto::plan::CbtBitmap;
 use a3_shared::proto::{
-    BackupJob, BlockRef, DataDown, DataUp, HashBatch, MAX_BATCH_ENTRIES, MAX_BLOCK_SIZE,
-    MIN_BLOCK_SIZE, Manifest, WireId, need_bit, plan,
+    BackupJob, BlockBitmap, BlockRef, DataDown, DataUp, Geometry, HashBatch, MAX_BATCH_ENTRIES,
+    PLAN_PAGE_BYTES, PlanReceiver, WireId, need_bit,
 };
 use anyhow::{Context, bail};
 use tokio::sync::{Mutex, mpsc};
@@ -48,30 +53,34 @@ struct RawBatch {
 /// Runs one backup job to completion.
 pub async fn run(link: Link, job: BackupJob, c: Arc<Counters>) -> anyhow::Result<()> {
     let bs = job.block_size;
-    if !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&bs) || !bs.is_multiple_of(MIN_BLOCK_SIZE) {
+    let (file, size) = device::open_read(&job.device).await?;
+    let g = Geometry {
+        size,
+        block_size: bs,
+    };
+    if !g.is_valid() {
         bail!("block size {bs} is not a multiple of 64 KiB within 64 KiB..=8 MiB");
     }
-    let (file, size) = device::open_read(&job.device).await?;
-    let cbt = job.cbt.clone().map(CbtBitmap::from_bytes);
-    let plan = plan(size, bs, job.base.as_ref(), cbt.as_ref());
-    let planned_bytes: u64 = plan
-        .reads
-        .iter()
-        .flat_map(|r| r.clone())
-        .map(|i| {
-            let r = Manifest::block_range(size, bs, i);
-            r.end - r.start
-        })
-        .sum();
     c.total.store(size, std::sync::atomic::Ordering::Relaxed);
+    // Every stream announces the size; the A3 answers on stream 0 with the plan.
+    let mut streams = Vec::new();
+    for stream in 0..STREAMS {
+        let (mut send, recv) = link.open_data().await.context("opening a data stream")?;
+        wire::send(
+            &mut send,
+            &DataUp::Open {
+                job: job.job,
+                stream,
+                streams: STREAMS,
+                size,
+            },
+        )
+        .await?;
+        streams.push((send, recv));
+    }
+    let reads = receive_plan(&mut streams[0].1, g.blocks()).await?;
+    let planned_bytes: u64 = reads.runs().map(|r| g.bytes_of(r)).sum();
     Counters::add(&c.done, size - planned_bytes);
-    // The base helps even without CBT: blocks equal to it need no question.
-    let base: Arc<Vec<Option<WireId>>> = Arc::new(
-        job.base
-            .filter(|b| b.block_size == bs && b.is_consistent())
-            .map(|b| b.blocks)
-            .unwrap_or_default(),
-    );
 
     let per_batch = (BATCH_BYTES / u64::from(bs)).clamp(1, MAX_BATCH_ENTRIES as u64);
     let (tx, rx) = mpsc::channel::<RawBatch>(QUEUE);
@@ -80,12 +89,11 @@ pub async fn run(link: Link, job: BackupJob, c: Arc<Counters>) -> anyhow::Result
     for _ in 0..buffers {
         pool_tx.send(Vec::new()).expect("room for every buffer");
     }
-    let reads = plan.reads.clone();
     let file = Arc::new(file);
     let reader_file = file.clone();
     let reader_c = c.clone();
     let reader = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-        for run in reads {
+        for run in reads.runs() {
             let mut first = run.start;
             while first < run.end {
                 let n = per_batch.min(run.end - first);
@@ -111,24 +119,12 @@ pub async fn run(link: Link, job: BackupJob, c: Arc<Counters>) -> anyhow::Result
 
     let rx = Arc::new(Mutex::new(rx));
     let mut workers = Vec::new();
-    for stream in 0..STREAMS {
-        let (mut send, recv) = link.open_data().await.context("opening a data stream")?;
-        wire::send(
-            &mut send,
-            &DataUp::Open {
-                job: job.job,
-                stream,
-                streams: STREAMS,
-                size,
-            },
-        )
-        .await?;
+    for (send, recv) in streams {
         let w = Worker {
             send,
             recv,
             bs,
             size,
-            base: base.clone(),
             c: c.clone(),
             seq: 0,
             pool: pool_tx.clone(),
@@ -152,12 +148,27 @@ pub async fn run(link: Link, job: BackupJob, c: Arc<Counters>) -> anyhow::Result
     read
 }
 
+/// Receives the A3's plan on stream 0: which blocks to read, one bit per block.
+async fn receive_plan(recv: &mut RecvStream, blocks: u64) -> anyhow::Result<BlockBitmap> {
+    let mut plan = PlanReceiver::new(blocks);
+    loop {
+        match wire::recv::<DataDown>(recv, PLAN_PAGE_BYTES + 64).await? {
+            Some(DataDown::Plan { first, bits, last }) => {
+                if let Some(reads) = plan.page(first, &bits, last)? {
+                    return Ok(reads);
+                }
+            }
+            Some(DataDown::Error { reason }) => bail!("{reason}"),
+            other => bail!("the A3 sent {other:?} instead of the backup plan"),
+        }
+    }
+}
+
 struct Worker {
     send: SendStream,
     recv: RecvStream,
     bs: u32,
     size: u64,
-    base: Arc<Vec<Option<WireId>>>,
     c: Arc<Counters>,
     seq: u64,
     pool: std::sync::mpsc::SyncSender<Vec<u8>>,
@@ -181,7 +192,7 @@ impl Worker {
     }
 
     async fn batch(&mut self, raw: RawBatch) -> anyhow::Result<()> {
-        let (bs, size, base) = (self.bs, self.size, self.base.clone());
+        let (bs, size) = (self.bs, self.size);
         let first = raw.first;
         // Classify in the blocking pool: hashing is the CPU work, and the pool runs the
         // workers' batches in parallel.
@@ -189,15 +200,11 @@ impl Worker {
             let entries: Vec<BlockRef> = raw
                 .data
                 .chunks(bs as usize)
-                .enumerate()
-                .map(|(k, block)| {
+                .map(|block| {
                     if blocks::is_zero(block) {
-                        return BlockRef::Zero;
-                    }
-                    let id = blocks::block_id(block);
-                    match base.get((first + k as u64) as usize) {
-                        Some(Some(b)) if *b == id => BlockRef::Same,
-                        _ => BlockRef::Hash(id),
+                        BlockRef::Zero
+                    } else {
+                        BlockRef::Hash(blocks::block_id(block))
                     }
                 })
                 .collect();
@@ -256,13 +263,14 @@ impl Worker {
                 wire::send(&mut self.send, &DataUp::Chunk { id, data }).await?;
             }
         }
-        let done: u64 = (0..entries.len() as u64)
-            .map(|k| {
-                let r = Manifest::block_range(size, bs, first + k);
-                r.end - r.start
-            })
-            .sum();
-        Counters::add(&self.c.done, done);
+        let g = Geometry {
+            size,
+            block_size: bs,
+        };
+        Counters::add(
+            &self.c.done,
+            g.bytes_of(first..first + entries.len() as u64),
+        );
         // Every compression task has finished: the buffer is ours again, back to the pool.
         if let Ok(raw) = Arc::try_unwrap(raw) {
             let _ = self.pool.try_send(raw.data);

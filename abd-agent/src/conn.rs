@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use a3_shared::proto::{A3Msg, AgentMsg, MAX_FRAME_LEN, PROTOCOL_VERSION, transport};
+use a3_shared::proto::{A3Msg, AgentMsg, PROTOCOL_VERSION, transport};
 use anyhow::{Context, bail};
 
 use crate::config::{AgentConfig, Transport};
@@ -14,8 +14,8 @@ use crate::identity::Identity;
 use crate::link::{Link, RecvStream, SendStream, TcpDialer};
 use crate::{jobs, status, tls, wire};
 
-/// Control messages are small except jobs carrying a manifest.
-const MAX_CONTROL_FRAME: usize = MAX_FRAME_LEN;
+/// Control messages are small: no job carries a block list (the largest is a certificate).
+const MAX_CONTROL_FRAME: usize = 64 << 10;
 
 /// A client endpoint with 4 MiB socket buffers (the kernel may clamp them to
 /// `net.core.[rw]mem_max`), so bursts at line rate are not dropped in the socket.

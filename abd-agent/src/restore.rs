@@ -1,17 +1,17 @@
-//! The restore pipeline: the A3 pushes each stream its stripes of blocks; every chunk is
-//! decoded and checked against the id the *job's manifest* names before a single byte is
-//! written. Zero blocks are never written to a file (it is recreated sparse) and written as
-//! zeros to a block device. Any failure stops the restore and says which offsets were not
-//! written; wrong data is never written.
+//! The restore pipeline: the A3 pushes each stream its stripes of blocks, in order, as
+//! chunks and runs of zero blocks. The agent keeps O(1) state per stream ([`Coverage`]): it
+//! refuses a gap, a repeat, a block out of order or past the end, naming the offset. Every
+//! chunk is decoded and checked against its id before a single byte is written. Zero
+//! blocks are never written to a file (it is recreated sparse) and written as zeros to a
+//! block device. Any failure stops the restore and says which offsets were not written;
+//! wrong data is never written.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use a3_shared::proto::{
-    DataDown, DataUp, MAX_FRAME_LEN, Manifest, RestoreJob, WireId, restore_stream_of,
-};
+use a3_shared::proto::{Coverage, DataDown, DataUp, Geometry, MAX_FRAME_LEN, RestoreJob, WireId};
 use anyhow::{Context, bail};
 
 use crate::jobs::Counters;
@@ -21,11 +21,19 @@ use crate::{blocks, device, wire};
 /// Parallel streams for a restore.
 const STREAMS: u32 = 3;
 
+/// The largest zero buffer a block device's zero runs are written from.
+const ZERO_WRITE: usize = 1 << 20;
+
 /// Runs one restore job.
 pub async fn run(link: Link, job: RestoreJob, c: Arc<Counters>) -> anyhow::Result<()> {
-    let m = Arc::new(job.manifest);
-    if !m.is_consistent() {
-        bail!("{}: the manifest does not match its size", job.label);
+    let g = job.geometry;
+    if !g.is_valid() {
+        bail!(
+            "{}: the A3 sent a disk of {} bytes in {}-byte blocks, which is not a disk",
+            job.label,
+            g.size,
+            g.block_size
+        );
     }
     let path = device::resolve(&job.target).await?;
     let file = OpenOptions::new()
@@ -37,19 +45,19 @@ pub async fn run(link: Link, job: RestoreJob, c: Arc<Counters>) -> anyhow::Resul
     let block_dev = device::is_block_device(&file);
     if block_dev {
         let len = std::io::Seek::seek(&mut &file, std::io::SeekFrom::End(0))?;
-        if len < m.size {
+        if len < g.size {
             bail!(
                 "restore target {}: {len} bytes, smaller than the disk ({} bytes)",
                 path.display(),
-                m.size
+                g.size
             );
         }
     } else {
         // A regular file is recreated sparse: zero blocks stay holes.
         file.set_len(0)?;
-        file.set_len(m.size)?;
+        file.set_len(g.size)?;
     }
-    c.total.store(m.size, Ordering::Relaxed);
+    c.total.store(g.size, Ordering::Relaxed);
     let file = Arc::new(file);
     let failed = Arc::new(AtomicBool::new(false));
 
@@ -69,8 +77,8 @@ pub async fn run(link: Link, job: RestoreJob, c: Arc<Counters>) -> anyhow::Resul
         wire::finish(&mut send).await;
         workers.push(tokio::spawn(receive(
             recv,
-            stream,
-            m.clone(),
+            Coverage::new(stream, STREAMS, g),
+            g,
             file.clone(),
             c.clone(),
             failed.clone(),
@@ -103,47 +111,14 @@ pub async fn run(link: Link, job: RestoreJob, c: Arc<Counters>) -> anyhow::Resul
 #[allow(clippy::too_many_arguments)]
 async fn receive(
     mut recv: RecvStream,
-    stream: u32,
-    m: Arc<Manifest>,
+    mut cover: Coverage,
+    g: Geometry,
     file: Arc<File>,
     c: Arc<Counters>,
     failed: Arc<AtomicBool>,
     block_dev: bool,
     label: String,
 ) -> anyhow::Result<()> {
-    let streams = STREAMS;
-    let mine: Vec<u64> = (0..m.blocks.len() as u64)
-        .filter(|&i| restore_stream_of(i, streams) == stream)
-        .collect();
-    let mut pending: std::collections::HashSet<u64> = mine
-        .iter()
-        .copied()
-        .filter(|&i| m.blocks[i as usize].is_some())
-        .collect();
-    // Zero blocks first: nothing to wait for. A block device needs them written: blocking
-    // I/O, done on the blocking pool so that the runtime keeps serving the connection (in
-    // the 2-core appliance, three streams writing zeros on the async workers starved QUIC
-    // until the A3 timed the connection out).
-    let zero_ranges: Vec<std::ops::Range<u64>> = mine
-        .iter()
-        .filter(|&&i| m.blocks[i as usize].is_none())
-        .map(|&i| Manifest::block_range(m.size, m.block_size, i))
-        .collect();
-    if block_dev && !zero_ranges.is_empty() {
-        let (f, ranges) = (file.clone(), zero_ranges.clone());
-        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            let zeros = vec![0u8; largest_len(&ranges)];
-            for r in ranges {
-                f.write_all_at(&zeros[..(r.end - r.start) as usize], r.start)?;
-            }
-            Ok(())
-        })
-        .await??;
-    }
-    for r in zero_ranges {
-        Counters::add(&c.zero_blocks, 1);
-        Counters::add(&c.done, r.end - r.start);
-    }
     // Chunks are decoded and written a group at a time (about 1 MiB of plaintext per trip
     // to the blocking pool, as for backup compression).
     let mut group: Vec<(u64, WireId, Vec<u8>)> = Vec::new();
@@ -155,17 +130,50 @@ async fn receive(
         let msg = wire::recv::<DataDown>(&mut recv, MAX_FRAME_LEN).await?;
         let end = match msg {
             Some(DataDown::Chunk { index, id, data }) => {
-                let expected = m.blocks.get(index as usize).copied().flatten();
-                if expected != Some(id) || !pending.remove(&index) {
-                    bail!(
-                        "{label}: the A3 sent block {index} with an id the manifest does not \
-                         name there (or twice); nothing written for it"
-                    );
-                }
+                cover
+                    .chunk(index)
+                    .with_context(|| format!("{label}: nothing written for that block"))?;
                 Counters::add(&c.chunks, 1);
                 Counters::add(&c.chunk_bytes, data.len() as u64);
-                group_bytes += m.block_size as usize;
+                group_bytes += g.block_size as usize;
                 group.push((index, id, data));
+                false
+            }
+            Some(DataDown::Zeros { first, count }) => {
+                let ords = cover
+                    .zeros(first, count)
+                    .with_context(|| format!("{label}: nothing written for that run"))?;
+                let stripes = *cover.stripes();
+                let bytes: u64 = stripes
+                    .block_ranges(ords.clone())
+                    .map(|r| g.bytes_of(r))
+                    .sum();
+                // A block device needs the zeros written: blocking I/O, on the blocking
+                // pool so that the runtime keeps serving the connection (in the 2-core
+                // appliance, streams writing zeros on the async workers starved QUIC until
+                // the A3 timed the connection out). A file is sparse: nothing to write.
+                if block_dev {
+                    let f = file.clone();
+                    tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+                        let zeros = vec![0u8; ZERO_WRITE.min(bytes as usize)];
+                        for blocks in stripes.block_ranges(ords) {
+                            let (mut at, end) = (
+                                g.block_range(blocks.start).start,
+                                g.block_range(blocks.end - 1).end,
+                            );
+                            while at < end {
+                                let n = (end - at).min(zeros.len() as u64) as usize;
+                                f.write_all_at(&zeros[..n], at)?;
+                                at += n as u64;
+                            }
+                        }
+                        Ok(())
+                    })
+                    .await?
+                    .with_context(|| format!("{label}: writing zeros from block {first}"))?;
+                }
+                Counters::add(&c.zero_blocks, count);
+                Counters::add(&c.done, bytes);
                 false
             }
             Some(DataDown::End) => true,
@@ -176,10 +184,9 @@ async fn receive(
         if !group.is_empty() && (end || group_bytes >= 1 << 20) {
             let chunks = std::mem::take(&mut group);
             group_bytes = 0;
-            let (f, m2, label2) = (file.clone(), m.clone(), label.clone());
+            let (f, label2) = (file.clone(), label.clone());
             let written =
-                tokio::task::spawn_blocking(move || write_group(&f, &m2, &label2, chunks))
-                    .await??;
+                tokio::task::spawn_blocking(move || write_group(&f, g, &label2, chunks)).await??;
             Counters::add(&c.bytes_io, written);
             Counters::add(&c.done, written);
         }
@@ -187,12 +194,7 @@ async fn receive(
             break;
         }
     }
-    if let Some(&i) = pending.iter().min() {
-        bail!(
-            "{label}: the A3 ended the stream without block at offset {}",
-            i * u64::from(m.block_size)
-        );
-    }
+    cover.finish().with_context(|| label.clone())?;
     Ok(())
 }
 
@@ -200,13 +202,13 @@ async fn receive(
 /// first bad chunk, having written nothing of it. Returns the bytes written.
 fn write_group(
     f: &File,
-    m: &Manifest,
+    g: Geometry,
     label: &str,
     chunks: Vec<(u64, WireId, Vec<u8>)>,
 ) -> anyhow::Result<u64> {
     let mut written = 0;
     for (index, id, data) in chunks {
-        let r = Manifest::block_range(m.size, m.block_size, index);
+        let r = g.block_range(index);
         let len = (r.end - r.start) as usize;
         let plain = blocks::decode(&data, &id).with_context(|| {
             format!(
@@ -226,13 +228,4 @@ fn write_group(
         written += len as u64;
     }
     Ok(written)
-}
-
-/// The largest range's length: one zero buffer serves every write.
-fn largest_len(ranges: &[std::ops::Range<u64>]) -> usize {
-    ranges
-        .iter()
-        .map(|r| (r.end - r.start) as usize)
-        .max()
-        .unwrap_or(0)
 }

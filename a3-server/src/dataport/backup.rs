@@ -1,10 +1,12 @@
-//! The A3's half of a backup: answer hash batches from the store, store the needed chunks
-//! (the store re-hashes them), and commit only a complete version.
+//! The A3's half of a backup: send the plan, answer hash batches from the store, store the
+//! needed chunks (the store re-hashes them), and commit only a complete version. The block
+//! list is built in a scratch file ([`DiskSpool`]): memory per job stays bounded whatever
+//! the disk's size.
 
 use std::sync::{Arc, Mutex};
 
 use a3_shared::proto::{
-    Assembler, CbtBitmap, DataDown, DataUp, MAX_DISK_SIZE, MAX_FRAME_LEN, Manifest, WireId,
+    Assembler, CbtBitmap, DataDown, DataUp, Geometry, MAX_DISK_SIZE, MAX_FRAME_LEN, WireId,
 };
 
 use tokio::task::JoinSet;
@@ -12,15 +14,19 @@ use tokio::task::JoinSet;
 use super::StreamError;
 use super::storage::{BackupSession, StorageError};
 use super::wire;
+use crate::store::DiskSpool;
 
 /// Chunk inserts one data stream keeps in flight. Each insert ends in an fsync of the file
 /// and of its directory (a few milliseconds on a virtual disk); awaiting them one by one
 /// made a CBT incremental of ~300 chunks take 1.6 s, almost all of it waiting.
 const INSERTS_IN_FLIGHT: usize = 16;
 
-/// Where the manifest of a disk of a VM backup goes, instead of a commit of its own: the VM
-/// backup commits one version with all of its disks.
-pub type Handoff = tokio::sync::oneshot::Sender<Result<Manifest, super::DispatchError>>;
+/// A stored disk's geometry and block list, for the VM backup's commit.
+pub type DiskList = (Geometry, DiskSpool);
+
+/// Where the block list of a disk of a VM backup goes, instead of a commit of its own: the
+/// VM backup commits one version with all of its disks.
+pub type Handoff = tokio::sync::oneshot::Sender<Result<DiskList, super::DispatchError>>;
 
 /// One running backup job.
 pub struct BackupWork {
@@ -34,10 +40,14 @@ pub struct BackupWork {
     /// device must have exactly this size.
     expected_size: Option<u64>,
     block_size: u32,
-    base: Option<Manifest>,
+    /// The base's geometry, for an incremental (with `cbt`).
+    base: Option<Geometry>,
     cbt: Option<CbtBitmap>,
+    /// The block list to build into (holding the base's, for an incremental), until the
+    /// assembler takes it.
+    spool: Mutex<Option<DiskSpool>>,
     /// Created when the first data stream announces the disk size.
-    assembler: Mutex<Option<Assembler>>,
+    assembler: Mutex<Option<Assembler<DiskSpool>>>,
     /// Taken by the commit; dropping it aborts the backup in the store.
     session: Mutex<Option<Arc<BackupSession>>>,
     /// For a disk of a VM backup: where the outcome goes instead of a commit.
@@ -55,8 +65,9 @@ impl BackupWork {
         disk: String,
         expected_size: Option<u64>,
         block_size: u32,
-        base: Option<Manifest>,
+        base: Option<Geometry>,
         cbt: Option<CbtBitmap>,
+        spool: DiskSpool,
         session: BackupSession,
         handoff: Option<Handoff>,
     ) -> BackupWork {
@@ -68,6 +79,7 @@ impl BackupWork {
             block_size,
             base,
             cbt,
+            spool: Mutex::new(Some(spool)),
             assembler: Mutex::new(None),
             session: Mutex::new(Some(Arc::new(session))),
             hands_off: handoff.is_some(),
@@ -75,7 +87,10 @@ impl BackupWork {
         }
     }
 
-    fn with_assembler<T>(&self, f: impl FnOnce(&mut Assembler) -> T) -> Result<T, StreamError> {
+    fn with_assembler<T>(
+        &self,
+        f: impl FnOnce(&mut Assembler<DiskSpool>) -> T,
+    ) -> Result<T, StreamError> {
         let mut guard = self.assembler.lock().unwrap_or_else(|p| p.into_inner());
         let a = guard.as_mut().ok_or_else(|| {
             StreamError::Protocol("no data stream announced the disk size".into())
@@ -84,7 +99,7 @@ impl BackupWork {
     }
 
     /// Hands a disk of a VM backup its outcome (the first one only).
-    pub fn finish(&self, outcome: Result<Manifest, super::DispatchError>) {
+    pub fn finish(&self, outcome: Result<DiskList, super::DispatchError>) {
         let tx = self
             .handoff
             .lock()
@@ -139,44 +154,43 @@ impl BackupWork {
         }
     }
 
-    /// Serves one data stream until the agent's End; `Err` names what failed.
+    /// Serves one data stream until the agent's End; `Err` names what failed. Stream 0
+    /// carries the plan down first.
     pub async fn serve_stream(
         self: Arc<Self>,
+        stream: u32,
         size: u64,
         send: &mut wire::SendStream,
         recv: &mut wire::RecvStream,
     ) -> Result<(), StreamError> {
         self.check_size(size)?;
-        {
-            let mut guard = self.assembler.lock().unwrap_or_else(|p| p.into_inner());
-            match guard.as_ref() {
-                None => {
-                    *guard = Some(Assembler::new(
-                        size,
-                        self.block_size,
-                        self.base.clone(),
-                        self.cbt.as_ref(),
-                    ))
-                }
-                Some(a) if a.size() != size => {
-                    return Err(StreamError::Protocol(format!(
-                        "data streams disagree on the disk size ({} vs {size})",
-                        a.size()
-                    )));
-                }
-                Some(_) => {}
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.plan(size))
+            .await
+            .map_err(StorageError::from)??;
+        let ctx = |e: wire::WireError| StreamError::Link(e.describe(&self.abd));
+        if stream == 0 {
+            let mut page = 0;
+            while let Some(msg) = self.with_assembler(|a| a.plan().pages().nth(page))? {
+                wire::send(send, &msg).await.map_err(ctx)?;
+                page += 1;
             }
         }
         let session = self.session()?;
         let mut inserts: JoinSet<Result<WireId, StorageError>> = JoinSet::new();
-        let ctx = |e: wire::WireError| StreamError::Link(e.describe(&self.abd));
         loop {
             match wire::recv::<DataUp>(recv, MAX_FRAME_LEN)
                 .await
                 .map_err(ctx)?
             {
                 Some(DataUp::Hashes(batch)) => {
-                    let pending = self.with_assembler(|a| a.record_batch(&batch))??;
+                    // The block list is a file: its reads and writes block.
+                    let me = self.clone();
+                    let pending = tokio::task::spawn_blocking(move || {
+                        me.with_assembler(|a| a.record_batch(&batch))
+                    })
+                    .await
+                    .map_err(StorageError::from)???;
                     let ids: Vec<WireId> = pending.ids().copied().collect();
                     let present = if ids.is_empty() {
                         Vec::new()
@@ -226,6 +240,31 @@ impl BackupWork {
         }
     }
 
+    /// Makes the plan (and the assembler) from the first announced size; a later stream
+    /// must announce the same. Blocking: the block list is resized.
+    fn plan(&self, size: u64) -> Result<(), StreamError> {
+        let mut guard = self.assembler.lock().unwrap_or_else(|p| p.into_inner());
+        match guard.as_ref() {
+            Some(a) if a.size() != size => Err(StreamError::Protocol(format!(
+                "data streams disagree on the disk size ({} vs {size})",
+                a.size()
+            ))),
+            Some(_) => Ok(()),
+            None => {
+                let spool = self
+                    .spool
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take()
+                    .ok_or_else(|| self.ended())?;
+                let a = Assembler::new(size, self.block_size, self.base, self.cbt.as_ref(), spool)
+                    .map_err(|e| StreamError::from(e).during(format!("disk '{}'", self.disk)))?;
+                *guard = Some(a);
+                Ok(())
+            }
+        }
+    }
+
     /// Accounts for a finished insert.
     fn inserted(
         &self,
@@ -244,8 +283,16 @@ impl BackupWork {
     /// The agent is done: commit if, and only if, the version is complete. Returns the
     /// version id.
     pub async fn commit(&self) -> Result<String, StreamError> {
-        let manifest = self
-            .with_assembler(|a| a.finish())?
+        let assembler = self
+            .assembler
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .ok_or_else(|| {
+                StreamError::Protocol("no data stream announced the disk size".into())
+            })?;
+        let (geometry, spool) = assembler
+            .finish()
             .map_err(|e| StreamError::from(e).during(format!("disk '{}'", self.disk)))?;
         let session = self
             .session
@@ -263,13 +310,13 @@ impl BackupWork {
             // Every chunk is durable (each stream waited for its inserts before End); the
             // VM's commit checks them all again under the same lease.
             drop(session);
-            self.finish(Ok(manifest));
+            self.finish(Ok((geometry, spool)));
             return Ok(format!(
-                "disk '{}' stored, manifest handed to the VM backup",
+                "disk '{}' stored, block list handed to the VM backup",
                 self.disk
             ));
         }
-        Ok(session.commit(self.disk.clone(), manifest).await?)
+        Ok(session.commit(self.disk.clone(), geometry, spool).await?)
     }
 }
 
@@ -292,6 +339,7 @@ mod tests {
             DEFAULT_BLOCK_SIZE,
             None,
             None,
+            store.spool().unwrap(),
             BackupSession::shared(session),
             None,
         ))
@@ -326,6 +374,7 @@ mod tests {
             DEFAULT_BLOCK_SIZE,
             None,
             None,
+            store.spool().unwrap(),
             BackupSession::shared(session.clone()),
             None,
         );
@@ -366,7 +415,7 @@ mod tests {
             let mut recv: wire::RecvStream = Box::new(r);
             let err = w
                 .clone()
-                .serve_stream(announced, &mut send, &mut recv)
+                .serve_stream(0, announced, &mut send, &mut recv)
                 .await
                 .unwrap_err();
             assert!(err.to_string().contains(says), "{announced}: {err}");

@@ -423,7 +423,11 @@ pub async fn data_stream(
         return Err(ConnError::Ended(reason));
     };
     let result = match &active {
-        Active::Backup(w) => Arc::clone(w).serve_stream(size, &mut send, &mut recv).await,
+        Active::Backup(w) => {
+            Arc::clone(w)
+                .serve_stream(stream, size, &mut send, &mut recv)
+                .await
+        }
         Active::Restore(w) => Arc::clone(w).serve_stream(stream, streams, &mut send).await,
         Active::Hash(_) => Err(StreamError::Protocol(format!(
             "job {job} is a hash job: it has no data stream"

@@ -33,7 +33,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use a3_shared::proto::{A3Msg, BackupJob, CbtBitmap, DEFAULT_BLOCK_SIZE, RestoreJob};
+use a3_shared::proto::{A3Msg, BackupJob, CbtBitmap, DEFAULT_BLOCK_SIZE, Geometry, RestoreJob};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -147,8 +147,8 @@ pub struct DiskBackupRequest {
     /// The disk's size (the snapshot VDI's `virtual_size`): the agent's device must have
     /// exactly this size.
     pub size: u64,
-    /// The last committed version's manifest of this disk, for an incremental.
-    pub base: Option<a3_shared::proto::Manifest>,
+    /// The last committed version of this disk, for an incremental.
+    pub base: Option<BaseRef>,
     /// The CBT bitmap against that version (only with `base`).
     pub cbt: Option<CbtBitmap>,
     /// The VM backup's store session: its one lease covers every disk.
@@ -160,8 +160,17 @@ pub struct DiskBackupRequest {
 pub struct DiskJob {
     /// The data-path job, for its progress.
     pub id: u64,
-    /// The disk's manifest once stored, or why it failed.
-    pub done: tokio::sync::oneshot::Receiver<Result<a3_shared::proto::Manifest, DispatchError>>,
+    /// The disk's geometry and block list once stored, or why it failed.
+    pub done: tokio::sync::oneshot::Receiver<Result<backup::DiskList, DispatchError>>,
+}
+
+/// The committed version a disk's incremental starts from.
+#[derive(Debug, Clone)]
+pub struct BaseRef {
+    /// The version.
+    pub version: crate::store::VersionId,
+    /// The disk's name in it.
+    pub disk: String,
 }
 
 /// A restore to dispatch.
@@ -353,7 +362,7 @@ impl DataPort {
         let block_size = DEFAULT_BLOCK_SIZE;
         let base = match &cbt {
             Some(_) => {
-                let base = self.inner.store.last_manifest(&req.disk).await?;
+                let base = self.inner.store.last_version(&req.disk).await?;
                 if base.is_none() {
                     notes.push(format!(
                         "disk '{}' has no committed version yet: the CBT bitmap is ignored and \
@@ -361,31 +370,23 @@ impl DataPort {
                         req.disk
                     ));
                 }
-                base
+                base.map(|version| BaseRef {
+                    version,
+                    disk: req.disk.clone(),
+                })
             }
             None => None,
         };
         let session = self.inner.store.begin_backup(&req.disk).await?;
-        // Blocks the CBT bitmap leaves unchanged come from the base manifest without a
-        // question to the store. A base chunk quarantined since (found bad) must be read
-        // and sent again. Asking also touches the base's chunks, so GC keeps them while
-        // this job runs.
-        let mut base = base;
-        let cbt = match (cbt, base.as_mut()) {
-            (Some(mut cbt), Some(base)) => {
-                let lost = reread_lost_base_blocks(&session, base, &mut cbt).await?;
-                if lost > 0 {
-                    notes.push(format!(
-                        "{lost} block(s) of the base version are no longer in the store \
-                         (quarantined as bad): they are read again"
-                    ));
-                }
-                Some(cbt)
-            }
-            (cbt, _) => cbt,
-        };
+        let (list, lost) = start_list(&session, base, cbt, block_size).await?;
+        if lost > 0 {
+            notes.push(format!(
+                "{lost} block(s) of the base version are no longer in the store \
+                 (quarantined as bad): they are read again"
+            ));
+        }
         let id = self.assign_backup(
-            &link, &req.abd, req.disk, req.path, None, block_size, base, cbt, session, None,
+            &link, &req.abd, req.disk, req.path, None, block_size, list, session, None,
         );
         Ok(Dispatched { job: id, notes })
     }
@@ -400,14 +401,7 @@ impl DataPort {
         let link = self.link(&req.abd)?;
         let block_size = DEFAULT_BLOCK_SIZE;
         let session = storage::BackupSession::shared(req.session);
-        let mut base = req.base.filter(|b| b.block_size == block_size);
-        let cbt = match (req.cbt, base.as_mut()) {
-            (Some(mut cbt), Some(base)) => {
-                reread_lost_base_blocks(&session, base, &mut cbt).await?;
-                Some(cbt)
-            }
-            _ => None,
-        };
+        let (list, _) = start_list(&session, req.base, req.cbt, block_size).await?;
         let (tx, done) = tokio::sync::oneshot::channel();
         let id = self.assign_backup(
             &link,
@@ -416,8 +410,7 @@ impl DataPort {
             req.device,
             Some(req.size),
             block_size,
-            base,
-            cbt,
+            list,
             session,
             Some(tx),
         );
@@ -425,7 +418,7 @@ impl DataPort {
     }
 
     /// Registers a backup job and sends its assignment to the ABD's agent; a job whose ABD
-    /// is already gone fails at once. The base goes along only with a CBT bitmap.
+    /// is already gone fails at once.
     #[allow(clippy::too_many_arguments)]
     fn assign_backup(
         &self,
@@ -435,8 +428,7 @@ impl DataPort {
         device: String,
         expected_size: Option<u64>,
         block_size: u32,
-        base: Option<a3_shared::proto::Manifest>,
-        cbt: Option<CbtBitmap>,
+        list: StartList,
         session: storage::BackupSession,
         handoff: Option<backup::Handoff>,
     ) -> u64 {
@@ -447,8 +439,9 @@ impl DataPort {
             disk.clone(),
             expected_size,
             block_size,
-            base.clone(),
-            cbt.clone(),
+            list.base,
+            list.cbt,
+            list.spool,
             session,
             handoff,
         ));
@@ -458,8 +451,6 @@ impl DataPort {
             device,
             disk,
             block_size,
-            base: if cbt.is_some() { base } else { None },
-            cbt: cbt.map(|c| c.as_bytes().to_vec()),
         });
         if link.ctl.send(msg).is_err() {
             self.fail(id, &format!("ABD '{abd}' disconnected as the job started"));
@@ -470,10 +461,10 @@ impl DataPort {
     /// Starts a restore on the ABD's agent.
     pub async fn start_restore(&self, req: RestoreRequest) -> Result<Dispatched, DispatchError> {
         let link = self.link(&req.abd)?;
-        let (disk, manifest) = self
+        let (version, disk, geometry) = self
             .inner
             .store
-            .restore_manifest(&req.version, req.disk.as_deref())
+            .restore_disk(&req.version, req.disk.as_deref())
             .await?;
         let label = format!("version {} disk '{}'", req.version, disk);
         let id = self
@@ -483,16 +474,17 @@ impl DataPort {
         let work = Arc::new(restore::RestoreWork::new(
             id,
             req.abd.clone(),
-            req.version.clone(),
             label.clone(),
-            manifest.clone(),
+            version,
+            disk,
+            geometry,
             self.inner.store.clone(),
         ));
         self.lock_active().insert(id, Active::Restore(work));
         let msg = A3Msg::Restore(RestoreJob {
             job: id,
             target: req.path,
-            manifest,
+            geometry,
             label,
         });
         if link.ctl.send(msg).is_err() {
@@ -578,32 +570,43 @@ impl DataPort {
     }
 }
 
-/// Makes the agent read and send again every block of `base` whose chunk the store no
-/// longer has: marks it changed in `cbt`, and drops it from `base` so that neither side
-/// can call the re-read block "same as base". Returns how many blocks that was.
-async fn reread_lost_base_blocks(
+/// The block list a backup starts from.
+struct StartList {
+    /// The base's geometry, for an incremental.
+    base: Option<Geometry>,
+    /// The CBT bitmap against the base, lost base blocks marked changed.
+    cbt: Option<CbtBitmap>,
+    /// The base's block list (lost blocks cleared), or an empty one.
+    spool: crate::store::DiskSpool,
+}
+
+/// Starts a backup's block list: for a CBT incremental, the base's, streamed from its
+/// manifest, whose every chunk is checked present (and so touched: GC keeps it while the
+/// job runs). A base chunk quarantined since (found bad) is cleared from the list and its
+/// block marked changed, so that the agent reads and sends it again and nobody takes it for
+/// "same as base". Returns how many blocks that was. A base of another block size is of
+/// no use: the whole disk is read.
+async fn start_list(
     session: &storage::BackupSession,
-    base: &mut a3_shared::proto::Manifest,
-    cbt: &mut CbtBitmap,
-) -> Result<usize, DispatchError> {
-    let stored: Vec<(usize, a3_shared::proto::WireId)> = base
-        .blocks
-        .iter()
-        .enumerate()
-        .filter_map(|(i, b)| b.map(|id| (i, id)))
-        .collect();
-    let present = session
-        .has_chunks(stored.iter().map(|(_, id)| *id).collect())
-        .await?;
-    let block = u64::from(base.block_size);
-    let mut lost = 0;
-    for ((index, _), have) in stored.iter().zip(present) {
-        if !have {
-            let start = *index as u64 * block;
-            cbt.mark_changed(start..(start + block).min(base.size));
-            base.blocks[*index] = None;
-            lost += 1;
+    base: Option<BaseRef>,
+    cbt: Option<CbtBitmap>,
+    block_size: u32,
+) -> Result<(StartList, u64), DispatchError> {
+    if let (Some(base), Some(cbt)) = (base, cbt) {
+        let (b, cbt) = session.base_spool(base.version, &base.disk, cbt).await?;
+        if b.geometry.block_size == block_size {
+            let list = StartList {
+                base: Some(b.geometry),
+                cbt: Some(cbt),
+                spool: b.spool,
+            };
+            return Ok((list, b.lost));
         }
     }
-    Ok(lost)
+    let list = StartList {
+        base: None,
+        cbt: None,
+        spool: session.spool().await?,
+    };
+    Ok((list, 0))
 }

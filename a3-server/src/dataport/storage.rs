@@ -1,12 +1,13 @@
 //! The data port's calls into the store ([`crate::store`]), each on the blocking pool, in
-//! the wire's terms (`proto::Manifest`, raw ids).
+//! the wire's terms (`proto::Geometry`, raw ids).
 
 use std::sync::Arc;
 
 use a3_shared::chunk::BlockId;
-use a3_shared::proto::{Manifest, WireId};
+use a3_shared::proto::{CbtBitmap, Geometry, WireId};
 
-use crate::store::{Store, StoreError, VersionId};
+use crate::store::manifest::ManifestReader;
+use crate::store::{BaseSpool, DiskSpool, ObjectRead, Store, StoreError, VersionId};
 
 /// A store failure, or a blocking task that died.
 #[derive(Debug, thiserror::Error)]
@@ -14,6 +15,9 @@ pub enum StorageError {
     /// The store said no.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A manifest went bad while it was streamed.
+    #[error(transparent)]
+    Manifest(#[from] crate::store::ManifestError),
     /// The request names something that does not parse.
     #[error("{0}")]
     BadRequest(String),
@@ -47,18 +51,12 @@ impl StoreHandle {
         StoreHandle { store }
     }
 
-    /// The manifest of the last committed version of `disk` (the subject and disk name of
-    /// `disk backup`): the base of a CBT incremental.
-    pub async fn last_manifest(&self, disk: &str) -> Result<Option<Manifest>, StorageError> {
+    /// The last committed version of `disk` (the subject and disk name of `disk backup`):
+    /// the base of a CBT incremental.
+    pub async fn last_version(&self, disk: &str) -> Result<Option<VersionId>, StorageError> {
         let store = self.store.clone();
         let disk = disk.to_owned();
-        blocking(move || {
-            let Some(v) = store.latest_version(&disk)? else {
-                return Ok(None);
-            };
-            Ok(Some(store.manifest(v.id, &disk)?.into()))
-        })
-        .await
+        blocking(move || Ok(store.latest_version(&disk)?.map(|v| v.id))).await
     }
 
     /// Starts a backup of `disk`; dropping the session aborts it.
@@ -69,13 +67,14 @@ impl StoreHandle {
         Ok(BackupSession(Arc::new(session)))
     }
 
-    /// The manifest to restore: `version`'s disk `disk`, or its only disk. Returns the
-    /// disk's name with it.
-    pub async fn restore_manifest(
+    /// The disk to restore: `version`'s disk `disk`, or its only disk, with its geometry.
+    /// Its manifest is checked whole first, so that a damaged one fails before the agent
+    /// touches its target.
+    pub async fn restore_disk(
         &self,
         version: &str,
         disk: Option<&str>,
-    ) -> Result<(String, Manifest), StorageError> {
+    ) -> Result<(VersionId, String, Geometry), StorageError> {
         let id: VersionId = version.parse().map_err(StorageError::BadRequest)?;
         let store = self.store.clone();
         let disk = disk.map(str::to_owned);
@@ -92,10 +91,21 @@ impl StoreHandle {
                     });
                 }
             };
-            let m = store.manifest(id, &name)?;
-            Ok((name, m.into()))
+            let geometry = store.open_manifest(id, &name)?.geometry();
+            Ok((id, name, geometry))
         })
         .await
+    }
+
+    /// A disk's manifest, checked whole and ready to stream (blocking reads).
+    pub async fn open_manifest(
+        &self,
+        version: VersionId,
+        disk: &str,
+    ) -> Result<ManifestReader<Box<dyn ObjectRead>>, StorageError> {
+        let store = self.store.clone();
+        let disk = disk.to_owned();
+        blocking(move || store.open_manifest(version, &disk)).await
     }
 
     /// The encoded chunk `id`, verified against its id (a bad one is quarantined).
@@ -136,13 +146,41 @@ impl BackupSession {
         blocking(move || s.insert_chunk(&BlockId(id), &encoded).map(drop)).await
     }
 
+    /// A new, empty block list.
+    pub async fn spool(&self) -> Result<DiskSpool, StorageError> {
+        let s = self.0.clone();
+        blocking(move || s.spool()).await
+    }
+
+    /// The block list of an incremental against `version`'s disk `disk` (see
+    /// [`Store::base_spool`]); marks lost base blocks changed in `cbt`.
+    pub async fn base_spool(
+        &self,
+        version: VersionId,
+        disk: &str,
+        mut cbt: CbtBitmap,
+    ) -> Result<(BaseSpool, CbtBitmap), StorageError> {
+        let s = self.0.clone();
+        let disk = disk.to_owned();
+        blocking(move || {
+            let base = s.base_spool(version, &disk, &mut cbt)?;
+            Ok((base, cbt))
+        })
+        .await
+    }
+
     /// Adds the disk and commits the version; returns its id.
-    pub async fn commit(self, disk: String, manifest: Manifest) -> Result<String, StorageError> {
+    pub async fn commit(
+        self,
+        disk: String,
+        geometry: Geometry,
+        spool: DiskSpool,
+    ) -> Result<String, StorageError> {
         let session = Arc::try_unwrap(self.0).map_err(|_| {
             StorageError::BadRequest("a store call of this backup is still running".into())
         })?;
         blocking(move || {
-            session.add_disk(&disk, manifest.into())?;
+            session.add_disk(&disk, crate::store::DiskBlocks::Spooled(geometry, spool))?;
             let id = session.commit(serde_json::json!({ "source": "disk backup" }))?;
             Ok(id.to_string())
         })

@@ -17,14 +17,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::error::{Context, JobResult, bail};
-use a3_shared::proto::{CbtBitmap, Manifest};
+use a3_shared::proto::CbtBitmap;
 
 use super::metadata::{self, VmMetadata};
 use super::{Engine, attach};
 use crate::catalog::run_log::RunLog;
-use crate::dataport::{DiskBackupRequest, DiskJob};
+use crate::dataport::backup::DiskList;
+use crate::dataport::{BaseRef, DiskBackupRequest, DiskJob};
 use crate::fleet::Held;
-use crate::store::VersionId;
+use crate::store::{DiskBlocks, VersionId};
 use crate::xapi::ops::{self, NULL_REF};
 use crate::xapi::owner::{RUN_KEY, RunTag};
 use crate::xapi::{Session, XapiError};
@@ -293,8 +294,8 @@ async fn snapshot_and_stream(
     let previous = last_meta.map(|(_, m)| m);
     let session = Arc::into_inner(session).context("a disk job still holds the store session")?;
     let id = tokio::task::spawn_blocking(move || {
-        for (name, m) in manifests {
-            session.add_disk(&name, m.into())?;
+        for (name, (geometry, spool)) in manifests {
+            session.add_disk(&name, DiskBlocks::Spooled(geometry, spool))?;
         }
         session.commit(json)
     })
@@ -305,7 +306,7 @@ async fn snapshot_and_stream(
     Ok(id.0)
 }
 
-/// The base of a disk's incremental: the last committed version's manifest and the CBT
+/// The base of a disk's incremental: the last committed version's disk and the CBT
 /// bitmap from its kept CBT metadata to this snapshot. `(None, None)` means a full read;
 /// the log says why.
 #[allow(clippy::too_many_arguments)]
@@ -318,7 +319,7 @@ async fn incremental_base(
     last: Option<&(i64, VmMetadata)>,
     cbt_just_enabled: bool,
     log: &RunLog,
-) -> JobResult<(Option<Manifest>, Option<CbtBitmap>)> {
+) -> JobResult<(Option<BaseRef>, Option<CbtBitmap>)> {
     let full = |why: String| {
         log.info(&format!("{}: disk {}: full read: {why}", t.name, d.name));
         Ok((None, None))
@@ -390,10 +391,11 @@ async fn incremental_base(
         }
     };
     let store = e.store().clone();
-    let name = d.name.clone();
-    let version = *version;
-    let base =
-        tokio::task::spawn_blocking(move || store.manifest(VersionId(version), &name)).await??;
+    let version = VersionId(*version);
+    let info = tokio::task::spawn_blocking(move || store.version(version)).await??;
+    let Some(base) = info.disks.iter().find(|b| b.name == d.name) else {
+        return full(format!("version {version} has no disk {}", d.name));
+    };
     if base.size != d.virtual_size {
         return full(format!(
             "the disk's size changed since version {version} ({} → {} bytes)",
@@ -404,7 +406,11 @@ async fn incremental_base(
         "{}: disk {}: incremental against version {version}",
         t.name, d.name
     ));
-    Ok((Some(base.into()), Some(cbt)))
+    let base = BaseRef {
+        version,
+        disk: d.name.clone(),
+    };
+    Ok((Some(base), Some(cbt)))
 }
 
 /// The snapshot's disk VDIs by userdevice.
@@ -424,14 +430,14 @@ pub(super) async fn snapshot_vdis(
 }
 
 /// Waits for a disk job's manifest, publishing its progress meanwhile.
-async fn wait_disk(e: &Engine, run: i64, subject: &str, job: DiskJob) -> JobResult<Manifest> {
+async fn wait_disk(e: &Engine, run: i64, subject: &str, job: DiskJob) -> JobResult<DiskList> {
     let DiskJob { id, mut done } = job;
     let mut tick = tokio::time::interval(PROGRESS_EVERY);
     loop {
         tokio::select! {
             outcome = &mut done => {
                 return match outcome {
-                    Ok(Ok(manifest)) => Ok(manifest),
+                    Ok(Ok(list)) => Ok(list),
                     Ok(Err(failure)) => Err(failure.into()),
                     Err(_) => bail!("data-path job {id} ended without a result (the A3 is stopping)"),
                 };

@@ -15,7 +15,8 @@ use serde::{Deserialize, Serialize};
 use super::metadata::{DiskMeta, VmMetadata};
 use super::{Engine, attach};
 use crate::catalog::run_log::RunLog;
-use crate::store::{Store, VersionId};
+use crate::store::manifest::ManifestReader;
+use crate::store::{ObjectRead, Store, VersionId};
 use crate::xapi::Session;
 use crate::xapi::create::{VbdMode, VbdSpec, VdiSpec, VifSpec, VmSpec};
 use crate::xapi::ops;
@@ -293,9 +294,10 @@ async fn write_disk(
     let name = d.name.clone();
     let manifest = {
         let store = store.clone();
-        tokio::task::spawn_blocking(move || store.manifest(VersionId(version), &name)).await??
+        tokio::task::spawn_blocking(move || store.open_manifest(VersionId(version), &name))
+            .await??
     };
-    let size = manifest.size;
+    let size = manifest.geometry().size;
     log.info(&format!(
         "writing disk {} ({size} bytes) from version {version}",
         d.name
@@ -321,28 +323,41 @@ async fn write_disk(
 /// The first reason the body of a disk write ended early.
 type ReadFailure = std::sync::Arc<std::sync::Mutex<Option<JobError>>>;
 
+/// Manifest entries a blocking reader runs ahead of the disk's body.
+const ENTRIES_AHEAD: usize = 256;
+
 /// The disk's bytes in order: stored blocks read (and checked) from the store, zeros for
-/// the zero blocks.
+/// the zero blocks. The manifest is streamed (a blocking task reads it a little ahead), so
+/// a disk of any size costs a few megabytes.
 fn disk_stream(
     store: Store,
-    manifest: crate::store::manifest::DiskManifest,
+    manifest: ManifestReader<Box<dyn ObjectRead>>,
     failed: ReadFailure,
 ) -> impl futures::Stream<Item = Result<Vec<u8>, std::io::Error>> + Send + 'static {
-    let manifest = std::sync::Arc::new(manifest);
-    futures::stream::unfold(0usize, move |i| {
+    let geometry = manifest.geometry();
+    let (tx, rx) = tokio::sync::mpsc::channel(ENTRIES_AHEAD);
+    tokio::task::spawn_blocking(move || {
+        for entry in manifest {
+            if tx.blocking_send(entry).is_err() {
+                break; // the body was dropped
+            }
+        }
+    });
+    futures::stream::unfold(rx, move |mut rx| {
         let store = store.clone();
-        let manifest = manifest.clone();
         let failed = failed.clone();
         async move {
-            if i >= manifest.blocks.len() {
-                return None;
-            }
-            let offset = manifest.offset_of(i);
-            let len = (manifest.size - offset).min(u64::from(manifest.block_size)) as usize;
-            let block: Option<BlockId> = manifest.blocks[i];
-            let read = match block {
-                None => Ok(vec![0u8; len]),
-                Some(id) => read_block(store, id, i, len).await,
+            let entry = rx.recv().await?;
+            let read = match entry {
+                Ok((i, block)) => {
+                    let r = geometry.block_range(i);
+                    let len = (r.end - r.start) as usize;
+                    match block {
+                        None => Ok(vec![0u8; len]),
+                        Some(id) => read_block(store, id, i, len).await,
+                    }
+                }
+                Err(e) => Err(JobError::Refused(format!("the manifest: {e}"))),
             };
             Some((
                 read.map_err(|why| {
@@ -353,14 +368,14 @@ fn disk_stream(
                         .get_or_insert(why);
                     std::io::Error::other(text)
                 }),
-                i + 1,
+                rx,
             ))
         }
     })
 }
 
 /// Block `i` of a disk, read and checked from the store; it must be `len` bytes.
-async fn read_block(store: Store, id: BlockId, i: usize, len: usize) -> JobResult<Vec<u8>> {
+async fn read_block(store: Store, id: BlockId, i: u64, len: usize) -> JobResult<Vec<u8>> {
     let bytes = tokio::task::spawn_blocking(move || store.read_block(&id)).await??;
     if bytes.len() != len {
         bail!("block {i} is {} bytes, the disk needs {len}", bytes.len());

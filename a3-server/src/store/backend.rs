@@ -9,7 +9,8 @@
 //! - `put`, `put_record` and `put_catalog_snapshot` are atomic and durable: after one
 //!   returns the object is whole and survives a crash; after a failure or crash it is
 //!   absent or whole (or the previous one), never torn; a put that fails leaves no object
-//!   that was not there before (or whose name may not survive a power cut);
+//!   that was not there before (or whose name may not survive a power cut); so is a
+//!   `stage`d object once placed, and one never placed leaves nothing;
 //! - `finalize_record` is an atomic, durable rename of a pending record to its final name;
 //! - `touch`, `put` and `put_record` stamp the object (its modification time) with
 //!   [`Backend::clock`]'s now, a time that never steps back while the backend is open:
@@ -81,6 +82,17 @@ pub struct RecordEntry {
     pub modified: SystemTime,
 }
 
+/// A live object opened for reading in place (a manifest may be gigabytes).
+pub trait ObjectRead: io::Read + io::Seek + Send {}
+impl<T: io::Read + io::Seek + Send> ObjectRead for T {}
+
+/// An object written and made durable under a temporary name, not yet visible. Placing it
+/// makes it live (atomically, durably); dropping it unplaced removes it.
+pub trait Staged: Send {
+    /// Makes the object live under its name.
+    fn place(self: Box<Self>) -> io::Result<()>;
+}
+
 /// Where the store's objects live.
 pub trait Backend: Send + Sync + 'static {
     /// Where, for messages (a directory, a bucket URL).
@@ -96,6 +108,23 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Reads a live object; `ErrorKind::NotFound` when absent.
     fn get(&self, space: Space, id: &BlockId) -> io::Result<Vec<u8>>;
+
+    /// Writes an object whose name is known only once written (a manifest, named by the
+    /// digest of its bytes): `fill` streams the bytes and returns the name. The object is
+    /// durable but invisible until the caller places it (under whatever lock it needs).
+    fn stage(
+        &self,
+        space: Space,
+        fill: &mut dyn FnMut(&mut dyn io::Write) -> io::Result<BlockId>,
+    ) -> io::Result<(BlockId, Box<dyn Staged + '_>)>;
+
+    /// Opens a live object for reading in place; `ErrorKind::NotFound` when absent.
+    fn open(&self, space: Space, id: &BlockId) -> io::Result<Box<dyn ObjectRead>>;
+
+    /// A scratch file for a job's working data (a backup's block list), on the store's
+    /// disk; it is never an object and vanishes when closed, or at the next open after a
+    /// crash.
+    fn scratch(&self) -> io::Result<std::fs::File>;
 
     /// A live object's entry, or `None`.
     fn stat(&self, space: Space, id: &BlockId) -> io::Result<Option<Entry>>;

@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use a3_shared::chunk::BlockId;
 
-use super::backend::{Backend, Entry, RecordEntry, RecordState, Space};
+use super::backend::{Backend, Entry, ObjectRead, RecordEntry, RecordState, Space, Staged};
 use crate::util::clock::{Clock, Steady, SystemClock};
 
 /// How hard writes are pushed to the disk: a documented setting (STYLE.md 6).
@@ -233,6 +233,20 @@ impl FsBackend {
     }
 }
 
+/// A staged object: a synced temp file waiting for its rename.
+struct FsStaged<'a> {
+    backend: &'a FsBackend,
+    tmp: TempFile,
+    dest: PathBuf,
+}
+
+impl Staged for FsStaged<'_> {
+    fn place(self: Box<Self>) -> io::Result<()> {
+        let FsStaged { backend, tmp, dest } = *self;
+        backend.place(tmp, &dest)
+    }
+}
+
 /// A temp file removed on drop unless it was renamed into place.
 struct TempFile {
     path: PathBuf,
@@ -269,6 +283,49 @@ impl Backend for FsBackend {
 
     fn get(&self, space: Space, id: &BlockId) -> io::Result<Vec<u8>> {
         fs::read(self.path_of(space, id))
+    }
+
+    fn stage(
+        &self,
+        space: Space,
+        fill: &mut dyn FnMut(&mut dyn io::Write) -> io::Result<BlockId>,
+    ) -> io::Result<(BlockId, Box<dyn Staged + '_>)> {
+        let tmp = self.temp(space.noun());
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp.path)?;
+        let id = fill(&mut f)?;
+        // The store's clock, as in `write_durably`.
+        f.set_modified(self.clock.now())?;
+        if self.sync == SyncMode::Full {
+            f.sync_all()?;
+        }
+        let dest = self.path_of(space, &id);
+        Ok((
+            id,
+            Box::new(FsStaged {
+                backend: self,
+                tmp,
+                dest,
+            }),
+        ))
+    }
+
+    fn open(&self, space: Space, id: &BlockId) -> io::Result<Box<dyn ObjectRead>> {
+        Ok(Box::new(File::open(self.path_of(space, id))?))
+    }
+
+    fn scratch(&self) -> io::Result<File> {
+        // Unlinked at once: the open file is all there is, and a crash leaves nothing.
+        let tmp = self.temp("scratch");
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&tmp.path)?;
+        drop(tmp);
+        Ok(f)
     }
 
     fn stat(&self, space: Space, id: &BlockId) -> io::Result<Option<Entry>> {

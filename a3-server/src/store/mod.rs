@@ -3,7 +3,10 @@
 //! # Who does what
 //! - [`backend`]: the small object interface the store writes through ([`Backend`]);
 //!   [`fs`] is the filesystem implementation and its directory layout.
-//! - [`manifest`]: the disk manifest format (block ids with zero marks, checksummed).
+//! - [`manifest`]: the disk manifest format (block ids with zero marks, checksummed),
+//!   written and read as a stream.
+//! - [`spool`]: a backup's block list while it is built (a scratch file, not memory), and
+//!   the streamed reads of manifests.
 //! - [`session`]: a backup writer ([`BackupSession`]): dedup answers, verified inserts,
 //!   the commit, and the writer leases GC respects.
 //! - [`reader`]: reads that verify every chunk against its id.
@@ -31,7 +34,7 @@
 //!    if the directory's fsync fails, the chunk's name is removed again and the insert
 //!    fails: a chunk whose name a power cut may lose is never counted as stored);
 //! 2. at commit, every chunk the manifests name is checked present (and touched, see GC);
-//! 3. each manifest is written the same durable way;
+//! 3. each manifest is written the same durable way, streamed from the block list;
 //! 4. one catalog transaction (SQLite, `synchronous=FULL`) inserts the version and its
 //!    disks; inside it, once the catalog has given the version its id and before it
 //!    commits, the version record is written the same durable way under a pending name;
@@ -121,6 +124,7 @@ pub mod reader;
 pub mod rebuild;
 pub mod records;
 pub mod session;
+pub mod spool;
 pub mod stats;
 pub mod verify;
 
@@ -136,13 +140,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::catalog::versions::VersionRow;
 use crate::catalog::{Catalog, CatalogError};
-pub use backend::{Backend, Entry, RecordEntry, RecordState, Space};
+pub use backend::{Backend, Entry, ObjectRead, RecordEntry, RecordState, Space, Staged};
 pub use fs::{FsBackend, SyncMode};
 pub use gc::GcReport;
 pub use manifest::{DiskManifest, ManifestError};
 pub use rebuild::{RebuildReport, RebuiltVersion, SkippedRecord};
 pub use records::RecordCheck;
 pub use session::{BackupSession, Inserted};
+pub use spool::{BaseSpool, DiskBlocks, DiskSpool};
 pub use stats::StoreStats;
 pub use verify::{
     BadBlock, BadManifest, BadOrphan, BadRecord, VerifyProgress, VerifyReport, VerifyScope,
@@ -486,8 +491,15 @@ impl Store {
             .map(version_info))
     }
 
-    /// The manifest of one disk of a version, checked.
+    /// The manifest of one disk of a version, checked, whole in memory (small uses; a
+    /// restore streams it with [`Store::open_manifest`]).
     pub fn manifest(&self, version: VersionId, disk: &str) -> Result<DiskManifest, StoreError> {
+        let digest = self.manifest_digest(version, disk)?;
+        self.load_manifest(version, disk, &digest)
+    }
+
+    /// The name of one disk's manifest.
+    fn manifest_digest(&self, version: VersionId, disk: &str) -> Result<String, StoreError> {
         let row = self
             .inner
             .catalog
@@ -500,7 +512,7 @@ impl Store {
                 disks: row.disks.iter().map(|d| d.disk.clone()).collect(),
             });
         };
-        self.load_manifest(version, &d.disk, &d.manifest)
+        Ok(d.manifest.clone())
     }
 
     /// Reads and checks a manifest by its digest.

@@ -2,15 +2,17 @@
 //! commits a version in the order that keeps the store consistent (see the module
 //! overview). Dropping a session without committing aborts it: nothing becomes visible.
 
-use std::collections::HashSet;
+use std::io;
 use std::sync::Mutex;
 
 use a3_shared::chunk::{self, BlockId};
+use a3_shared::proto::IdCache;
 
+use super::manifest::{ManifestError, ManifestWriter};
 use super::records::record_of;
+use super::spool::DiskBlocks;
 use super::{Lease, Space, Store, StoreError, VersionId};
 use crate::catalog::versions::VersionDiskRow;
-use crate::store::manifest::DiskManifest;
 
 /// What an insert did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,10 +28,10 @@ pub enum Inserted {
 
 /// A backup in progress, holding a writer lease. `Send + Sync`: data streams share it.
 pub struct BackupSession {
-    store: Store,
+    pub(super) store: Store,
     lease: u64,
     subject: String,
-    disks: Mutex<Vec<(String, DiskManifest)>>,
+    disks: Mutex<Vec<(String, DiskBlocks)>>,
 }
 
 impl Store {
@@ -110,8 +112,9 @@ impl BackupSession {
         })
     }
 
-    /// Adds a disk to the version being built.
-    pub fn add_disk(&self, name: &str, manifest: DiskManifest) -> Result<(), StoreError> {
+    /// Adds a disk to the version being built: its block list, in memory or spooled.
+    pub fn add_disk(&self, name: &str, blocks: impl Into<DiskBlocks>) -> Result<(), StoreError> {
+        let blocks = blocks.into();
         let fail = |reason: String| StoreError::Session {
             subject: self.subject.clone(),
             reason,
@@ -119,14 +122,24 @@ impl BackupSession {
         if name.trim().is_empty() {
             return Err(fail("a disk name is empty".into()));
         }
-        manifest
-            .validate()
+        let g = blocks.geometry();
+        // The same checks as the manifest writer's, before anything is committed.
+        ManifestWriter::new(io::sink(), g.size, g.block_size)
             .map_err(|e| fail(format!("disk '{name}': {e}")))?;
+        if blocks.len() != g.blocks() {
+            return Err(fail(format!(
+                "disk '{name}': {} blocks listed, but a {}-byte disk at {}-byte blocks has {}",
+                blocks.len(),
+                g.size,
+                g.block_size,
+                g.blocks()
+            )));
+        }
         let mut disks = self.disks.lock().unwrap_or_else(|p| p.into_inner());
         if disks.iter().any(|(n, _)| n == name) {
             return Err(fail(format!("disk '{name}' was added twice")));
         }
-        disks.push((name.to_owned(), manifest));
+        disks.push((name.to_owned(), blocks));
         Ok(())
     }
 
@@ -146,10 +159,16 @@ impl BackupSession {
         self.set_committing()?;
         let store = &self.store;
         let backend = &store.inner.backend;
-        let mut checked = HashSet::new();
-        for (name, m) in &disks {
-            for (index, id) in m.chunks() {
-                if !checked.insert(id) {
+        // Each disk's list is streamed twice (check, then write), in bounded memory: the
+        // ids checked are a bounded cache, and touching a chunk twice is harmless.
+        let mut checked = IdCache::default();
+        for (name, d) in &disks {
+            for entry in d.entries() {
+                let (index, block) = entry.map_err(|e| {
+                    store.io(|| format!("reading the block list of disk '{name}'"), e)
+                })?;
+                let Some(id) = block else { continue };
+                if checked.contains(&id.0) {
                     continue;
                 }
                 let _g = store.stripe(&id);
@@ -161,24 +180,33 @@ impl BackupSession {
                         "disk '{name}': the block at offset {} (chunk {id}) is not in the \
                          store (never sent, quarantined, or collected); run the backup again \
                          without a CBT bitmap",
-                        m.offset_of(index)
+                        index * u64::from(d.geometry().block_size)
                     )));
                 }
+                checked.insert(id.0);
             }
         }
         let mut rows = Vec::with_capacity(disks.len());
-        for (name, m) in &disks {
-            let bytes = m.encode();
-            let digest = BlockId::of(&bytes);
+        for (name, d) in &disks {
+            let g = d.geometry();
+            let (digest, staged) = backend
+                .stage(Space::Manifests, &mut |out| {
+                    let mut w = ManifestWriter::new(out, g.size, g.block_size).map_err(into_io)?;
+                    for entry in d.entries() {
+                        w.push(entry?.1).map_err(into_io)?;
+                    }
+                    Ok(w.finish().map_err(into_io)?.0)
+                })
+                .map_err(|e| store.io(|| format!("writing the manifest of disk '{name}'"), e))?;
             // Under the digest's lock: GC may be about to remove an identical orphan.
             let _g = store.stripe(&digest);
-            backend
-                .put(Space::Manifests, &digest, &bytes)
+            staged
+                .place()
                 .map_err(|e| store.io(|| format!("writing the manifest of disk '{name}'"), e))?;
             rows.push(VersionDiskRow {
                 disk: name.clone(),
-                size: m.size,
-                block_size: m.block_size,
+                size: g.size,
+                block_size: g.block_size,
                 manifest: digest.to_hex(),
             });
         }
@@ -242,6 +270,14 @@ impl BackupSession {
                 self.store.inner.options.lease_idle_limit
             ),
         }
+    }
+}
+
+/// A manifest write's failure as I/O, keeping the kind (a full disk stays a full disk).
+fn into_io(e: ManifestError) -> io::Error {
+    match e {
+        ManifestError::Io(e) => e,
+        other => io::Error::other(other),
     }
 }
 

@@ -557,6 +557,19 @@ impl Backend for ListFails {
     fn get(&self, space: Space, id: &BlockId) -> std::io::Result<Vec<u8>> {
         self.0.get(space, id)
     }
+    fn stage(
+        &self,
+        space: Space,
+        fill: &mut dyn FnMut(&mut dyn std::io::Write) -> std::io::Result<BlockId>,
+    ) -> std::io::Result<(BlockId, Box<dyn Staged + '_>)> {
+        self.0.stage(space, fill)
+    }
+    fn open(&self, space: Space, id: &BlockId) -> std::io::Result<Box<dyn ObjectRead>> {
+        self.0.open(space, id)
+    }
+    fn scratch(&self) -> std::io::Result<std::fs::File> {
+        self.0.scratch()
+    }
     fn stat(&self, space: Space, id: &BlockId) -> std::io::Result<Option<Entry>> {
         self.0.stat(space, id)
     }

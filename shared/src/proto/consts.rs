@@ -2,7 +2,10 @@
 
 /// The protocol version both peers announce in their first message. Bump it on any
 /// incompatible change to a message; a peer refuses a version it does not speak.
-pub const PROTOCOL_VERSION: u32 = 1;
+///
+/// 2: no block list travels any more (the plan comes down in pages, restores send chunks
+/// and zero runs in order), and `BlockRef::Same` is gone.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The ALPN of the QUIC (and TLS/TCP fallback) connection on port 2811 (DESIGN.md §4).
 pub const ALPN: &[u8] = b"abd/1";
@@ -21,12 +24,16 @@ pub mod tcp {
     pub const DATA: u8 = b'D';
 }
 
-/// The largest frame either peer accepts. The biggest legitimate frames are a job carrying a
-/// whole manifest (33 bytes per block: 64 MiB covers a 1.9 TiB disk at 1 MiB blocks) and a
-/// chunk (at most [`MAX_BLOCK_SIZE`] plus zstd's worst-case overhead). The decoder checks the
-/// length prefix against this before buffering, and never allocates ahead of the bytes
-/// actually received, so a hostile prefix costs nothing.
-pub const MAX_FRAME_LEN: usize = 64 << 20;
+/// The largest frame either peer accepts. The biggest legitimate frame is a chunk: at most
+/// [`MAX_BLOCK_SIZE`] (a block that does not compress is kept raw) plus its header; no
+/// message grows with the disk (plan pages are at most [`PLAN_PAGE_BYTES`]). The decoder
+/// checks the length prefix against this before buffering, and never allocates ahead of the
+/// bytes actually received, so a hostile prefix costs nothing.
+pub const MAX_FRAME_LEN: usize = 16 << 20;
+
+/// The most plan bytes one [`super::DataDown::Plan`] page carries: 8 Mi blocks, so a 16 TiB
+/// disk at 256 KiB blocks takes 8 pages.
+pub const PLAN_PAGE_BYTES: usize = 1 << 20;
 
 /// The frame header: the payload length as a big-endian `u32`.
 pub const FRAME_HEADER_LEN: usize = 4;

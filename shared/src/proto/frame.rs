@@ -142,7 +142,7 @@ mod tests {
             DataUp::Hashes(HashBatch {
                 seq: 3,
                 first: 10,
-                entries: vec![BlockRef::Zero, BlockRef::Hash([9; 32]), BlockRef::Same],
+                entries: vec![BlockRef::Zero, BlockRef::Hash([9; 32])],
             }),
             DataUp::Chunk {
                 id: [1; 32],

@@ -60,24 +60,59 @@ fn recv<T: serde::de::DeserializeOwned>(q: &mut VecDeque<u8>) -> Option<T> {
     Some(m)
 }
 
+/// A block list: what the A3 builds (in memory here; a temp file in the A3).
+type List = Vec<Option<WireId>>;
+
 /// Backs up `img` through the pipe; `stop_after` drops the agent after that many batches.
-/// Returns the manifest, or the assembler's complaint. `store` is the fake chunk store.
+/// `base` is the last version's block list, for an incremental. Returns the block list, or
+/// the assembler's complaint. `store` is the fake chunk store.
 fn backup(
     img: &[u8],
-    base: Option<Manifest>,
+    base: Option<&List>,
     cbt: Option<&CbtBitmap>,
     store: &mut HashMap<WireId, Vec<u8>>,
     stop_after: Option<usize>,
-) -> (Result<Manifest, AssembleError>, usize) {
+) -> (Result<List, AssembleError>, usize) {
     let size = img.len() as u64;
-    let agent_plan = plan(size, BS, base.as_ref(), cbt);
-    let mut a3 = Assembler::new(size, BS, base.clone(), cbt);
-    assert_eq!(a3.plan(), &agent_plan, "both peers plan alike");
+    let g = Geometry {
+        size,
+        block_size: BS,
+    };
+    // The harness's images all have the same size.
+    let base_geometry = base.map(|_| g);
+    let mut a3 = Assembler::new(
+        size,
+        BS,
+        base_geometry,
+        cbt,
+        base.cloned().unwrap_or_default(),
+    )
+    .unwrap();
     let mut pipe = Pipe::default();
+    // The plan goes down first, in pages; the agent reads what it says.
+    for page in a3.plan().pages() {
+        send(&mut pipe.down, &page);
+    }
+    let mut rx = PlanReceiver::new(g.blocks());
+    let reads = loop {
+        match recv::<DataDown>(&mut pipe.down) {
+            Some(DataDown::Plan { first, bits, last }) => {
+                if let Some(reads) = rx.page(first, &bits, last).unwrap() {
+                    break reads;
+                }
+            }
+            other => panic!("expected a plan page, got {other:?}"),
+        }
+    };
+    assert_eq!(
+        &reads,
+        &a3.plan().reads,
+        "the agent reads what the A3 planned"
+    );
     let mut sent_chunks = 0;
     let mut batches = 0;
-    let mut held: HashMap<u64, Vec<(WireId, Vec<u8>)>> = HashMap::new();
-    'agent: for run in &agent_plan.reads {
+    let mut held: HashMap<u64, Vec<(usize, WireId, Vec<u8>)>> = HashMap::new();
+    'agent: for run in reads.runs() {
         for first in (run.start..run.end).step_by(5) {
             if stop_after == Some(batches) {
                 break 'agent;
@@ -85,26 +120,16 @@ fn backup(
             let last = (first + 5).min(run.end);
             let mut entries = Vec::new();
             let mut datas = Vec::new();
-            for i in first..last {
-                let r = Manifest::block_range(size, BS, i);
+            for (k, i) in (first..last).enumerate() {
+                let r = g.block_range(i);
                 let data = &img[r.start as usize..r.end as usize];
                 let entry = if data.iter().all(|&b| b == 0) {
                     BlockRef::Zero
                 } else {
                     let id = *blake3::hash(data).as_bytes();
-                    let base_id = base
-                        .as_ref()
-                        .and_then(|b| b.blocks.get(i as usize))
-                        .copied();
-                    if base_id == Some(Some(id)) {
-                        BlockRef::Same
-                    } else {
-                        BlockRef::Hash(id)
-                    }
+                    datas.push((k, id, data.to_vec()));
+                    BlockRef::Hash(id)
                 };
-                if let BlockRef::Hash(id) = entry {
-                    datas.push((id, data.to_vec()));
-                }
                 entries.push(entry);
             }
             let seq = batches as u64;
@@ -128,15 +153,10 @@ fn backup(
             // The agent sends what is needed.
             while let Some(DataDown::Need { seq, bits }) = recv::<DataDown>(&mut pipe.down) {
                 let datas = held.remove(&seq).unwrap();
-                let mut hashed = datas.into_iter();
-                let batch_entries = &entries;
-                for (k, e) in batch_entries.iter().enumerate() {
-                    if let BlockRef::Hash(_) = e {
-                        let (id, data) = hashed.next().unwrap();
-                        if need_bit(&bits, k) {
-                            send(&mut pipe.up, &DataUp::Chunk { id, data });
-                            sent_chunks += 1;
-                        }
+                for (k, id, data) in datas {
+                    if need_bit(&bits, k) {
+                        send(&mut pipe.up, &DataUp::Chunk { id, data });
+                        sent_chunks += 1;
                     }
                 }
             }
@@ -148,16 +168,56 @@ fn backup(
             }
         }
     }
-    (a3.finish(), sent_chunks)
+    (a3.finish().map(|(_, list)| list), sent_chunks)
 }
 
-fn restore(m: &Manifest, store: &HashMap<WireId, Vec<u8>>) -> Vec<u8> {
-    let mut out = vec![0u8; m.size as usize];
-    for (i, id) in m.blocks.iter().enumerate() {
-        let r = Manifest::block_range(m.size, m.block_size, i as u64);
-        if let Some(id) = id {
-            out[r.start as usize..r.end as usize].copy_from_slice(&store[id]);
+/// Restores through `streams` data streams carrying real frames: the A3's side turns the
+/// list into chunks and zero runs per stream, the agent's side checks the order.
+fn restore(list: &List, size: u64, streams: u32, store: &HashMap<WireId, Vec<u8>>) -> Vec<u8> {
+    let g = Geometry {
+        size,
+        block_size: BS,
+    };
+    let mut out = vec![0xEEu8; size as usize];
+    for s in 0..streams {
+        let mut down = VecDeque::new();
+        let entries = list
+            .iter()
+            .enumerate()
+            .map(|(i, b)| Ok::<_, ()>((i as u64, *b)));
+        for item in restore_items(s, streams, entries) {
+            let msg = match item.unwrap() {
+                RestoreItem::Chunk { index, id } => DataDown::Chunk {
+                    index,
+                    id,
+                    data: store[&id].clone(),
+                },
+                RestoreItem::Zeros { first, count } => DataDown::Zeros { first, count },
+            };
+            send(&mut down, &msg);
         }
+        send(&mut down, &DataDown::End);
+        let mut cover = Coverage::new(s, streams, g);
+        loop {
+            match recv::<DataDown>(&mut down).unwrap() {
+                DataDown::Chunk { index, id, data } => {
+                    cover.chunk(index).unwrap();
+                    assert_eq!(blake3::hash(&data).as_bytes(), &id);
+                    let r = g.block_range(index);
+                    out[r.start as usize..r.end as usize].copy_from_slice(&data);
+                }
+                DataDown::Zeros { first, count } => {
+                    let ords = cover.zeros(first, count).unwrap();
+                    for blocks in cover.stripes().block_ranges(ords) {
+                        let r = g.bytes_of(0..blocks.start)..g.bytes_of(0..blocks.end);
+                        out[r.start as usize..r.end as usize].fill(0);
+                    }
+                }
+                DataDown::End => break,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        cover.finish().unwrap();
     }
     out
 }
@@ -168,10 +228,10 @@ fn full_backup_round_trips_and_dedups() {
     let mut store = HashMap::new();
     let (m, sent) = backup(&img, None, None, &mut store, None);
     let m = m.unwrap();
-    assert_eq!(restore(&m, &store), img);
+    assert_eq!(restore(&m, img.len() as u64, 3, &store), img);
     // Each distinct non-zero block was sent exactly once.
     assert_eq!(sent, store.len());
-    let distinct: std::collections::HashSet<_> = m.blocks.iter().flatten().collect();
+    let distinct: std::collections::HashSet<_> = m.iter().flatten().collect();
     assert_eq!(distinct.len(), store.len());
     // Re-backup of the same image: nothing sent.
     let (m2, sent2) = backup(&img, None, None, &mut store, None);
@@ -192,9 +252,9 @@ fn cbt_incremental_reads_only_changed_blocks() {
     }
     let cbt = CbtBitmap::from_bytes(bits);
     let before = store.len();
-    let (m, sent) = backup(&img, Some(base), Some(&cbt), &mut store, None);
+    let (m, sent) = backup(&img, Some(&base), Some(&cbt), &mut store, None);
     let m = m.unwrap();
-    assert_eq!(restore(&m, &store), img);
+    assert_eq!(restore(&m, img.len() as u64, 3, &store), img);
     assert!(sent <= 2 && store.len() - before == sent);
 }
 
@@ -206,32 +266,4 @@ fn a_peer_dropped_mid_job_leaves_nothing_to_commit() {
     let err = m.unwrap_err();
     assert!(matches!(err, AssembleError::Incomplete(_)), "{err}");
     assert!(err.to_string().contains("offset"), "{err}");
-}
-
-#[test]
-fn hostile_batches_are_refused() {
-    let mut a3 = Assembler::new(10 * u64::from(BS), BS, None, None);
-    let batch = |first, n| HashBatch {
-        seq: 0,
-        first,
-        entries: vec![BlockRef::Zero; n],
-    };
-    assert!(a3.record_batch(&batch(8, 3)).is_err(), "past the end");
-    assert!(
-        a3.record_batch(&batch(0, MAX_BATCH_ENTRIES + 1)).is_err(),
-        "too long"
-    );
-    let same = HashBatch {
-        seq: 1,
-        first: 0,
-        entries: vec![BlockRef::Same],
-    };
-    assert!(
-        a3.record_batch(&same).is_err(),
-        "same as a base that does not exist"
-    );
-    let p = a3.record_batch(&batch(0, 2)).unwrap();
-    assert!(p.is_empty());
-    assert!(a3.record_batch(&batch(1, 1)).is_err(), "reported twice");
-    assert!(a3.chunk_received(&[7; 32]).is_err(), "unrequested chunk");
 }

@@ -6,9 +6,13 @@
 //!   certificate), the A3 answers [`A3Msg::Welcome`] (or [`A3Msg::Enrolled`] /
 //!   [`A3Msg::Refused`]), then the A3 assigns jobs and the agent reports progress and results;
 //! - **data streams**, further bidirectional streams the agent opens per job, each starting
-//!   with [`DataUp::Open`]. For a backup, [`HashBatch`]es go up, [`DataDown::Need`] answers
-//!   come down, and the needed chunks go up. For a restore, the A3 sends the chunks of its
-//!   share of the blocks down.
+//!   with [`DataUp::Open`]. For a backup, the A3 sends the plan down stream 0
+//!   ([`DataDown::Plan`] pages), [`HashBatch`]es go up, [`DataDown::Need`] answers come
+//!   down, and the needed chunks go up. For a restore, the A3 sends each stream its share
+//!   of the blocks down, in order: chunks and runs of zero blocks.
+//!
+//! No message carries a disk's block list or a per-block table of the disk: every frame
+//! stays within a few MiB whatever the disk's size (the largest are chunks and plan pages).
 //!
 //! Block ids travel as raw 32-byte BLAKE3-256 digests; chunk bodies are the store's chunk
 //! encoding (zstd or raw, see `crate::chunk`), carried as opaque bytes.
@@ -153,10 +157,6 @@ pub struct BackupJob {
     pub disk: String,
     /// Block size in bytes, within [`super::MIN_BLOCK_SIZE`]..=[`super::MAX_BLOCK_SIZE`].
     pub block_size: u32,
-    /// The last committed version of this disk, when the job is incremental.
-    pub base: Option<Manifest>,
-    /// The CBT bitmap against `base` (decoded: one bit per 64 KiB, MSB first).
-    pub cbt: Option<Vec<u8>>,
 }
 
 /// A restore assignment.
@@ -166,40 +166,50 @@ pub struct RestoreJob {
     pub job: u64,
     /// Where to write: a device path or a file (created if missing).
     pub target: String,
-    /// What to write: the version's manifest.
-    pub manifest: Manifest,
+    /// The disk's shape; its blocks come down the data streams.
+    pub geometry: Geometry,
     /// The version and disk, for error messages.
     pub label: String,
 }
 
-/// One disk version: its size and the id of every block, `None` for an all-zero block. The
-/// last block may be short; its id is the hash of its actual bytes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Manifest {
+/// A disk's shape: its size and its block size. The last block may be short.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Geometry {
     /// Disk size in bytes.
     pub size: u64,
     /// Block size in bytes.
     pub block_size: u32,
-    /// Block ids in disk order.
-    pub blocks: Vec<Option<WireId>>,
 }
 
-impl Manifest {
-    /// The number of blocks a disk of `size` bytes has.
-    pub fn block_count(size: u64, block_size: u32) -> u64 {
-        size.div_ceil(u64::from(block_size))
+impl Geometry {
+    /// The number of blocks.
+    pub fn blocks(&self) -> u64 {
+        self.size.div_ceil(u64::from(self.block_size.max(1)))
     }
 
     /// The byte range of block `index`.
-    pub fn block_range(size: u64, block_size: u32, index: u64) -> std::ops::Range<u64> {
-        let start = index * u64::from(block_size);
-        start..(start + u64::from(block_size)).min(size)
+    pub fn block_range(&self, index: u64) -> std::ops::Range<u64> {
+        let start = index * u64::from(self.block_size);
+        start..(start + u64::from(self.block_size)).min(self.size)
     }
 
-    /// Whether the block list matches the size (a manifest from the wire may lie).
-    pub fn is_consistent(&self) -> bool {
+    /// Bytes in blocks `first..end` (the last block may be short).
+    pub fn bytes_of(&self, blocks: std::ops::Range<u64>) -> u64 {
+        if blocks.is_empty() {
+            return 0;
+        }
+        let start = blocks.start * u64::from(self.block_size);
+        (blocks.end * u64::from(self.block_size)).min(self.size) - start.min(self.size)
+    }
+
+    /// Whether a peer's geometry is usable: a block size within the limits (a multiple of
+    /// the CBT granule) and a size no larger than [`super::MAX_DISK_SIZE`].
+    pub fn is_valid(&self) -> bool {
         (super::consts::MIN_BLOCK_SIZE..=super::consts::MAX_BLOCK_SIZE).contains(&self.block_size)
-            && self.blocks.len() as u64 == Manifest::block_count(self.size, self.block_size)
+            && self
+                .block_size
+                .is_multiple_of(super::consts::MIN_BLOCK_SIZE)
+            && self.size <= super::consts::MAX_DISK_SIZE
     }
 }
 
@@ -245,7 +255,7 @@ pub enum DataDown {
         /// One bit per batch entry.
         bits: Vec<u8>,
     },
-    /// A chunk to restore at block `index`.
+    /// A chunk to restore at block `index`, the stream's next block.
     Chunk {
         /// Block index in the disk.
         index: u64,
@@ -261,6 +271,26 @@ pub enum DataDown {
     Error {
         /// What failed, naming version, disk and offset where it applies.
         reason: String,
+    },
+    /// A page of a backup's plan, on stream 0 before anything else: bit `k` (LSB first in
+    /// each byte) of `bits` set means "read and report block `first + k`". Pages come in
+    /// order, at most [`super::PLAN_PAGE_BYTES`] each, the last with `last` set.
+    Plan {
+        /// The first block the page covers, a multiple of 8.
+        first: u64,
+        /// One bit per block.
+        #[serde(with = "serde_bytes")]
+        bits: Vec<u8>,
+        /// Whether the plan is complete with this page.
+        last: bool,
+    },
+    /// A run of `count` of this restore stream's blocks, all zeros, from block `first`
+    /// (its blocks in stream order: a run may cross into the stream's next stripe).
+    Zeros {
+        /// The first block of the run.
+        first: u64,
+        /// How many of the stream's blocks.
+        count: u64,
     },
 }
 
@@ -280,22 +310,12 @@ pub struct HashBatch {
 pub enum BlockRef {
     /// All zero: never hashed, never sent.
     Zero,
-    /// Same id as the base manifest's block at this index: no question to the store.
-    Same,
-    /// Its id; the A3 says whether it needs the chunk.
+    /// Its id; the A3 says whether it needs the chunk (it asks the store nothing when the
+    /// id is the base's at this index).
     Hash(WireId),
 }
-
-/// Restore streams take blocks in stripes of this many, round robin, so that each stream
-/// writes runs of neighbouring blocks.
-pub const RESTORE_STRIPE: u64 = 8;
 
 /// Whether bit `k` of a [`DataDown::Need`] bitmap is set.
 pub fn need_bit(bits: &[u8], k: usize) -> bool {
     bits.get(k / 8).is_some_and(|b| b & (1 << (k % 8)) != 0)
-}
-
-/// The stream a restore block belongs to.
-pub fn restore_stream_of(index: u64, streams: u32) -> u32 {
-    ((index / RESTORE_STRIPE) % u64::from(streams.max(1))) as u32
 }
