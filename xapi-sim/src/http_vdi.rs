@@ -306,12 +306,7 @@ async fn hold(shared: &Shared) {
     loop {
         // Registered before the check, so that a release between the two still wakes it.
         let woken = shared.events.notified();
-        if shared
-            .lock()
-            .knobs
-            .import_hold
-            .is_none_or(|h| h.released)
-        {
+        if shared.lock().knobs.import_hold.is_none_or(|h| h.released) {
             break;
         }
         woken.await;

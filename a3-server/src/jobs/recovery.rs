@@ -16,7 +16,9 @@ pub async fn recover(e: &Engine) -> JobResult<usize> {
     for run in &runs {
         let reason = "interrupted: the A3 stopped while this run was going (crash or kill); \
                       no version was committed by the interrupted VMs, and the reconciler \
-                      removes the snapshots and attached disks the run left; run the job again";
+                      removes the snapshots and attached disks the run left (a VM restored \
+                      in place stays blocked, its safety snapshot kept: see this log); run \
+                      the job again";
         RunLog::new(e.catalog().clone(), run.id).error(reason);
         e.catalog()
             .run_fail_interrupted(run.id, reason, crate::util::clock::unix_now())?;
