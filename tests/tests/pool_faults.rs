@@ -130,6 +130,7 @@ impl World {
                 sr: None,
                 start: true,
                 in_place: false,
+                no_safety_snapshot: false,
             }),
         }
         .unwrap();

@@ -19,7 +19,10 @@
 //! | `POST /sim/vms/{vm}/guest-tools?present=false` | simulated-only: the guest loses its PV tools (no guest metrics; HVM hot-plug is refused); `present=true` gives them back |
 //! | `POST /sim/vbds/{vbd}/held?held=true` | simulated-only: the guest holds the device open, so `VBD.unplug` is rejected (`DEVICE_DETACH_REJECTED`) until `held=false` or an `unplug_force` |
 //! | `POST /sim/latency?ms=N&method=M` | simulated-only: calls of `M` (every method without `method`) answer after N ms; an `Async.` call's task stays pending N ms; `ms=0` ends it |
-//! | `POST /sim/import-write-failure?after=N` | simulated-only: the next `PUT /import_raw_vdi` fails its write after N bytes (`VDI_IO_ERROR` in its task) |
+//! | `POST /sim/import-write-failure?after=N&skip=K` | simulated-only: the next `PUT /import_raw_vdi` of more than N bytes, after K more such (default 0), fails its write after N bytes (`VDI_IO_ERROR` in its task) |
+//! | `POST /sim/import-hold?after=N` | simulated-only: the next `PUT /import_raw_vdi` of more than N bytes pauses once it has written N, until released |
+//! | `GET /sim/import-hold` | `{"armed", "taken", "holding"}`: whether a hold is set, an import took it, and that import is paused now |
+//! | `DELETE /sim/import-hold` | releases the paused import (or disarms a hold no import took yet) |
 //!
 //! `{vdi}` and `{vm}` are a ref or uuid; `{host}` a ref, uuid or address. A host cannot take its own
 //! listener down (the reply would be cut off): send `down` through another host.
@@ -73,6 +76,9 @@ pub async fn handle(shared: Arc<Shared>, host: String, req: Request<Incoming>) -
         (Method::POST, ["vms", id, "guest-tools"]) => guest_tools(&shared, id, &req),
         (Method::POST, ["vbds", id, "held"]) => held(&shared, id, &req),
         (Method::POST, ["import-write-failure"]) => import_write_failure(&shared, &req),
+        (Method::POST, ["import-hold"]) => import_hold(&shared, &req),
+        (Method::GET, ["import-hold"]) => Ok(import_hold_state(&shared)),
+        (Method::DELETE, ["import-hold"]) => Ok(import_release(&shared)),
         (Method::POST, ["latency"]) => latency(&shared, &req),
         _ => Err((
             StatusCode::NOT_FOUND,
@@ -322,11 +328,53 @@ fn guest_tools(shared: &Shared, id: &str, req: &Request<Incoming>) -> Reply {
     ))
 }
 
-/// Simulated-only: the next raw VDI import fails after `after` bytes.
+/// Simulated-only: a raw VDI import of more than `after` bytes (the one after `skip`
+/// such) fails after `after` bytes.
 fn import_write_failure(shared: &Shared, req: &Request<Incoming>) -> Reply {
+    let q = query(req);
+    let after = num(&q, "after")?.ok_or_else(|| bad("give ?after=<bytes>"))?;
+    let skip = num(&q, "skip")?.unwrap_or(0);
+    let skip = u32::try_from(skip).map_err(|_| bad(format!("skip={skip} is too large")))?;
+    shared.lock().knobs.import_write_failure = Some(crate::knobs::ImportFailure { after, skip });
+    Ok(json_reply(
+        StatusCode::OK,
+        json!({ "after": after, "skip": skip }),
+    ))
+}
+
+/// Simulated-only: the next raw VDI import of more than `after` bytes pauses after them.
+fn import_hold(shared: &Shared, req: &Request<Incoming>) -> Reply {
     let after = num(&query(req), "after")?.ok_or_else(|| bad("give ?after=<bytes>"))?;
-    shared.lock().knobs.import_write_failure_after = Some(after);
+    shared.lock().knobs.import_hold = Some(crate::knobs::ImportHold {
+        after,
+        ..Default::default()
+    });
     Ok(json_reply(StatusCode::OK, json!({ "after": after })))
+}
+
+fn import_hold_state(shared: &Shared) -> Response<Body> {
+    let hold = shared.lock().knobs.import_hold;
+    json_reply(
+        StatusCode::OK,
+        json!({
+            "armed": hold.is_some(),
+            "taken": hold.is_some_and(|h| h.taken),
+            "holding": hold.is_some_and(|h| h.holding),
+        }),
+    )
+}
+
+/// Lets a paused import go on; a hold no import took is disarmed.
+fn import_release(shared: &Shared) -> Response<Body> {
+    {
+        let mut st = shared.lock();
+        match st.knobs.import_hold.as_mut() {
+            Some(h) if h.taken => h.released = true,
+            _ => st.knobs.import_hold = None,
+        }
+    }
+    shared.changed();
+    json_reply(StatusCode::OK, json!({ "released": true }))
 }
 
 /// Simulated-only: makes calls slow (see [`crate::knobs::Latency`]).

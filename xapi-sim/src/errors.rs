@@ -103,6 +103,12 @@ pub fn vm_is_snapshot(vm: &str, op: &str) -> ApiError {
     err("VM_IS_SNAPSHOT", [vm, op])
 }
 
+/// `OPERATION_BLOCKED [ref, reason]`: the object's `blocked_operations` names the
+/// operation; the reason is the map's value (xapi_vm_lifecycle.ml `check_operation_error`).
+pub fn operation_blocked(r: &str, reason: &str) -> ApiError {
+    err("OPERATION_BLOCKED", [r, reason])
+}
+
 /// `MEMORY_CONSTRAINT_VIOLATION_ORDER []`: memory limits out of order
 /// (xapi_vm_memory_constraints.ml `assert_valid`).
 pub fn memory_constraint_violation_order() -> ApiError {

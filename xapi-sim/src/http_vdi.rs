@@ -17,6 +17,7 @@ use a3_shared::xapi_wire::Value;
 use crate::api::{self, vdi};
 use crate::disks::DiskError;
 use crate::errors::{self, ApiResult};
+use crate::knobs::{ImportFailure, SimKnobs};
 use crate::server::{query, text};
 use crate::sim::Shared;
 
@@ -111,7 +112,7 @@ pub async fn import(shared: Arc<Shared>, host: String, req: Request<Incoming>) -
         Err((status, msg)) => return text(status, msg),
     };
     let q = query(&req);
-    let (task, failure_after) = {
+    let (task, faults) = {
         let mut st = shared.lock();
         let sr = st.db.str_field("VDI", &vdi_ref, "SR").unwrap_or_default();
         if !api::host_sees(&st, &host, &sr) {
@@ -138,19 +139,11 @@ pub async fn import(shared: Arc<Shared>, host: String, req: Request<Incoming>) -
             Ok(t) => t,
             Err(msg) => return text(StatusCode::BAD_REQUEST, msg),
         };
-        // The knob is for a write that has more than `after` bytes to write.
         let length = req
             .headers()
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        let fails = st
-            .knobs
-            .import_write_failure_after
-            .filter(|after| length.is_none_or(|n| n > *after));
-        if fails.is_some() {
-            st.knobs.import_write_failure_after = None;
-        }
-        (task, fails)
+        (task, WriteFaults::take(&mut st.knobs, length))
     };
     shared.changed();
     let body = req.into_body();
@@ -162,7 +155,7 @@ pub async fn import(shared: Arc<Shared>, host: String, req: Request<Incoming>) -
     tokio::spawn({
         let (shared, task) = (shared.clone(), task.clone());
         async move {
-            let outcome = write_body(&shared, body, &vdi_ref, &uuid, failure_after)
+            let outcome = write_body(&shared, body, &vdi_ref, &uuid, faults)
                 .await
                 .map(|()| Value::from(vdi_ref.clone()));
             api::task::finish(&mut shared.lock(), &task, outcome);
@@ -190,43 +183,168 @@ pub async fn import(shared: Arc<Shared>, host: String, req: Request<Incoming>) -
     r
 }
 
-/// Writes the request body into the VDI from offset 0 (failing after `failure_after`
-/// bytes when a test asked for it).
+/// What a test asked of one import (simulated-only knobs, [`crate::knobs`]): bytes after
+/// which its write fails, bytes after which it pauses.
+#[derive(Debug, Clone, Copy, Default)]
+struct WriteFaults {
+    fail_after: Option<u64>,
+    hold_after: Option<u64>,
+}
+
+impl WriteFaults {
+    /// Takes the knobs meant for an import of `length` bytes (unknown: any length): each
+    /// is for a write with more bytes than its `after`.
+    fn take(knobs: &mut SimKnobs, length: Option<u64>) -> WriteFaults {
+        let bigger = |after: u64| length.is_none_or(|n| n > after);
+        let fail_after = match knobs.import_write_failure {
+            Some(f) if bigger(f.after) && f.skip > 0 => {
+                knobs.import_write_failure = Some(ImportFailure {
+                    skip: f.skip - 1,
+                    ..f
+                });
+                None
+            }
+            Some(f) if bigger(f.after) => {
+                knobs.import_write_failure = None;
+                Some(f.after)
+            }
+            _ => None,
+        };
+        let hold_after = match &mut knobs.import_hold {
+            Some(h) if !h.taken && bigger(h.after) => {
+                h.taken = true;
+                Some(h.after)
+            }
+            _ => None,
+        };
+        WriteFaults {
+            fail_after,
+            hold_after,
+        }
+    }
+}
+
+/// Writes the request body into the VDI from offset 0, failing or pausing where a test
+/// asked it to.
 async fn write_body(
     shared: &Arc<Shared>,
     mut body: Incoming,
     vdi_ref: &str,
     uuid: &str,
-    failure_after: Option<u64>,
+    mut faults: WriteFaults,
 ) -> ApiResult<()> {
     let io_error = || errors::vdi_io_error("Device I/O errors");
     let mut offset = 0u64;
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| {
-            tracing::warn!(vdi = vdi_ref, "import_raw_vdi: reading the body: {e}");
-            io_error()
-        })?;
-        let Ok(mut data) = frame.into_data() else {
-            continue;
-        };
-        let failing = failure_after.is_some_and(|n| offset + data.len() as u64 > n);
-        if let Some(n) = failure_after.filter(|_| failing) {
-            data.truncate(n.saturating_sub(offset) as usize);
+    let written = async {
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| {
+                tracing::warn!(vdi = vdi_ref, "import_raw_vdi: reading the body: {e}");
+                io_error()
+            })?;
+            let Ok(mut data) = frame.into_data() else {
+                continue;
+            };
+            let failing = faults
+                .fail_after
+                .is_some_and(|n| offset + data.len() as u64 > n);
+            if let Some(n) = faults.fail_after.filter(|_| failing) {
+                data.truncate(n.saturating_sub(offset) as usize);
+            }
+            if let Some(at) = faults
+                .hold_after
+                .filter(|at| offset + data.len() as u64 > *at)
+            {
+                let first = data.split_to(at.saturating_sub(offset) as usize);
+                offset = write_at(shared, vdi_ref, uuid, offset, first).await?;
+                faults.hold_after = None;
+                hold(shared).await;
+            }
+            offset = write_at(shared, vdi_ref, uuid, offset, data).await?;
+            if failing {
+                return Err(io_error());
+            }
         }
-        let len = data.len() as u64;
-        let (s, u) = (shared.clone(), uuid.to_owned());
-        let written = tokio::task::spawn_blocking(move || s.lock().disks.write(&u, offset, &data))
-            .await
-            .unwrap_or_else(|e| Err(DiskError::Unknown(format!("the write panicked: {e}"))));
-        if let Err(e) = written {
-            tracing::warn!(vdi = vdi_ref, "import_raw_vdi: {e}");
-            return Err(io_error());
-        }
-        offset += len;
-        if failing {
-            return Err(io_error());
-        }
+        Ok(())
     }
+    .await;
+    if faults.hold_after.is_some() {
+        // The write ended before its pause: the hold is spent all the same.
+        shared.lock().knobs.import_hold = None;
+    }
+    written?;
     let _ = vdi::refresh_utilisation(&mut shared.lock(), vdi_ref);
     Ok(())
+}
+
+/// Writes `data` at `offset`; the offset after it.
+async fn write_at(
+    shared: &Arc<Shared>,
+    vdi_ref: &str,
+    uuid: &str,
+    offset: u64,
+    data: Bytes,
+) -> ApiResult<u64> {
+    let len = data.len() as u64;
+    let (s, u) = (shared.clone(), uuid.to_owned());
+    let written = tokio::task::spawn_blocking(move || s.lock().disks.write(&u, offset, &data))
+        .await
+        .unwrap_or_else(|e| Err(DiskError::Unknown(format!("the write panicked: {e}"))));
+    if let Err(e) = written {
+        tracing::warn!(vdi = vdi_ref, "import_raw_vdi: {e}");
+        return Err(errors::vdi_io_error("Device I/O errors"));
+    }
+    Ok(offset + len)
+}
+
+/// Pauses an import until the test releases it ([`crate::knobs::ImportHold`]): says it is holding, then
+/// waits for the release, woken by every change of the state.
+async fn hold(shared: &Shared) {
+    if let Some(h) = shared.lock().knobs.import_hold.as_mut() {
+        h.holding = true;
+    }
+    shared.changed();
+    loop {
+        // Registered before the check, so that a release between the two still wakes it.
+        let woken = shared.events.notified();
+        if shared.lock().knobs.import_hold.is_none_or(|h| h.released) {
+            break;
+        }
+        woken.await;
+    }
+    shared.lock().knobs.import_hold = None;
+    shared.changed();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::knobs::ImportHold;
+
+    #[test]
+    fn knobs_go_to_the_imports_they_are_meant_for() {
+        let mut knobs = SimKnobs {
+            import_write_failure: Some(ImportFailure { after: 10, skip: 1 }),
+            import_hold: Some(ImportHold {
+                after: 4,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        // An empty probe is not a write: neither knob is for it.
+        let probe = WriteFaults::take(&mut knobs, Some(0));
+        assert_eq!((probe.fail_after, probe.hold_after), (None, None));
+        // The first big write is let through the failure, and takes the hold.
+        let first = WriteFaults::take(&mut knobs, Some(20));
+        assert_eq!((first.fail_after, first.hold_after), (None, Some(4)));
+        // A write too short for the failure does not count against `skip`.
+        let short = WriteFaults::take(&mut knobs, Some(10));
+        assert_eq!((short.fail_after, short.hold_after), (None, None));
+        let second = WriteFaults::take(&mut knobs, None);
+        assert_eq!(
+            (second.fail_after, second.hold_after),
+            (Some(10), None),
+            "the hold was taken once"
+        );
+        assert!(knobs.import_write_failure.is_none(), "spent");
+    }
 }

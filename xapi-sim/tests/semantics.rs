@@ -550,3 +550,123 @@ async fn provision_and_xenstore_data() {
         Some("Running")
     );
 }
+
+/// xapi_vm_lifecycle.ml `check_operation_error`: an operation in the VM's
+/// `blocked_operations` is refused with `OPERATION_BLOCKED [vm, reason]` before any other
+/// check; copies of the VM start unblocked (xapi_vm_clone.ml) and `VM.create` ignores the
+/// field (xapi_vm.ml).
+#[tokio::test]
+async fn blocked_operations_are_refused_with_their_reason() {
+    let p = Pool::start(1, 4).await;
+    let halted = p.guest_in("Halted").await;
+    let running = p.guest_in("Running").await;
+    let vm = || Value::from(halted.as_str());
+    let start = |v: Value| vec![v, false.into(), false.into()];
+    for op in ["start", "start_on", "destroy"] {
+        p.ok(
+            "VM.add_to_blocked_operations",
+            vec![vm(), op.into(), format!("no {op}: restoring").into()],
+        )
+        .await;
+    }
+    assert_eq!(
+        p.fail("VM.start", start(vm())).await,
+        ["OPERATION_BLOCKED", &halted, "no start: restoring"]
+    );
+    assert_eq!(
+        p.fail(
+            "VM.start_on",
+            vec![vm(), p.host(0).into(), false.into(), false.into()]
+        )
+        .await,
+        ["OPERATION_BLOCKED", &halted, "no start_on: restoring"]
+    );
+    assert_eq!(
+        p.fail("VM.destroy", vec![vm()]).await,
+        ["OPERATION_BLOCKED", &halted, "no destroy: restoring"]
+    );
+    // An `Async.` call gets its task, which holds the refusal.
+    let task = p.ok("Async.VM.start", start(vm())).await;
+    let rec = p.ok("task.get_record", vec![task]).await;
+    assert_eq!(rec.get_str("status"), Some("failure"));
+    let info: Vec<&str> = rec
+        .get("error_info")
+        .and_then(Value::as_array)
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(info, ["OPERATION_BLOCKED", &halted, "no start: restoring"]);
+    assert_eq!(
+        p.ok("VM.get_power_state", vec![vm()]).await.as_str(),
+        Some("Halted"),
+        "nothing started"
+    );
+    // The same key twice is refused, as for any map field.
+    let dup = p
+        .fail(
+            "VM.add_to_blocked_operations",
+            vec![vm(), "start".into(), "again".into()],
+        )
+        .await;
+    assert_eq!(dup[0], "MAP_DUPLICATE_KEY");
+
+    // Operations not listed run; a snapshot and a clone are not blocked themselves.
+    let snap = p.ok("VM.snapshot", vec![vm(), "before".into()]).await;
+    let snap_blocked = p.ok("VM.get_blocked_operations", vec![snap]).await;
+    assert_eq!(snap_blocked, Value::empty_struct());
+    p.ok(
+        "VM.add_to_blocked_operations",
+        vec![vm(), "snapshot".into(), "no snapshot".into()],
+    )
+    .await;
+    assert_eq!(
+        p.fail("VM.snapshot", vec![vm(), "again".into()]).await,
+        ["OPERATION_BLOCKED", &halted, "no snapshot"]
+    );
+
+    // Removed, the operation runs again; the whole map can be replaced at once.
+    for op in ["start", "start_on", "destroy", "snapshot"] {
+        p.ok("VM.remove_from_blocked_operations", vec![vm(), op.into()])
+            .await;
+    }
+    p.ok("VM.start", start(vm())).await;
+    let only_shutdown: Value = [("clean_shutdown", Value::from("hold on"))]
+        .into_iter()
+        .collect();
+    p.ok("VM.set_blocked_operations", vec![vm(), only_shutdown])
+        .await;
+    assert_eq!(
+        p.fail("VM.clean_shutdown", vec![vm()]).await,
+        ["OPERATION_BLOCKED", &halted, "hold on"]
+    );
+    p.ok("VM.hard_shutdown", vec![vm()]).await;
+
+    // The block comes before the power state: a running VM blocked for start says so.
+    let start_blocked: Value = [("start", Value::from("blocked"))].into_iter().collect();
+    p.ok(
+        "VM.set_blocked_operations",
+        vec![running.clone().into(), start_blocked.clone()],
+    )
+    .await;
+    assert_eq!(
+        p.fail("VM.start", start(running.clone().into())).await,
+        ["OPERATION_BLOCKED", &running, "blocked"]
+    );
+
+    // VM.create makes a VM with nothing blocked, whatever the record says.
+    let created: Value = [
+        ("name_label", Value::from("made")),
+        ("memory_static_max", Value::from("268435456")),
+        ("VCPUs_max", Value::from("1")),
+        ("is_a_template", Value::Bool(false)),
+        ("blocked_operations", start_blocked),
+    ]
+    .into_iter()
+    .collect();
+    let made = p.ok("VM.create", vec![created]).await;
+    assert_eq!(
+        p.ok("VM.get_blocked_operations", vec![made]).await,
+        Value::empty_struct()
+    );
+}

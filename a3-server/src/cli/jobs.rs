@@ -82,9 +82,15 @@ pub struct RestoreArgs {
     /// Start the restored VM.
     #[arg(long)]
     pub start: bool,
-    /// Write over the original VM's disks (it must be halted) instead of a new VM.
+    /// Write over the original VM's disks (it must be halted) instead of a new VM. The VM is
+    /// blocked from starting meanwhile, and a safety snapshot taken first is written back
+    /// if the restore fails.
     #[arg(long)]
     pub in_place: bool,
+    /// With --in-place: skip the safety snapshot (for an SR without room for it). A failure
+    /// part-way then leaves the disks partly overwritten and the VM blocked.
+    #[arg(long, requires = "in_place")]
+    pub no_safety_snapshot: bool,
     /// Start the run and return at once, printing its job and run ids as JSON.
     #[arg(long)]
     pub detach: bool,
@@ -114,6 +120,7 @@ pub async fn restore(args: RestoreArgs, api: &ApiClient) -> anyhow::Result<()> {
         sr: args.sr,
         start: args.start,
         in_place: args.in_place,
+        no_safety_snapshot: args.no_safety_snapshot,
     };
     let started: Started = api.post("/api/restores", &spec).await?;
     if args.detach {

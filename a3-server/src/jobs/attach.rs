@@ -185,23 +185,63 @@ async fn redirected(s: &Session, query: &str) -> JobResult<Option<reqwest::Url>>
     if resp.status() != reqwest::StatusCode::FOUND {
         return Ok(None);
     }
+    location(s, &resp).map(Some)
+}
+
+/// The `Location` a host's 302 names.
+fn location(s: &Session, resp: &reqwest::Response) -> JobResult<reqwest::Url> {
     let location = resp
         .headers()
         .get(reqwest::header::LOCATION)
         .and_then(|v| v.to_str().ok())
         .with_context(|| {
             format!(
-                "{} redirected a disk write without a Location",
+                "{} redirected a disk transfer without a Location",
                 s.endpoint()
             )
         })?;
-    let url = reqwest::Url::parse(location).map_err(|e| {
+    reqwest::Url::parse(location).map_err(|e| {
         JobError::Refused(format!(
-            "{} redirected a disk write to {location:?}: {e}",
+            "{} redirected a disk transfer to {location:?}: {e}",
             s.endpoint()
         ))
-    })?;
-    Ok(Some(url))
+    })
+}
+
+/// Reads the whole of `vdi` through XAPI's `GET /export_raw_vdi` (`what` names the disk in
+/// errors): its size and a body that streams its bytes, for [`import_raw`]. A host that
+/// does not see the VDI's SR redirects (302) to one that does, whose certificate the
+/// catalog pinned.
+pub async fn export_raw(
+    s: &Session,
+    catalog: &Catalog,
+    vdi: &str,
+    what: &str,
+) -> JobResult<(u64, reqwest::Body)> {
+    let query = format!(
+        "/export_raw_vdi?session_id={}&vdi={vdi}&format=raw",
+        s.session_ref().await
+    );
+    let get = |http: &reqwest::Client, url: String| http.get(url).timeout(WRITE_LIMIT).send();
+    let reading = || format!("reading {what} from {}", s.endpoint());
+    let mut resp = get(s.transport().http(), s.transport().url(&query))
+        .await
+        .with_context(reading)?;
+    if resp.status() == reqwest::StatusCode::FOUND {
+        let (http, base) = other_host(s, catalog, &location(s, &resp)?)?;
+        resp = get(&http, format!("{}{query}", base.trim_end_matches('/')))
+            .await
+            .with_context(reading)?;
+    }
+    if !resp.status().is_success() {
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        bail!("{}: HTTP {status}: {}", reading(), text.trim());
+    }
+    let size = resp
+        .content_length()
+        .with_context(|| format!("{}: the pool sent no length", reading()))?;
+    Ok((size, reqwest::Body::wrap_stream(resp.bytes_stream())))
 }
 
 /// An HTTPS client for the pool host at `location`, pinned to its recorded certificate,
@@ -214,7 +254,7 @@ fn other_host(
     let address = location.host_str().unwrap_or_default();
     let host = catalog.find_host(address)?.with_context(|| {
         format!(
-            "{} redirected a disk write to {address}, a host the A3 does not know; resync the pool",
+            "{} redirected a disk transfer to {address}, a host the A3 does not know; resync the pool",
             s.endpoint()
         )
     })?;

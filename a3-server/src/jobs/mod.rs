@@ -4,7 +4,8 @@
 //! Who does what:
 //! - this module: [`Engine`], which starts runs as tasks and keeps their live progress;
 //! - [`backup`]: the backup of one VM through one ABD;
-//! - [`restore`]: the restore of a version as a new VM or over the original;
+//! - [`restore`]: the restore of a version as a new VM or over the original, made safe
+//!   by [`inplace`] (blocked, with a safety snapshot to write back from);
 //! - [`recovery`]: interrupted runs marked failed after a crash;
 //! - [`reconcile`]: what ended runs left in the pools, removed;
 //! - [`metadata`]: the VM metadata a version carries;
@@ -19,6 +20,7 @@ pub mod attach;
 pub mod backup;
 pub mod diag;
 mod error;
+mod inplace;
 pub mod metadata;
 pub mod pools;
 pub mod reconcile;

@@ -14,7 +14,11 @@
 //!   disk, a snapshot's disk): destroyed, except that the CBT base of a VM's latest
 //!   version keeps its CBT metadata; the metadata of an older version's snapshot disk is
 //!   superseded and goes (a backup removes its previous version's itself, after the
-//!   commit; this catches a failure there).
+//!   commit; this catches a failure there);
+//! - an in-place restore's block and safety snapshot ([`super::inplace::reconcile`]):
+//!   removed when the run succeeded; otherwise the snapshot is kept, as it may be the only
+//!   copy of the disks from before the restore, and the VM stays blocked, its block naming
+//!   the snapshot to revert to. A safety snapshot is never taken for a backup's.
 //!
 //! It runs at start, once recovery has marked the interrupted runs failed, for a pool as
 //! soon as its connection is back, and every `reconcile_interval_secs` for every pool.
@@ -28,7 +32,7 @@ use crate::catalog::run_log::RunLog;
 use crate::jobs::metadata::VmMetadata;
 use crate::xapi::Session;
 use crate::xapi::ops::{self, ABD_KEY, NULL_REF, Record};
-use crate::xapi::owner::RunTag;
+use crate::xapi::owner::{RunTag, SAFETY_KEY};
 
 /// What one pass removed in one pool.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +45,8 @@ pub struct Reconciled {
     pub vms: usize,
     /// Unused disks removed.
     pub vdis: usize,
+    /// In-place restores' blocks and safety snapshots dealt with.
+    pub in_place: usize,
 }
 
 impl Reconciled {
@@ -107,9 +113,12 @@ pub async fn reconcile_pool(e: &Engine, s: &Session) -> JobResult<Reconciled> {
             done.vbds += 1;
         }
     }
+    done.in_place = super::inplace::reconcile(e, s, &vms, &live).await?;
     for (vm, rec) in &vms {
         let snapshot = ops::flag(rec, "is_a_snapshot");
-        let Some(tag) = left(&RunTag::of_vm(rec)) else {
+        // A safety snapshot copies its VM's other_config, which may hold a tag.
+        let safety = ops::map_key(rec, "other_config", SAFETY_KEY).is_some();
+        let Some(tag) = left(&RunTag::of_vm(rec)).filter(|_| !safety) else {
             continue;
         };
         let name = ops::text(rec, "name_label");
@@ -241,7 +250,7 @@ pub async fn drop_superseded_bases(
 }
 
 /// Logs a removal (or its failure) in the log of the run that left the object.
-fn note(e: &Engine, tag: &RunTag, what: &str, outcome: JobResult<()>) {
+pub(super) fn note(e: &Engine, tag: &RunTag, what: &str, outcome: JobResult<()>) {
     let log = RunLog::new(e.catalog().clone(), tag.run);
     match outcome {
         Ok(()) => log.info(&format!("reconciler: removed {what}, left by this run")),

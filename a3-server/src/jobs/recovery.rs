@@ -18,7 +18,8 @@ pub async fn recover(e: &Engine) -> JobResult<usize> {
         let reason = "interrupted: the A3 stopped while this run was going (crash or kill); \
                       versions committed before that stand, the rest were not committed, \
                       and the reconciler removes the snapshots and attached disks the run \
-                      left; run the job again";
+                      left (a VM restored in place stays blocked, its safety snapshot kept: \
+                      see this log); run the job again";
         RunLog::new(e.catalog().clone(), run.id).error(reason);
         e.catalog()
             .run_fail_interrupted(run.id, reason, crate::util::clock::unix_now())?;

@@ -1,8 +1,9 @@
 //! Restore of a VM version (DESIGN.md §1.8) to any SR of any added pool: as a new VM
 //! `<name> (restored <date>)` with its networks mapped by uuid, then by name, else onto the
-//! management network; or over the original VM's disks when it is halted. The A3 writes
-//! each disk through XAPI's `PUT /import_raw_vdi`, reading the store (which checks every
-//! block against its id).
+//! management network; or over the original VM's disks when it is halted, blocked from
+//! starting meanwhile and with a safety snapshot to write back from on failure
+//! ([`super::inplace`]). The A3 writes each disk through XAPI's `PUT /import_raw_vdi`,
+//! reading the store (which checks every block against its id).
 //!
 //! A new VM and its disks carry the run's owner tag while they are made, so that the
 //! reconciler removes what a crash left half-restored; the tag comes off once every disk is
@@ -13,7 +14,7 @@ use a3_shared::chunk::BlockId;
 use serde::{Deserialize, Serialize};
 
 use super::metadata::{DiskMeta, VmMetadata};
-use super::{Engine, attach};
+use super::{Engine, attach, inplace};
 use crate::catalog::run_log::RunLog;
 use crate::store::manifest::ManifestReader;
 use crate::store::{ObjectRead, Store, VersionId};
@@ -37,6 +38,10 @@ pub struct RestoreSpec {
     /// Write over the original VM's disks (it must be halted) instead of a new VM.
     #[serde(default)]
     pub in_place: bool,
+    /// In place, without the safety snapshot taken first: a failure part-way then leaves
+    /// the disks partly overwritten (and the VM blocked) instead of writing them back.
+    #[serde(default)]
+    pub no_safety_snapshot: bool,
 }
 
 /// Restores; returns the restored VM's uuid.
@@ -61,7 +66,7 @@ pub async fn restore(
     })?;
     let (s, _) = e.inventory().connect(pool_uuid).await?;
     let result = if spec.in_place {
-        over_original(e, &s, spec, &meta, log).await
+        over_original(e, &s, run, spec, &meta, log).await
     } else {
         as_new_vm(e, &s, run, spec, &meta, log).await
     };
@@ -69,9 +74,13 @@ pub async fn restore(
     result
 }
 
+/// Writes the version over the original VM's disks, under an [`inplace::Guard`]: blocked
+/// meanwhile, each disk checked to be still the VM's before it is written, and the disks
+/// written back from the safety snapshot if a write fails.
 async fn over_original(
     e: &Engine,
     s: &Session,
+    run: i64,
     spec: &RestoreSpec,
     meta: &VmMetadata,
     log: &RunLog,
@@ -87,32 +96,39 @@ async fn over_original(
             meta.name_label
         );
     }
-    for d in &meta.disks {
-        let vdi = ops::by_uuid(s, "VDI", &d.vdi_uuid)
-            .await
-            .with_context(|| format!("disk {} (VDI {}) no longer exists", d.name, d.vdi_uuid))?;
-        let size = ops::int(&ops::record(s, "VDI", &vdi).await?, "virtual_size") as u64;
-        if size != d.virtual_size {
-            bail!(
-                "disk {} is now {size} bytes, the version's is {}; restore as a new VM",
-                d.name,
-                d.virtual_size
-            );
+    let name = ops::text(&rec, "name_label");
+    let mut guard = inplace::Guard::begin(
+        e,
+        s,
+        e.tag(run),
+        &vm,
+        &meta.vm_uuid,
+        name,
+        spec.version,
+        !spec.no_safety_snapshot,
+        log,
+    )
+    .await?;
+    let written = async {
+        for d in &meta.disks {
+            let vdi = guard.check_disk(s, d).await?;
+            guard.touch(&d.name, &vdi);
+            write_disk(e, s, spec.version, d, &vdi, log)
+                .await
+                .with_context(|| format!("writing disk {} of VM '{name}'", d.name))?;
         }
-        write_disk(e, s, spec.version, d, &vdi, log)
-            .await
-            .with_context(|| {
-                format!(
-                    "disk {} of VM '{}' is now partly overwritten: restore it again before \
-                     starting the VM",
-                    d.name, meta.name_label
-                )
-            })?;
+        Ok::<_, JobError>(())
+    }
+    .await;
+    match written {
+        Ok(()) => guard.finish(s, log).await?,
+        Err(err) => return Err(guard.fail(e, s, err, log).await),
     }
     if spec.start {
         start(s, &vm)
             .await
-            .with_context(|| format!("VM '{}' is restored but did not start", meta.name_label))?;
+            .with_context(|| format!("VM '{name}' is restored but did not start"))?;
+        log.info(&format!("VM '{name}' started"));
     }
     Ok(meta.vm_uuid.clone())
 }

@@ -327,6 +327,32 @@ pub async fn vm_hard_shutdown(s: &Session, vm: &str) -> Result<(), XapiError> {
     call_slow(s, "VM.hard_shutdown", &[vm]).await.map(drop)
 }
 
+/// `VM.add_to_blocked_operations`: xapi then refuses `op` on the VM with
+/// `OPERATION_BLOCKED [vm, reason]` (xapi_vm_lifecycle.ml); `MAP_DUPLICATE_KEY` when `op`
+/// is blocked already.
+pub async fn vm_block(s: &Session, vm: &str, op: &str, reason: &str) -> Result<(), XapiError> {
+    call(s, "VM.add_to_blocked_operations", &[vm, op, reason])
+        .await
+        .map(drop)
+}
+
+/// `VM.remove_from_blocked_operations`.
+pub async fn vm_unblock(s: &Session, vm: &str, op: &str) -> Result<(), XapiError> {
+    call(s, "VM.remove_from_blocked_operations", &[vm, op])
+        .await
+        .map(drop)
+}
+
+/// `VM.set_blocked_operations`: the whole map at once.
+pub async fn vm_set_blocked(
+    s: &Session,
+    vm: &str,
+    blocked: &[(String, String)],
+) -> Result<(), XapiError> {
+    let args = [Value::from(vm), map_value(blocked)];
+    s.call("VM.set_blocked_operations", &args).await.map(drop)
+}
+
 /// `VM.set_is_a_template`.
 pub async fn vm_set_is_a_template(s: &Session, vm: &str, value: bool) -> Result<(), XapiError> {
     s.call(

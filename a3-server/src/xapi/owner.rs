@@ -11,6 +11,13 @@ use super::ops::{self, Record};
 
 /// The `other_config` key of the tag.
 pub const RUN_KEY: &str = "a3_run";
+/// The `other_config` key marking an in-place restore's safety snapshot, whose value is
+/// the run's tag. Such a snapshot carries no [`RUN_KEY`]: it may hold the only copy of the
+/// disks from before the restore, so it is never taken for a run's leftover.
+pub const SAFETY_KEY: &str = "a3_restore_safety";
+/// How the `blocked_operations` reasons an in-place restore sets begin; the run's tag
+/// follows.
+const BLOCK_PREFIX: &str = "A3 restore ";
 
 /// The owner of an object: an A3 instance and one of its runs.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -69,6 +76,40 @@ impl RunTag {
         format!("{vm_name} a3-{}-run-{}", self.instance, self.run)
     }
 
+    /// The name of the safety snapshot an in-place restore of this run takes of `vm_name`.
+    /// Unlike [`RunTag::snapshot_name`], it is not a backup's: nothing removes it unseen.
+    pub fn safety_snapshot_name(&self, vm_name: &str) -> String {
+        format!("{vm_name} (before A3 restore {})", self.value())
+    }
+
+    /// The tag a [`RunTag::safety_snapshot_name`] carries.
+    pub fn from_safety_snapshot_name(name: &str) -> Option<RunTag> {
+        let (_, rest) = name.rsplit_once(" (before A3 restore ")?;
+        RunTag::parse(rest.strip_suffix(')')?)
+    }
+
+    /// The `blocked_operations` reason while this run writes over a VM's disks, as
+    /// XenCenter and `xe` show it to whoever tries to start the VM.
+    pub fn block_writing(&self) -> String {
+        format!(
+            "{BLOCK_PREFIX}{}: the A3 is writing this VM's disks; wait for the restore to end",
+            self.value()
+        )
+    }
+
+    /// The reason once this run ended and left the disks in doubt: `why` says what
+    /// happened and what to do.
+    pub fn block_left(&self, why: &str) -> String {
+        format!("{BLOCK_PREFIX}{} {why}", self.value())
+    }
+
+    /// The tag of a reason an in-place restore set ([`RunTag::block_writing`],
+    /// [`RunTag::block_left`]).
+    pub fn from_block(reason: &str) -> Option<RunTag> {
+        let rest = reason.strip_prefix(BLOCK_PREFIX)?;
+        RunTag::parse(rest.split([' ', ':']).next()?)
+    }
+
     /// The tag a [`RunTag::snapshot_name`] carries.
     pub fn from_snapshot_name(name: &str) -> Option<RunTag> {
         let (_, suffix) = name.rsplit_once(" a3-")?;
@@ -90,7 +131,18 @@ mod tests {
             assert_eq!(RunTag::parse(foreign), None, "{foreign:?}");
         }
         let name = t.snapshot_name("web a3-server");
-        assert_eq!(RunTag::from_snapshot_name(&name), Some(t));
+        assert_eq!(RunTag::from_snapshot_name(&name), Some(t.clone()));
+        let safety = t.safety_snapshot_name("web a3-x");
+        assert_eq!(RunTag::from_safety_snapshot_name(&safety), Some(t.clone()));
+        assert_eq!(
+            RunTag::from_snapshot_name(&safety),
+            None,
+            "a safety snapshot is not a backup's"
+        );
+        for reason in [t.block_writing(), t.block_left("failed: revert")] {
+            assert_eq!(RunTag::from_block(&reason), Some(t.clone()), "{reason}");
+        }
+        assert_eq!(RunTag::from_block("maintenance: ask Bob"), None);
         for other in [
             "web",
             "web a3-run-42",

@@ -21,6 +21,7 @@ pub(super) fn register(t: &mut Table) {
     });
     t.add("VM.snapshot", 3, 1, |ctx, p| {
         let vm = params::object(ctx.st, p, 1, "VM")?;
+        check_not_blocked(ctx.st, &vm, "snapshot")?;
         let name = params::string(p, 2, "new_name")?.to_owned();
         let ignore = match params::opt(p, 3) {
             Some(_) => params::strings(p, 3, "ignore_vdis")?,
@@ -37,6 +38,7 @@ pub(super) fn register(t: &mut Table) {
     t.add("VM.clone", 2, 0, |ctx, p| {
         let vm = params::object(ctx.st, p, 1, "VM")?;
         let name = params::string(p, 2, "new_name")?.to_owned();
+        check_not_blocked(ctx.st, &vm, "clone")?;
         require_state(ctx.st, &vm, "Halted")?;
         Ok(Value::from(copy_vm(
             ctx.st,
@@ -53,6 +55,7 @@ pub(super) fn register(t: &mut Table) {
         if sr != NULL_REF {
             ctx.st.db.get("SR", &sr)?;
         }
+        check_not_blocked(ctx.st, &vm, "copy")?;
         require_state(ctx.st, &vm, "Halted")?;
         let target = (sr != NULL_REF).then_some(sr);
         Ok(Value::from(copy_vm(
@@ -65,6 +68,7 @@ pub(super) fn register(t: &mut Table) {
     });
     t.add("VM.provision", 1, 0, |ctx, p| {
         let vm = params::object(ctx.st, p, 1, "VM")?;
+        check_not_blocked(ctx.st, &vm, "provision")?;
         provision(ctx.st, &vm)?;
         Ok(void())
     });
@@ -72,6 +76,7 @@ pub(super) fn register(t: &mut Table) {
         let vm = params::object(ctx.st, p, 1, "VM")?;
         let paused = params::boolean(p, 2, "start_paused")?;
         params::boolean(p, 3, "force")?;
+        check_not_blocked(ctx.st, &vm, "start")?;
         check_startable(ctx.st, &vm, "start")?;
         start_vm(ctx, &vm, paused)?;
         Ok(void())
@@ -80,6 +85,7 @@ pub(super) fn register(t: &mut Table) {
         let vm = params::object(ctx.st, p, 1, "VM")?;
         let host = params::object(ctx.st, p, 2, "host")?;
         let paused = params::boolean(p, 3, "start_paused")?;
+        check_not_blocked(ctx.st, &vm, "start_on")?;
         check_startable(ctx.st, &vm, "start_on")?;
         start_on(ctx.st, &vm, &host, paused)?;
         Ok(void())
@@ -88,6 +94,7 @@ pub(super) fn register(t: &mut Table) {
         let hard = name == "VM.hard_shutdown";
         t.add(name, 1, 0, move |ctx, p| {
             let vm = params::object(ctx.st, p, 1, "VM")?;
+            check_not_blocked(ctx.st, &vm, op_of(name))?;
             let state = ctx.st.db.str_field("VM", &vm, "power_state")?;
             let ok =
                 state == "Running" || (hard && matches!(state.as_str(), "Paused" | "Suspended"));
@@ -103,6 +110,7 @@ pub(super) fn register(t: &mut Table) {
         let hard = name == "VM.hard_reboot";
         t.add(name, 1, 0, move |ctx, p| {
             let vm = params::object(ctx.st, p, 1, "VM")?;
+            check_not_blocked(ctx.st, &vm, op_of(name))?;
             require_state(ctx.st, &vm, "Running")?;
             let domid = next_domid(ctx.st);
             ctx.st.db.set("VM", &vm, "domid", Value::Int(domid))?;
@@ -132,7 +140,20 @@ pub(super) fn register(t: &mut Table) {
     });
     t.add("VM.destroy", 1, 0, |ctx, p| {
         let vm = params::object(ctx.st, p, 1, "VM")?;
+        check_not_blocked(ctx.st, &vm, "destroy")?;
         destroy_vm(ctx.st, &vm)?;
+        Ok(void())
+    });
+    // Replaces the generated setter: making a VM a template is the `make_into_template`
+    // operation (message_forwarding.ml `VM.set_is_a_template`); making it a VM again is not
+    // checked.
+    t.add_accessor("VM.set_is_a_template", 2, |ctx, p| {
+        let vm = params::object(ctx.st, p, 1, "VM")?;
+        let value = params::boolean(p, 2, "value")?;
+        if value {
+            check_not_blocked(ctx.st, &vm, "make_into_template")?;
+        }
+        ctx.st.db.set("VM", &vm, "is_a_template", value)?;
         Ok(void())
     });
     t.add("VM.get_allowed_VBD_devices", 1, 0, |ctx, p| {
@@ -149,7 +170,8 @@ pub(super) fn register(t: &mut Table) {
 }
 
 /// Fields `VM.create` takes from its record; the rest are xapi's defaults or are
-/// managed by xapi itself (power state, devices, snapshots, …).
+/// managed by xapi itself (power state, devices, snapshots, …). `blocked_operations` is
+/// not one: xapi_vm.ml `create` ignores it and makes the VM with none.
 pub(crate) const VM_CREATE_FIELDS: &[&str] = &[
     "name_label",
     "name_description",
@@ -184,7 +206,6 @@ pub(crate) const VM_CREATE_FIELDS: &[&str] = &[
     "ha_always_run",
     "ha_restart_priority",
     "tags",
-    "blocked_operations",
     "has_vendor_device",
     "domain_type",
     "NVRAM",
@@ -221,6 +242,7 @@ struct MemoryLimits {
 /// xapi_vm_memory_constraints.ml `assert_valid`; XCP-ng licenses DMC, so the pinned
 /// variant does not apply). The target follows dynamic_min, as xapi sets it.
 fn set_memory_limits(st: &mut State, vm: &str, m: MemoryLimits) -> ApiResult<()> {
+    check_not_blocked(st, vm, "changing_memory_limits")?;
     let snapshot = st
         .db
         .get("VM", vm)?
@@ -305,6 +327,9 @@ fn copy_vm(
         ("snapshots", Value::Array(vec![])),
         ("guest_metrics", null()),
         ("current_operations", Value::empty_struct()),
+        // A copy is never blocked, whatever its source is (xapi_vm_clone.ml
+        // `Db.VM.create … ~blocked_operations:[]`).
+        ("blocked_operations", Value::empty_struct()),
     ] {
         rec.insert(f.into(), v);
     }
@@ -458,6 +483,26 @@ fn next_domid(st: &mut State) -> i64 {
     let d = st.next_domid;
     st.next_domid += 1;
     d
+}
+
+/// The operation a power call is (`VM.clean_shutdown` → `clean_shutdown`), as xapi's
+/// `vm_operations` name them.
+fn op_of(method: &str) -> &str {
+    method.trim_start_matches("VM.")
+}
+
+/// xapi_vm_lifecycle.ml `check_operation_error`, its first check, made before the power
+/// state's: an operation the VM's `blocked_operations` lists is refused with
+/// `OPERATION_BLOCKED [vm, reason]`. xapi makes it for every operation it runs through
+/// `with_vm_operation` (message_forwarding.ml): here start, start_on, the shutdowns and
+/// reboots, snapshot, clone, copy, provision, destroy, changing_memory_limits and
+/// make_into_template.
+pub(crate) fn check_not_blocked(st: &State, vm: &str, op: &str) -> ApiResult<()> {
+    let blocked = st.db.field("VM", vm, "blocked_operations")?;
+    match blocked.get_str(op) {
+        Some(reason) => Err(errors::operation_blocked(vm, reason)),
+        None => Ok(()),
+    }
 }
 
 /// Starts a halted VM on a host that sees all its disks' SRs: its `affinity` host when it
