@@ -65,18 +65,7 @@ pub async fn run(link: Link, job: BackupJob, c: Arc<Counters>) -> anyhow::Result
     // Every stream announces the size; the A3 answers on stream 0 with the plan.
     let mut streams = Vec::new();
     for stream in 0..STREAMS {
-        let (mut send, recv) = link.open_data().await.context("opening a data stream")?;
-        wire::send(
-            &mut send,
-            &DataUp::Open {
-                job: job.job,
-                stream,
-                streams: STREAMS,
-                size,
-            },
-        )
-        .await?;
-        streams.push((send, recv));
+        streams.push(wire::open_job_stream(&link, job.job, stream, STREAMS, size).await?);
     }
     let reads = receive_plan(&mut streams[0].1, g.blocks()).await?;
     let planned_bytes: u64 = reads.runs().map(|r| g.bytes_of(r)).sum();

@@ -11,7 +11,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use a3_shared::proto::{Coverage, DataDown, DataUp, Geometry, MAX_FRAME_LEN, RestoreJob, WireId};
+use a3_shared::proto::{Coverage, DataDown, Geometry, MAX_FRAME_LEN, RestoreJob, WireId};
 use anyhow::{Context, bail};
 
 use crate::jobs::Counters;
@@ -63,17 +63,7 @@ pub async fn run(link: Link, job: RestoreJob, c: Arc<Counters>) -> anyhow::Resul
 
     let mut workers = Vec::new();
     for stream in 0..STREAMS {
-        let (mut send, recv) = link.open_data().await.context("opening a data stream")?;
-        wire::send(
-            &mut send,
-            &DataUp::Open {
-                job: job.job,
-                stream,
-                streams: STREAMS,
-                size: 0,
-            },
-        )
-        .await?;
+        let (mut send, recv) = wire::open_job_stream(&link, job.job, stream, STREAMS, 0).await?;
         wire::finish(&mut send).await;
         workers.push(tokio::spawn(receive(
             recv,

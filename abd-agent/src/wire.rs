@@ -7,7 +7,27 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::link::{RecvStream, SendStream};
+use crate::link::{Link, RecvStream, SendStream};
+
+/// Opens data stream `stream` of `streams` for `job`, announcing it with `DataUp::Open`
+/// (`size`: the device's, for a backup; 0 for a restore).
+pub async fn open_job_stream(
+    link: &Link,
+    job: u64,
+    stream: u32,
+    streams: u32,
+    size: u64,
+) -> anyhow::Result<(SendStream, RecvStream)> {
+    let (mut send, recv) = link.open_data().await.context("opening a data stream")?;
+    let open = a3_shared::proto::DataUp::Open {
+        job,
+        stream,
+        streams,
+        size,
+    };
+    self::send(&mut send, &open).await?;
+    Ok((send, recv))
+}
 
 /// Sends one message.
 pub async fn send<T: Serialize>(stream: &mut SendStream, msg: &T) -> anyhow::Result<()> {

@@ -9,6 +9,8 @@
 //! `cargo xtask faults` runs 12,000. The last line printed is `FAULTS {json}` with the
 //! counts.
 
+mod datapath_util;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
@@ -17,23 +19,13 @@ use a3_server::store::{
     DiskManifest, Store, StoreOptions, SyncMode, VerifyReport, VerifyScope, VersionId,
 };
 use a3_shared::chunk::{BlockId, ChunkEncoder, is_zero};
+use datapath_util::Rng;
 
 const BS: usize = 64 << 10;
 
-/// xorshift, for deterministic faults and images.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
+/// A deterministic value below `n`.
+fn below(rng: &mut Rng, n: u64) -> u64 {
+    rng.next() % n.max(1)
 }
 
 /// A disk image: `blocks` blocks of noise, some zero, some repeated across disks.
@@ -149,21 +141,21 @@ fn record_path(dir: &Path, v: VersionId) -> PathBuf {
 /// A fault to a file's bytes. `None` when it would change nothing (zeroing zeros).
 fn damage(rng: &mut Rng, bytes: &[u8]) -> Option<(&'static str, Option<Vec<u8>>)> {
     let len = bytes.len() as u64;
-    match rng.below(4) {
+    match below(rng, 4) {
         0 => {
             let mut b = bytes.to_vec();
-            let at = rng.below(len) as usize;
-            b[at] ^= 1 << rng.below(8);
+            let at = below(rng, len) as usize;
+            b[at] ^= 1 << below(rng, 8);
             Some(("bit flip", Some(b)))
         }
         1 => Some((
             "truncation",
-            Some(bytes[..rng.below(len) as usize].to_vec()),
+            Some(bytes[..below(rng, len) as usize].to_vec()),
         )),
         2 => {
             let mut b = bytes.to_vec();
-            let start = rng.below(len) as usize;
-            let end = (start + 1 + rng.below(4096) as usize).min(b.len());
+            let start = below(rng, len) as usize;
+            let end = (start + 1 + below(rng, 4096) as usize).min(b.len());
             if b[start..end].iter().all(|&x| x == 0) {
                 return None;
             }
@@ -253,12 +245,13 @@ fn every_injected_corruption_is_named_and_nothing_else() {
         let mut expect = Names::new();
         let mut chunk = None;
         let mut intact = false;
-        let target = ["chunk", "manifest", "record", "catalog row"][rng.below(4) as usize];
+        let target = ["chunk", "manifest", "record", "catalog row"][below(&mut rng, 4) as usize];
         let undo: Box<dyn FnOnce()> = match target {
             "chunk" | "manifest" | "record" => {
                 let path = match target {
                     "chunk" => {
-                        let id = layout.chunks[rng.below(layout.chunks.len() as u64) as usize];
+                        let id =
+                            layout.chunks[below(&mut rng, layout.chunks.len() as u64) as usize];
                         for (v, subject, disk, _, blocks) in &layout.disks {
                             for (i, b) in blocks.iter().enumerate() {
                                 if *b == Some(id) {
@@ -275,8 +268,8 @@ fn every_injected_corruption_is_named_and_nothing_else() {
                         object_path(dir, "chunks", &id)
                     }
                     "manifest" => {
-                        let id =
-                            layout.manifests[rng.below(layout.manifests.len() as u64) as usize];
+                        let id = layout.manifests
+                            [below(&mut rng, layout.manifests.len() as u64) as usize];
                         for (v, _, disk, m, _) in &layout.disks {
                             if *m == id {
                                 expect.insert(format!("manifest {} {disk}", v.0));
@@ -285,7 +278,8 @@ fn every_injected_corruption_is_named_and_nothing_else() {
                         object_path(dir, "manifests", &id)
                     }
                     _ => {
-                        let v = layout.versions[rng.below(layout.versions.len() as u64) as usize];
+                        let v =
+                            layout.versions[below(&mut rng, layout.versions.len() as u64) as usize];
                         expect.insert(format!("record {}", v.0));
                         record_path(dir, v)
                     }
@@ -308,8 +302,9 @@ fn every_injected_corruption_is_named_and_nothing_else() {
             }
             _ => {
                 // A catalog row altered behind the A3's back: the store's record disagrees.
-                let v = layout.versions[rng.below(layout.versions.len() as u64) as usize];
-                let column = catalog_columns[rng.below(catalog_columns.len() as u64) as usize];
+                let v = layout.versions[below(&mut rng, layout.versions.len() as u64) as usize];
+                let column =
+                    catalog_columns[below(&mut rng, catalog_columns.len() as u64) as usize];
                 expect.insert(format!("record {}", v.0));
                 let db = rusqlite::Connection::open(dir.join("catalog.sqlite")).unwrap();
                 let (table, key) = match column {
@@ -325,11 +320,11 @@ fn every_injected_corruption_is_named_and_nothing_else() {
                     .unwrap();
                 let altered: rusqlite::types::Value = match &original {
                     rusqlite::types::Value::Integer(n) => {
-                        rusqlite::types::Value::Integer(n ^ (1 << rng.below(20)))
+                        rusqlite::types::Value::Integer(n ^ (1 << below(&mut rng, 20)))
                     }
                     rusqlite::types::Value::Text(s) => {
                         let mut b = s.clone().into_bytes();
-                        let at = rng.below(b.len() as u64) as usize;
+                        let at = below(&mut rng, b.len() as u64) as usize;
                         // Stay valid text, and a valid digest where it is one.
                         b[at] = if b[at] == b'0' { b'1' } else { b'0' };
                         rusqlite::types::Value::Text(String::from_utf8(b).unwrap())
