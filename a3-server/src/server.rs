@@ -158,6 +158,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         state_dir,
         pki,
         store.clone(),
+        config.backup_block_size,
         shutdown.clone(),
     )
     .await?;

@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use a3_shared::proto::{
     BackupJob, BlockBitmap, BlockRef, DataDown, DataUp, Geometry, HashBatch, MAX_BATCH_ENTRIES,
-    PLAN_PAGE_BYTES, PlanReceiver, WireId, need_bit,
+    MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, PLAN_PAGE_BYTES, PlanReceiver, WireId, need_bit,
 };
 use anyhow::{Context, bail};
 use tokio::sync::{Mutex, mpsc};
@@ -59,7 +59,10 @@ pub async fn run(link: Link, job: BackupJob, c: Arc<Counters>) -> anyhow::Result
         block_size: bs,
     };
     if !g.is_valid() {
-        bail!("block size {bs} is not a multiple of 64 KiB within 64 KiB..=8 MiB");
+        bail!(
+            "block size {bs} is not a multiple of {MIN_BLOCK_SIZE} within \
+             {MIN_BLOCK_SIZE}..={MAX_BLOCK_SIZE}"
+        );
     }
     c.total.store(size, std::sync::atomic::Ordering::Relaxed);
     // Every stream announces the size; the A3 answers on stream 0 with the plan.

@@ -5,7 +5,9 @@
 //!   catalog rows, each of which a whole-store verify must name exactly;
 //! - the kill sweep (`tests/tests/faults_kill.rs`): the A3 aborted at every crash point of
 //!   a backup (its `failpoints` build), then restarted: nothing half-visible, nothing lost,
-//!   nothing left in the pool.
+//!   nothing left in the pool;
+//! - the big disk (`tests/tests/datapath_big_disk.rs`): 2.3 M non-zero blocks backed up,
+//!   incrementally too, and restored bit-exact, with the agent's and the A3's peak memory.
 //!
 //! The last line printed is JSON.
 
@@ -28,15 +30,21 @@ pub fn run() -> anyhow::Result<()> {
     let corruption = sweep("faults_corruption", "FAULTS", ("A3_FAULTS", &faults))?;
     eprintln!("xtask: kill sweep, every crash point");
     let kills = sweep("faults_kill", "KILLS", ("A3_KILL_POINTS", "all"))?;
+    eprintln!("xtask: big disk, 2.3 M blocks");
+    let big = sweep("datapath_big_disk", "BIGDISK", ("A3_BIG_DISK", "full"))?;
     println!(
         "faults injected {}, detected {}, harmless {} (the block still decodes), false \
-         positives {}; kills survived {}, bytes lost {}",
+         positives {}; kills survived {}, bytes lost {}; big disk: {} non-zero blocks, agent \
+         peak {} KiB, A3 peak {} KiB",
         corruption["faults_injected"],
         corruption["detected"],
         corruption["harmless"],
         corruption["false_positives"],
         kills["kills_survived"],
         kills["bytes_lost"],
+        big["nonzero_blocks"],
+        big["agent_hwm_kib"],
+        big["a3_hwm_kib"],
     );
     let summary = serde_json::json!({
         "faults_injected": corruption["faults_injected"],
@@ -45,6 +53,9 @@ pub fn run() -> anyhow::Result<()> {
         "false_positives": corruption["false_positives"],
         "kills_survived": kills["kills_survived"],
         "bytes_lost": kills["bytes_lost"],
+        "big_disk_blocks": big["nonzero_blocks"],
+        "agent_hwm_kib": big["agent_hwm_kib"],
+        "a3_hwm_kib": big["a3_hwm_kib"],
     });
     println!("{summary}");
     Ok(())

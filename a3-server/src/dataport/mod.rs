@@ -33,7 +33,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use a3_shared::proto::{A3Msg, BackupJob, CbtBitmap, DEFAULT_BLOCK_SIZE, Geometry, RestoreJob};
+use a3_shared::proto::{A3Msg, BackupJob, CbtBitmap, Geometry, RestoreJob};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -112,6 +112,8 @@ struct Inner {
     shutdown: CancellationToken,
     tasks: TaskTracker,
     conn_ids: std::sync::atomic::AtomicUsize,
+    /// The block size of new backups (`backup_block_size`).
+    block_size: u32,
 }
 
 /// The running data port: dispatch jobs, list agents.
@@ -235,6 +237,7 @@ impl DataPort {
         state_dir: &std::path::Path,
         pki: Pki,
         store: Store,
+        block_size: u32,
         shutdown: CancellationToken,
     ) -> Result<(DataPort, JoinHandle<()>), StartError> {
         let tls = Arc::new(pki.server_config(&endpoint::server_names(listen))?);
@@ -257,6 +260,7 @@ impl DataPort {
                 shutdown: shutdown.clone(),
                 tasks: TaskTracker::new(),
                 conn_ids: Default::default(),
+                block_size,
             }),
         };
         tracing::info!(%addr, "port 2811 (QUIC, and TLS/TCP fallback) listening");
@@ -359,7 +363,7 @@ impl DataPort {
             ),
             None => None,
         };
-        let block_size = DEFAULT_BLOCK_SIZE;
+        let block_size = self.inner.block_size;
         let base = match &cbt {
             Some(_) => {
                 let base = self.inner.store.last_version(&req.disk).await?;
@@ -399,7 +403,7 @@ impl DataPort {
         req: DiskBackupRequest,
     ) -> Result<DiskJob, DispatchError> {
         let link = self.link(&req.abd)?;
-        let block_size = DEFAULT_BLOCK_SIZE;
+        let block_size = self.inner.block_size;
         let session = storage::BackupSession::shared(req.session);
         let (list, _) = start_list(&session, req.base, req.cbt, block_size).await?;
         let (tx, done) = tokio::sync::oneshot::channel();

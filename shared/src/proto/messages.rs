@@ -203,7 +203,7 @@ impl Geometry {
     }
 
     /// Whether a peer's geometry is usable: a block size within the limits (a multiple of
-    /// the CBT granule) and a size no larger than [`super::MAX_DISK_SIZE`].
+    /// a sector) and a size no larger than [`super::MAX_DISK_SIZE`].
     pub fn is_valid(&self) -> bool {
         (super::consts::MIN_BLOCK_SIZE..=super::consts::MAX_BLOCK_SIZE).contains(&self.block_size)
             && self
