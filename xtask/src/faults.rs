@@ -6,6 +6,9 @@
 //! - the kill sweep (`tests/tests/faults_kill.rs`): the A3 aborted at every crash point of
 //!   a backup (its `failpoints` build), then restarted: nothing half-visible, nothing lost,
 //!   nothing left in the pool;
+//! - the full-disk sweep (`tests/tests/faults_enospc.rs`): 200 backups into a state dir
+//!   filled to leave less room than each needs, each failing cleanly, the store verifying
+//!   and GC reclaiming the failed run's chunks while the disk is still full;
 //! - the big disk (`tests/tests/datapath_big_disk.rs`): 2.3 M non-zero blocks backed up,
 //!   incrementally too, and restored bit-exact, with the agent's and the A3's peak memory.
 //!
@@ -19,6 +22,8 @@ use crate::setup::{self, workspace_root};
 
 /// Faults injected by the full corruption sweep.
 const CORRUPTION_FAULTS: u32 = 12_000;
+/// Backups the full-disk sweep runs.
+const ENOSPC_RUNS: u32 = 200;
 
 pub fn run() -> anyhow::Result<()> {
     // The pool tests start the shipped binaries; the kill sweep its failpoints build.
@@ -30,18 +35,27 @@ pub fn run() -> anyhow::Result<()> {
     let corruption = sweep("faults_corruption", "FAULTS", ("A3_FAULTS", &faults))?;
     eprintln!("xtask: kill sweep, every crash point");
     let kills = sweep("faults_kill", "KILLS", ("A3_KILL_POINTS", "all"))?;
+    eprintln!("xtask: full-disk sweep, {ENOSPC_RUNS} runs");
+    let runs = ENOSPC_RUNS.to_string();
+    let enospc = sweep("faults_enospc", "ENOSPC", ("A3_ENOSPC_RUNS", &runs))?;
     eprintln!("xtask: big disk, 2.3 M blocks");
     let big = sweep("datapath_big_disk", "BIGDISK", ("A3_BIG_DISK", "full"))?;
+    let lost = |v: &serde_json::Value| v["bytes_lost"].as_u64().unwrap_or(u64::MAX);
+    let bytes_lost = lost(&kills).saturating_add(lost(&enospc));
     println!(
         "faults injected {}, detected {}, harmless {} (the block still decodes), false \
-         positives {}; kills survived {}, bytes lost {}; big disk: {} non-zero blocks, agent \
-         peak {} KiB, A3 peak {} KiB",
+         positives {}; kills survived {}, bytes lost {}; disk full {} times, failed cleanly \
+         {} (the rest fit), verified and GC'd {}; big disk: {} non-zero blocks, agent peak {} \
+         KiB, A3 peak {} KiB",
         corruption["faults_injected"],
         corruption["detected"],
         corruption["harmless"],
         corruption["false_positives"],
         kills["kills_survived"],
-        kills["bytes_lost"],
+        bytes_lost,
+        enospc["runs"],
+        enospc["failed_cleanly"],
+        enospc["gc_ran"],
         big["nonzero_blocks"],
         big["agent_hwm_kib"],
         big["a3_hwm_kib"],
@@ -52,7 +66,11 @@ pub fn run() -> anyhow::Result<()> {
         "harmless": corruption["harmless"],
         "false_positives": corruption["false_positives"],
         "kills_survived": kills["kills_survived"],
-        "bytes_lost": kills["bytes_lost"],
+        "bytes_lost": bytes_lost,
+        "enospc_runs": enospc["runs"],
+        "enospc_failed_cleanly": enospc["failed_cleanly"],
+        "enospc_failed_writing": enospc["failed_writing"],
+        "enospc_gc_ran": enospc["gc_ran"],
         "big_disk_blocks": big["nonzero_blocks"],
         "agent_hwm_kib": big["agent_hwm_kib"],
         "a3_hwm_kib": big["a3_hwm_kib"],

@@ -52,6 +52,29 @@ pub enum CatalogError {
         /// What SQLite said.
         source: rusqlite::Error,
     },
+    /// The catalog's file system is full; SQLite rolled the change back.
+    #[error(
+        "catalog {path}: disk full: free space on its file system (`a3-server store gc` \
+         removes what failed runs left in the store)"
+    )]
+    DiskFull {
+        /// The catalog file.
+        path: PathBuf,
+    },
+}
+
+impl CatalogError {
+    fn sqlite(path: &Path, source: rusqlite::Error) -> CatalogError {
+        if source.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
+            return CatalogError::DiskFull {
+                path: path.to_owned(),
+            };
+        }
+        CatalogError::Sqlite {
+            path: path.to_owned(),
+            source,
+        }
+    }
 }
 
 /// A shared handle on the catalog database.
@@ -64,10 +87,7 @@ pub struct Catalog {
 impl Catalog {
     /// Opens (creating if needed) the catalog at `path` and applies every schema.
     pub fn open(path: &Path) -> Result<Catalog, CatalogError> {
-        let err = |source| CatalogError::Sqlite {
-            path: path.to_owned(),
-            source,
-        };
+        let err = |source| CatalogError::sqlite(path, source);
         let conn = Connection::open(path).map_err(err)?;
         // The catalog holds the pools' inventory and pinned certificates: owner-only.
         if path != Path::new(":memory:") {
@@ -108,9 +128,6 @@ impl Catalog {
 
     /// Wraps a SQLite error with the catalog's path.
     pub fn error(&self, source: rusqlite::Error) -> CatalogError {
-        CatalogError::Sqlite {
-            path: self.path.clone(),
-            source,
-        }
+        CatalogError::sqlite(&self.path, source)
     }
 }

@@ -102,6 +102,10 @@ pub trait Backend: Send + Sync + 'static {
     /// store's time (the module overview of `store` says why).
     fn clock(&self) -> &Steady;
 
+    /// How much earlier than the clock's time a stamp can read back (file systems whose
+    /// file times are coarser than the clock truncate them): GC keeps that much more.
+    fn stamp_resolution(&self) -> std::time::Duration;
+
     /// Stores `bytes` as `id`, atomically and durably, replacing any live object of that
     /// name.
     fn put(&self, space: Space, id: &BlockId, bytes: &[u8]) -> io::Result<()>;

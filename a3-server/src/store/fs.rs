@@ -26,6 +26,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
 
 use a3_shared::chunk::BlockId;
 
@@ -53,6 +54,8 @@ pub struct FsBackend {
     next_tmp: AtomicU64,
     /// What puts and touches stamp.
     clock: Steady,
+    /// How coarse the file system's file times are (measured at open).
+    stamp_resolution: Duration,
     /// Tests: how many of the next directory fsyncs fail, as a failing disk's would.
     #[cfg(test)]
     dir_sync_failures: Arc<std::sync::atomic::AtomicU32>,
@@ -99,12 +102,14 @@ impl FsBackend {
         for entry in fs::read_dir(root.join("tmp"))? {
             fs::remove_file(entry?.path())?;
         }
+        let stamp_resolution = probe_stamp_resolution(&root.join("tmp"))?;
         Ok(FsBackend {
             root: root.to_owned(),
             location: root.display().to_string(),
             sync,
             next_tmp: AtomicU64::new(0),
             clock: Steady::new(clock),
+            stamp_resolution,
             #[cfg(test)]
             dir_sync_failures: Default::default(),
             _lock: lock,
@@ -275,6 +280,10 @@ impl Backend for FsBackend {
 
     fn clock(&self) -> &Steady {
         &self.clock
+    }
+
+    fn stamp_resolution(&self) -> Duration {
+        self.stamp_resolution
     }
 
     fn put(&self, space: Space, id: &BlockId, bytes: &[u8]) -> io::Result<()> {
@@ -499,6 +508,25 @@ fn walk(dir: &Path, depth: u32, visit: &mut dyn FnMut(Entry)) -> io::Result<()> 
         });
     }
     Ok(())
+}
+
+/// How much a file time set in `dir` loses when read back: nothing on file systems with
+/// nanosecond times (ext4, XFS, btrfs, tmpfs), up to 2 s on FAT. A stamp at an odd second
+/// plus 999,999,999 ns shows any truncation; a file system that rounds instead gets the
+/// coarsest known resolution.
+fn probe_stamp_resolution(dir: &Path) -> io::Result<Duration> {
+    const COARSEST: Duration = Duration::from_secs(2);
+    let set = SystemTime::UNIX_EPOCH + Duration::new(1_000_000_001, 999_999_999);
+    let path = dir.join("stamp-probe");
+    let f = File::create(&path)?;
+    f.set_modified(set)?;
+    drop(f);
+    let got = fs::metadata(&path)?.modified();
+    fs::remove_file(&path)?;
+    Ok(match set.duration_since(got?) {
+        Ok(lost) => lost.min(COARSEST),
+        Err(_) => COARSEST,
+    })
 }
 
 #[cfg(test)]

@@ -188,7 +188,7 @@ impl Store {
             .min()
             .map_or(now, |s| s.min(now));
         oldest
-            .checked_sub(self.inner.options.gc_margin)
+            .checked_sub(self.inner.backend.stamp_resolution())
             .unwrap_or(SystemTime::UNIX_EPOCH)
     }
 

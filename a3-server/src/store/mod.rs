@@ -50,8 +50,9 @@
 //! Every backup session holds a lease, registered in the store with its start. GC:
 //! 1. revokes leases without progress for longer than [`StoreOptions::lease_idle_limit`]
 //!    (such a session then fails at its next call or at commit) and takes the cutoff: the
-//!    older of its own start and the oldest live lease's start, minus
-//!    [`StoreOptions::gc_margin`];
+//!    older of its own start and the oldest live lease's start, minus how coarse the
+//!    backend's stamps are ([`Backend::stamp_resolution`]: nothing on ext4 or XFS, so the
+//!    chunks of a failed run are garbage at once, which a full disk needs);
 //! 2. marks: reads every version's manifests; one unreadable manifest aborts GC;
 //! 3. lists every chunk and manifest; an incomplete listing aborts GC, deleting nothing;
 //! 4. sweeps what is unmarked *and* stamped (last written or touched) before the cutoff.
@@ -76,8 +77,8 @@
 //! clock, which never steps back, and a lease's start is read under the same lock as GC's
 //! (a lease GC did not see began after GC's start). So a step of the wall clock, either
 //! way and at any moment, changes nothing: no object a live session references is older
-//! than the cutoff. The margin only covers file systems whose file times are coarser than
-//! the clock. (A generation counter per object would need state per object; the file's
+//! than the cutoff. The cutoff's margin only covers file systems whose file times are
+//! coarser than the clock. (A generation counter per object would need state per object; the file's
 //! time is that state already, written with the put or the touch at no extra I/O. Only
 //! the clock that filled it was wrong.)
 //!
@@ -161,10 +162,6 @@ const STRIPES: usize = 64;
 pub struct StoreOptions {
     /// How writes reach the disk.
     pub sync: SyncMode,
-    /// GC keeps objects stamped less than this before the oldest live writer started:
-    /// room for file systems whose file times are coarser than the store's clock. Clock
-    /// steps need none (the store's time never steps back).
-    pub gc_margin: Duration,
     /// A writer that makes no progress (no store call, no renewal) for this long, by the
     /// monotonic clock, loses its lease at the next GC and fails at commit.
     pub lease_idle_limit: Duration,
@@ -174,7 +171,6 @@ impl Default for StoreOptions {
     fn default() -> StoreOptions {
         StoreOptions {
             sync: SyncMode::Full,
-            gc_margin: Duration::from_secs(5 * 60),
             lease_idle_limit: Duration::from_secs(60 * 60),
         }
     }

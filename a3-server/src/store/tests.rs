@@ -40,7 +40,6 @@ fn image(seed: u64) -> Vec<u8> {
 fn options() -> StoreOptions {
     StoreOptions {
         sync: SyncMode::Full,
-        gc_margin: Duration::ZERO,
         ..StoreOptions::default()
     }
 }
@@ -551,6 +550,9 @@ impl Backend for ListFails {
     fn clock(&self) -> &crate::util::clock::Steady {
         self.0.clock()
     }
+    fn stamp_resolution(&self) -> Duration {
+        self.0.stamp_resolution()
+    }
     fn put(&self, space: Space, id: &BlockId, bytes: &[u8]) -> std::io::Result<()> {
         self.0.put(space, id, bytes)
     }
@@ -878,7 +880,7 @@ fn open_clocked(dir: &Path, clock: &Arc<TestClock>, options: StoreOptions) -> St
 const MINUTE: Duration = Duration::from_secs(60);
 
 /// The wall clock steps an hour back or forward while a backup runs, and perhaps back
-/// again later: GC, with the default margin, deletes the old garbage and nothing the
+/// again later: GC deletes the old garbage and nothing the
 /// backup uses, and it commits. (Stamped with the wall clock, as before, the chunks sent
 /// after a step back went once the clock was set right again.)
 #[test]
