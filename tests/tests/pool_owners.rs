@@ -226,3 +226,50 @@ async fn a_pool_unreachable_at_start_is_cleaned_once_it_is_back() {
     );
     a3.backup(&[&name], 1).expect("the next backup");
 }
+
+/// An ABD's VM destroyed without its disk (an administrator's "delete VM, keep disks", or
+/// a destroy cut short): the disk on Alike_SR is no VM's any more, and the reconciler
+/// removes it, naming it in the log of the run that provisioned the ABD. The next backup
+/// provisions a new ABD.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abd_disk_left_without_its_vm_is_removed() {
+    let scratch = tempfile::Builder::new()
+        .prefix("a3-pool-abd-disk-")
+        .tempdir()
+        .unwrap();
+    let (base, ip) = pool_support::addresses();
+    let sim = Sim::start(&scratch.path().join("sim"), &base, 1, 1, "8MiB");
+    let a3 = A3::start_configured(
+        &scratch.path().join("a3"),
+        &ip,
+        "reconcile_interval_secs = 1\n",
+    );
+    a3.add_pool(&sim);
+    let name = user_vms(&sim.inventory().await)[0].1.clone();
+    a3.backup(&[&name], 1).expect("the first backup");
+    let abds = a3.abd_vms();
+    assert_eq!(abds.len(), 1, "{abds:?}");
+    let abd_uuid = abds[0]["vm_uuid"].as_str().unwrap().to_owned();
+    let inv = sim.inventory().await;
+    let disk = pool_support::disks_of(&inv, &abd_uuid)[0].1.clone();
+
+    let s = sim.session().await;
+    let vm = a3_server::xapi::ops::by_uuid(&s, "VM", &abd_uuid)
+        .await
+        .unwrap();
+    a3_server::xapi::ops::destroy_vm(&s, &vm, true)
+        .await
+        .unwrap();
+    pool_support::wait_nothing_left(&sim, Duration::from_secs(60)).await;
+    assert!(
+        !uuids(&sim.inventory().await, "VDI").contains(&disk),
+        "the ABD's disk {disk} is still there"
+    );
+    let log = a3.ok(&["job", "log", "1"]);
+    assert!(
+        log.contains("reconciler: removed the disk"),
+        "the provisioning run's log names the removal:\n{log}"
+    );
+    a3.backup(&[&name], 1)
+        .expect("the next backup, through a new ABD");
+}

@@ -8,6 +8,9 @@
 //! - [`template`]: the ABD template in each pool's `Alike_SR`.
 //! - [`ips`]: each pool's static IP list for its ABDs.
 //!
+//! An ABD's disks carry the tag of the run that provisioned it (`xapi::owner`), so that
+//! the reconciler removes a disk its VM no longer holds.
+//!
 //! An ABD whose agent is not connected when claimed (it crashed, or its VM stopped) is
 //! restarted with a fresh enrollment token; if it still does not connect it is destroyed
 //! and a new one provisioned.
@@ -29,6 +32,7 @@ use crate::inventory::Inventory;
 use crate::xapi::Session;
 use crate::xapi::create::VifSpec;
 use crate::xapi::ops::{self, ABD_KEY, HIDE_KEY, TEMPLATE_VERSION_KEY};
+use crate::xapi::owner::{RUN_KEY, RunTag};
 
 pub use error::FleetError;
 
@@ -344,6 +348,7 @@ impl Fleet {
         ops::vm_set_is_a_template(s, &vm, false).await?;
         ops::tag(s, "VM", &vm, ABD_KEY, id).await?;
         ops::tag(s, "VM", &vm, HIDE_KEY, "true").await?;
+        self.tag_disks(s, &rec, row).await?;
         // Only the template carries the version tag: template lookups must not find ABDs.
         let _ = ops::untag(s, "VM", &vm, TEMPLATE_VERSION_KEY).await;
         if ops::int(&rec, "memory_static_max") != ABD_MEMORY {
@@ -365,6 +370,29 @@ impl Fleet {
         start(s, &vm, on_host).await?;
         self.wait_connected(id).await?;
         Ok(vm)
+    }
+
+    /// Tags the ABD's own disks with the run that made it. While its VM exists they are
+    /// in use; once they are not (the VM destroyed without them, a destroy cut short), the
+    /// reconciler removes them as any unused disk a run of this A3 made.
+    async fn tag_disks(
+        &self,
+        s: &Session,
+        vm: &ops::Record,
+        row: &AbdVmRow,
+    ) -> Result<(), FleetError> {
+        let Some(run) = row.busy_run else {
+            return Ok(());
+        };
+        let tag = RunTag::new(&self.catalog.instance_id()?, run);
+        for vbd in ops::refs(vm, "VBDs") {
+            let b = ops::record(s, "VBD", &vbd).await?;
+            let vdi = ops::text(&b, "VDI");
+            if ops::text(&b, "type") == "Disk" && vdi != ops::NULL_REF {
+                ops::tag(s, "VDI", vdi, RUN_KEY, &tag.value()).await?;
+            }
+        }
+        Ok(())
     }
 
     fn boot_config(

@@ -11,7 +11,7 @@
 //! - a VM of a restore that never finished (a restore takes its tag off the VM and disks
 //!   once they are written): destroyed, with the disks the restore made;
 //! - a disk a run made that nothing uses (a restore's disk before its VBD, the diag test
-//!   disk, a snapshot's disk): destroyed, except that the CBT base of a VM's latest
+//!   disk, a snapshot's disk, an ABD's disk whose VM is gone): destroyed, except that the CBT base of a VM's latest
 //!   version keeps its CBT metadata; the metadata of an older version's snapshot disk is
 //!   superseded and goes (a backup removes its previous version's itself, after the
 //!   commit; this catches a failure there);

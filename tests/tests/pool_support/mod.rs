@@ -483,7 +483,7 @@ pub fn objects(inv: &Json, class: &str) -> Vec<Json> {
 }
 
 /// What the A3 left behind in the pool: snapshots, VBDs tagged by a run, snapshot disks
-/// with data, superseded CBT metadata (persistent ABDs and the latest CBT metadata of a
+/// with data, superseded CBT metadata, disks a run made that no VM uses (persistent ABDs and the latest CBT metadata of a
 /// disk are not leftovers).
 pub fn leftovers(inv: &Json) -> Vec<String> {
     let mut out = Vec::new();
@@ -506,6 +506,10 @@ pub fn leftovers(inv: &Json) -> Vec<String> {
         }
         if vdi["type"] == "cbt_metadata" {
             *bases.entry(vdi["snapshot_of"].to_string()).or_default() += 1;
+        } else if !vdi["other_config"]["a3_run"].is_null()
+            && vdi["VBDs"].as_array().is_some_and(Vec::is_empty)
+        {
+            out.push(format!("the unused disk {}", vdi["name_label"]));
         }
     }
     for (of, n) in bases {
