@@ -23,6 +23,7 @@ const POINTS: &[(&str, bool)] = &[
     ("commit-record-pending", false),
     ("commit-catalog-committed", true),
     ("backup-committed", true),
+    ("catalog-snapshot-filled", true),
 ];
 
 /// The points `cargo xtask test` runs.

@@ -465,6 +465,7 @@ impl Backend for FsBackend {
         if self.sync == SyncMode::Full {
             File::open(&tmp.path)?.sync_all()?;
         }
+        fail::fail_point!("catalog-snapshot-filled");
         self.place(tmp, &self.root.join(CATALOG_SNAPSHOT))
     }
 
