@@ -48,12 +48,12 @@ const DATA_LISTEN: &str = "127.0.1.250:0";
 const PASSWORD: &str = "bench-password";
 
 /// A child process killed when the bench ends, even on error.
-struct Killed {
+pub(crate) struct Killed {
     child: Child,
 }
 
 impl Killed {
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 }
@@ -115,17 +115,17 @@ pub fn parse_size(s: &str) -> anyhow::Result<u64> {
 
 /// One measured step.
 #[derive(Clone, Copy, Default)]
-struct Timed {
-    secs: f64,
+pub(crate) struct Timed {
+    pub(crate) secs: f64,
 }
 
 impl Timed {
-    fn mibps(&self, bytes: u64) -> f64 {
+    pub(crate) fn mibps(&self, bytes: u64) -> f64 {
         bytes as f64 / MIB as f64 / self.secs
     }
 }
 
-fn time<T>(f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<(T, Timed)> {
+pub(crate) fn time<T>(f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<(T, Timed)> {
     let t = Instant::now();
     let v = f()?;
     Ok((
@@ -821,7 +821,7 @@ fn dir_bytes(dir: &Path) -> anyhow::Result<u64> {
 }
 
 /// Peak resident set (VmHWM) of a live process, in MiB.
-fn peak_rss_mib(pid: u32) -> anyhow::Result<f64> {
+pub(crate) fn peak_rss_mib(pid: u32) -> anyhow::Result<f64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("process {pid} is gone: cannot read its peak RSS"))?;
     let kib: f64 = status
@@ -832,7 +832,7 @@ fn peak_rss_mib(pid: u32) -> anyhow::Result<f64> {
     Ok(kib / 1024.0)
 }
 
-fn run_quiet(cmd: &mut Command) -> anyhow::Result<String> {
+pub(crate) fn run_quiet(cmd: &mut Command) -> anyhow::Result<String> {
     let out = cmd
         .stdin(Stdio::null())
         .output()
@@ -862,13 +862,13 @@ fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) -> a
 // The product, through its scriptable CLI
 
 /// CPU time the agent and the A3 spent in one step.
-struct CpuRow {
+pub(crate) struct CpuRow {
     step: &'static str,
     wall: f64,
-    agent: f64,
-    server: f64,
+    pub(crate) agent: f64,
+    pub(crate) server: f64,
     /// Every other process on the machine (a concurrent build skews the figures).
-    others: f64,
+    pub(crate) others: f64,
 }
 
 /// Busy CPU seconds of the whole machine (all cores), from /proc/stat.
@@ -908,16 +908,16 @@ fn cpu_secs(pid: u32) -> anyhow::Result<f64> {
     Ok((ticks(11)? + ticks(12)?) / 100.0)
 }
 
-struct A3 {
+pub(crate) struct A3 {
     bins: PathBuf,
     state: PathBuf,
     // Field order: the agent stops before the server.
-    agent: Killed,
-    server: Killed,
+    pub(crate) agent: Killed,
+    pub(crate) server: Killed,
 }
 
 impl A3 {
-    fn start(bins: &Path, state: &Path, work: &Path) -> anyhow::Result<A3> {
+    pub(crate) fn start(bins: &Path, state: &Path, work: &Path) -> anyhow::Result<A3> {
         let log = |name: &str| File::create(work.join(name));
         let server = Killed {
             child: Command::new(bins.join("a3-server"))
@@ -981,7 +981,7 @@ impl A3 {
     }
 
     /// Times `f` and records the CPU both processes spent in it.
-    fn measured<T>(
+    pub(crate) fn measured<T>(
         &self,
         rows: &mut Vec<CpuRow>,
         step: &'static str,
@@ -1006,7 +1006,7 @@ impl A3 {
         a3_cli(&self.bins, &self.state, args)
     }
 
-    fn backup(&self, image: &Path, cbt: Option<&Path>) -> anyhow::Result<String> {
+    pub(crate) fn backup(&self, image: &Path, cbt: Option<&Path>) -> anyhow::Result<String> {
         let mut args = vec![
             "disk",
             "backup",
@@ -1080,7 +1080,7 @@ impl A3 {
     }
 
     /// `store verify` of the whole store: a one-line summary.
-    fn verify(&self) -> anyhow::Result<String> {
+    pub(crate) fn verify(&self) -> anyhow::Result<String> {
         let out = self.cli(&["store", "verify", "--json"])?;
         let v: serde_json::Value = serde_json::from_str(&out).context("store verify --json")?;
         let count = |k: &str| v[k].as_array().map_or(0, Vec::len);

@@ -5,6 +5,7 @@
 
 mod bench_backup;
 mod bench_image;
+mod bench_sparse;
 mod bench_xapi;
 mod demo;
 mod faults;
@@ -81,6 +82,13 @@ enum Bench {
         #[arg(long, default_value = "4G", value_parser = bench_backup::parse_size)]
         size: u64,
     },
+    /// A full backup of a mostly empty disk (zeros to read), against a plain sequential
+    /// read of the same device; prints the time, the ratio and CPU seconds per GiB.
+    Sparse {
+        /// The device size (e.g. 2T, 64G).
+        #[arg(long, default_value = "64G", value_parser = bench_backup::parse_size)]
+        size: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -96,6 +104,7 @@ fn main() -> ExitCode {
             Bench::Xapi => bench_xapi::run(),
             Bench::Image => bench_image::run(),
             Bench::Backup { size } => bench_backup::run(size),
+            Bench::Sparse { size } => bench_sparse::run(size),
         },
     };
     match result {
