@@ -17,6 +17,7 @@ const TARGETS: &[&str] = &[
     "xenstore",
     "portmap",
     "version_record",
+    "plan_pages",
 ];
 
 /// Fuzzes `target` (or every target in turn) for `seconds` each.
