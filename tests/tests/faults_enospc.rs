@@ -154,13 +154,17 @@ fn a_full_disk_fails_the_backup_cleanly_and_loses_nothing() {
 }
 
 /// What the A3 was writing when the disk filled, from its error: "store …: disk full while
-/// writing chunk …", "catalog …: disk full: …".
+/// writing chunk …" (or "the manifest …"), "catalog …: disk full: …".
 fn what_failed(err: &str) -> String {
     if let Some((_, rest)) = err.split_once("disk full while writing ") {
+        let rest = rest.strip_prefix("the ").unwrap_or(rest);
         return rest.split([' ', ':']).next().unwrap_or(rest).to_owned();
     }
-    let what = err.split_once(" failed: ").map_or(err, |(_, e)| e);
-    what.split(' ').next().unwrap_or(what).to_owned()
+    if err.contains("catalog ") {
+        return "catalog".into();
+    }
+    eprintln!("disk full elsewhere: {err}");
+    "other".into()
 }
 
 /// Incompressible data, so that every run needs new chunks.
