@@ -50,7 +50,7 @@ fn plan_pages(blocks: u64, mut data: &[u8]) {
                         for bit in 0..8 {
                             let block = at + 8 * i as u64 + bit;
                             if block < blocks {
-                                assert_eq!(plan.get(block), byte & (0x80 >> bit) != 0);
+                                assert_eq!(plan.get(block), byte >> bit & 1 != 0);
                             }
                         }
                     }
