@@ -187,6 +187,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         inventory.clone(),
         dataport.clone(),
         store.clone(),
+        sr.clone(),
         config.clone(),
     );
     tokio::spawn(startup_upkeep(

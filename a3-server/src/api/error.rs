@@ -190,6 +190,7 @@ impl From<FleetError> for ApiError {
             | FleetError::BadAddress { .. }
             | FleetError::NoAddress(_)
             | FleetError::NotConnected { .. }
+            | FleetError::Sr(_)
             | FleetError::Provisioning { .. } => StatusCode::BAD_GATEWAY,
             FleetError::UnspecifiedDataAddress(_)
             | FleetError::Dns(_)

@@ -94,4 +94,7 @@ pub enum FleetError {
     /// The A3's SSH key.
     #[error(transparent)]
     Key(#[from] KeyError),
+    /// The pool's `Alike_SR`, which ABDs boot from, cannot be plugged.
+    #[error("ABDs boot from Alike_SR: {0}")]
+    Sr(#[from] Box<crate::sr::SrError>),
 }

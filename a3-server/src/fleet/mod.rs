@@ -29,6 +29,7 @@ use crate::catalog::run_log::RunLog;
 use crate::config::Config;
 use crate::dataport::DataPort;
 use crate::inventory::Inventory;
+use crate::sr::SrService;
 use crate::xapi::Session;
 use crate::xapi::create::VifSpec;
 use crate::xapi::ops::{self, ABD_KEY, HIDE_KEY, TEMPLATE_VERSION_KEY};
@@ -82,6 +83,7 @@ pub struct Fleet {
     catalog: Catalog,
     inventory: Inventory,
     dataport: DataPort,
+    sr: SrService,
     config: Arc<Config>,
 }
 
@@ -100,12 +102,14 @@ impl Fleet {
         catalog: Catalog,
         inventory: Inventory,
         dataport: DataPort,
+        sr: SrService,
         config: Arc<Config>,
     ) -> Fleet {
         Fleet {
             catalog,
             inventory,
             dataport,
+            sr,
             config,
         }
     }
@@ -122,6 +126,7 @@ impl Fleet {
         log: &RunLog,
         on_host: Option<&str>,
     ) -> Result<Held, FleetError> {
+        self.sr_attached(s, pool_uuid).await?;
         let carried = template::carried(&self.config)?;
         let template_ref = template::ensure(s, &self.catalog, pool_uuid, &carried).await?;
         self.retire_outdated(s, pool_uuid, &carried.version, log)
@@ -370,6 +375,27 @@ impl Fleet {
         start(s, &vm, on_host).await?;
         self.wait_connected(id).await?;
         Ok(vm)
+    }
+
+    /// ABDs and their template live on `Alike_SR`: plugs it first where it is not attached
+    /// (right after the A3 starts, its upkeep may not have got to the pool yet, and a halted
+    /// ABD would not start: `NO_HOSTS_AVAILABLE`).
+    async fn sr_attached(&self, s: &Session, pool_uuid: &str) -> Result<(), FleetError> {
+        let attached = match self.sr.sr_ref(s, pool_uuid).await.map_err(Box::new)? {
+            Some(sr_ref) => {
+                let sr = ops::record(s, "SR", &sr_ref).await?;
+                let mut all = true;
+                for pbd in ops::refs(&sr, "PBDs") {
+                    all &= ops::flag(&ops::record(s, "PBD", &pbd).await?, "currently_attached");
+                }
+                all && !ops::refs(&sr, "PBDs").is_empty()
+            }
+            None => false,
+        };
+        if !attached {
+            self.sr.ensure(pool_uuid).await.map_err(Box::new)?;
+        }
+        Ok(())
     }
 
     /// Tags the ABD's own disks with the run that made it. While its VM exists they are

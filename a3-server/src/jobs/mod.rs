@@ -111,9 +111,16 @@ impl Engine {
         inventory: Inventory,
         dataport: DataPort,
         store: Store,
+        sr: crate::sr::SrService,
         config: Arc<Config>,
     ) -> Engine {
-        let fleet = Fleet::new(catalog.clone(), inventory.clone(), dataport.clone(), config);
+        let fleet = Fleet::new(
+            catalog.clone(),
+            inventory.clone(),
+            dataport.clone(),
+            sr,
+            config,
+        );
         Engine {
             inner: Arc::new(Inner {
                 instance,
