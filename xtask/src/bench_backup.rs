@@ -93,6 +93,20 @@ impl Drop for Cleanup {
     }
 }
 
+/// Builds the shipped binaries the benches run (release `a3-server` and `abd-agent`).
+pub(crate) fn build_release() -> anyhow::Result<()> {
+    setup::cargo(&[
+        "build",
+        "--release",
+        "--quiet",
+        "-p",
+        "a3-server",
+        "-p",
+        "abd-agent",
+        "--bins",
+    ])
+}
+
 /// Parses `4G`, `512M`, `2GiB`, `1048576`.
 pub fn parse_size(s: &str) -> anyhow::Result<u64> {
     let t = s.trim().trim_end_matches("iB").trim_end_matches('B');
@@ -157,16 +171,7 @@ pub fn run(size: u64) -> anyhow::Result<()> {
         ("borg", "borgbackup"),
         ("b3sum", "b3sum"),
     ])?;
-    setup::cargo(&[
-        "build",
-        "--release",
-        "--quiet",
-        "-p",
-        "a3-server",
-        "-p",
-        "abd-agent",
-        "--bins",
-    ])?;
+    build_release()?;
     let target = setup::target_dir();
     let bins = target.join("release");
     let root = target.join("bench-backup");

@@ -39,16 +39,7 @@ pub fn run(size: u64) -> anyhow::Result<()> {
         "--size must be at least {} MiB",
         2 * END_DATA / MIB
     );
-    setup::cargo(&[
-        "build",
-        "--release",
-        "--quiet",
-        "-p",
-        "a3-server",
-        "-p",
-        "abd-agent",
-        "--bins",
-    ])?;
+    crate::bench_backup::build_release()?;
     let target = setup::target_dir();
     let bins = target.join("release");
     let work = target
