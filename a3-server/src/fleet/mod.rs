@@ -126,7 +126,12 @@ impl Fleet {
         log: &RunLog,
         on_host: Option<&str>,
     ) -> Result<Held, FleetError> {
-        self.sr_attached(s, pool_uuid).await?;
+        // ABDs and their template live on Alike_SR; a halted ABD would not start without
+        // it (`NO_HOSTS_AVAILABLE`).
+        self.sr
+            .ensure_attached(s, pool_uuid)
+            .await
+            .map_err(Box::new)?;
         let carried = template::carried(&self.config)?;
         let template_ref = template::ensure(s, &self.catalog, pool_uuid, &carried).await?;
         self.retire_outdated(s, pool_uuid, &carried.version, log)
@@ -375,27 +380,6 @@ impl Fleet {
         start(s, &vm, on_host).await?;
         self.wait_connected(id).await?;
         Ok(vm)
-    }
-
-    /// ABDs and their template live on `Alike_SR`: plugs it first where it is not attached
-    /// (right after the A3 starts, its upkeep may not have got to the pool yet, and a halted
-    /// ABD would not start: `NO_HOSTS_AVAILABLE`).
-    async fn sr_attached(&self, s: &Session, pool_uuid: &str) -> Result<(), FleetError> {
-        let attached = match self.sr.sr_ref(s, pool_uuid).await.map_err(Box::new)? {
-            Some(sr_ref) => {
-                let sr = ops::record(s, "SR", &sr_ref).await?;
-                let mut all = true;
-                for pbd in ops::refs(&sr, "PBDs") {
-                    all &= ops::flag(&ops::record(s, "PBD", &pbd).await?, "currently_attached");
-                }
-                all && !ops::refs(&sr, "PBDs").is_empty()
-            }
-            None => false,
-        };
-        if !attached {
-            self.sr.ensure(pool_uuid).await.map_err(Box::new)?;
-        }
-        Ok(())
     }
 
     /// Tags the ABD's own disks with the run that made it. While its VM exists they are

@@ -205,6 +205,24 @@ impl SrService {
         alike_sr(session, &self.catalog, pool_uuid).await
     }
 
+    /// Makes sure the pool's `Alike_SR` is plugged on every host before something uses it
+    /// (right after the A3 starts, [`SrService::upkeep`] may not have got to the pool yet):
+    /// [`SrService::ensure`] when a PBD is detached or the SR is missing.
+    pub async fn ensure_attached(&self, session: &Session, pool_uuid: &str) -> Result<(), SrError> {
+        if let Some(sr_ref) = self.sr_ref(session, pool_uuid).await? {
+            let pbds = pbds_of(session, &sr_ref)
+                .await
+                .map_err(|source| SrError::Xapi {
+                    pool: pool_uuid.to_owned(),
+                    source,
+                })?;
+            if !pbds.is_empty() && pbds.iter().all(|(_, p)| p.attached) {
+                return Ok(());
+            }
+        }
+        self.ensure(pool_uuid).await.map(drop)
+    }
+
     /// A pool was just added: creates its `Alike_SR` (or finds it) and plugs it everywhere.
     /// Failures are logged and kept for `sr status`; the pool stays added.
     pub async fn pool_added(&self, pool_uuid: &str) {
@@ -622,7 +640,6 @@ async fn by_uuid(session: &Session, uuid: &str) -> Result<String, XapiError> {
     ops::by_uuid(session, "SR", uuid).await
 }
 
-/// The SR's PBDs, as (ref, record).
 /// Halts the pool's running ABD VMs; returns the failures, naming each ABD.
 async fn halt_abds(session: &Session) -> Result<Vec<String>, XapiError> {
     let mut failures = Vec::new();
@@ -641,6 +658,7 @@ async fn halt_abds(session: &Session) -> Result<Vec<String>, XapiError> {
     Ok(failures)
 }
 
+/// The SR's PBDs, as (ref, record).
 async fn pbds_of(session: &Session, sr_ref: &str) -> Result<Vec<(String, Pbd)>, XapiError> {
     Ok(ops::all_records(session, "PBD")
         .await?
