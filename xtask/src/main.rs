@@ -117,6 +117,8 @@ fn main() -> ExitCode {
 }
 
 fn test(args: &[String]) -> anyhow::Result<()> {
+    // A cold run leaves about 7 GiB in target/debug; linking needs headroom on top.
+    setup::warn_if_low_on_space(12);
     setup::ensure_python_module("XenAPI", "XenAPI")?;
     setup::ensure_debian_tools(setup::TEST_TOOLS)?;
     setup::ensure_qemu()?;

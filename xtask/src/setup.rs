@@ -21,6 +21,31 @@ pub fn target_dir() -> PathBuf {
         .unwrap_or_else(|| workspace_root().join("target"))
 }
 
+/// Warns when the file system of the build output has less than `gib` GiB free: a linker
+/// that runs out of space mid-write dies of SIGBUS ("ld terminated with signal 7"), which
+/// names nothing.
+pub fn warn_if_low_on_space(gib: u64) {
+    let mut dir = target_dir();
+    while !dir.exists() && dir.pop() {}
+    let Ok(out) = Command::new("df").args(["-Pk"]).arg(&dir).output() else {
+        return;
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let free_kib = text
+        .lines()
+        .nth(1)
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(kib) = free_kib.filter(|kib| *kib < gib << 20) {
+        eprintln!(
+            "xtask: warning: only {:.1} GiB free under {}; a cold `cargo xtask test` needs \
+             about {gib} GiB (free space, or point CARGO_TARGET_DIR elsewhere)",
+            kib as f64 / (1 << 20) as f64,
+            dir.display()
+        );
+    }
+}
+
 /// Runs `cargo ARGS` in the workspace root, failing if it fails.
 pub fn cargo(args: &[&str]) -> anyhow::Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
