@@ -150,7 +150,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     };
     let inventory = Inventory::new(catalog.clone(), state_dir, timeouts, shutdown.clone());
     inventory.start_watchers()?;
-    let pki = crate::pki::Pki::open(state_dir, catalog.clone())?;
+    let pki = crate::pki::Pki::open(state_dir, catalog.clone(), config.pki_lifetimes())?;
     // Made once; every ABD's boot config carries its public half (`sshkey`).
     crate::ssh::A3Key::load_or_create(state_dir)?;
     let (dataport, dataport_task) = crate::dataport::DataPort::start(
@@ -322,8 +322,10 @@ pub async fn serve(config: Config) -> Result<(), ServerError> {
     running.shutdown().await
 }
 
+/// Creates the state dir owner-only, or makes an existing one so: it holds the pools'
+/// passwords, the CA key and every backup.
 fn create_private_dir(dir: &Path) -> Result<(), ServerError> {
-    use std::os::unix::fs::DirBuilderExt;
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -331,7 +333,25 @@ fn create_private_dir(dir: &Path) -> Result<(), ServerError> {
         .map_err(ServerError::io(format!(
             "state dir {}: cannot create",
             dir.display()
-        )))
+        )))?;
+    let mode = std::fs::metadata(dir)
+        .map_err(ServerError::io(format!("state dir {}", dir.display())))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        tracing::warn!(
+            "state dir {} was mode {:o}; making it owner-only (0700)",
+            dir.display(),
+            mode & 0o777
+        );
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(
+            ServerError::io(format!(
+                "state dir {}: cannot make it owner-only",
+                dir.display()
+            )),
+        )?;
+    }
+    Ok(())
 }
 
 fn load_or_create_token(path: &Path) -> Result<String, ServerError> {

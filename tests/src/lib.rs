@@ -233,3 +233,29 @@ pub fn tool_ok(program: &str, args: &[&str]) -> String {
     );
     String::from_utf8(out.stdout).unwrap()
 }
+
+/// Every file and directory under `dir` (itself included, symlinks not followed) that its
+/// group or others may use at all, with its mode.
+pub fn not_owner_only(dir: &Path) -> Vec<(PathBuf, u32)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut found = Vec::new();
+    let mut todo = vec![dir.to_owned()];
+    while let Some(path) = todo.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue; // gone meanwhile (a temp file)
+        };
+        let mode = meta.permissions().mode() & 0o7777;
+        if !meta.file_type().is_symlink() && mode & 0o077 != 0 {
+            found.push((path.clone(), mode));
+        }
+        if meta.is_dir() {
+            todo.extend(
+                std::fs::read_dir(&path)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|e| Some(e.ok()?.path())),
+            );
+        }
+    }
+    found
+}

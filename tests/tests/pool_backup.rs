@@ -161,6 +161,13 @@ async fn abds_are_persistent_and_restores_are_bit_exact() {
         sim.destroy_vm(restored["uuid"].as_str().unwrap()).await;
     }
     assert_nothing_left(&sim.inventory().await);
+    // Backups, restores, ABDs and the SR's template later, nothing the A3 wrote (catalog,
+    // store, keys, tokens, SR files) is open to its group or others.
+    let open: Vec<String> = a3_e2e::not_owner_only(&a3.state)
+        .iter()
+        .map(|(path, mode)| format!("{} {mode:o}", path.display()))
+        .collect();
+    assert!(open.is_empty(), "not owner-only: {open:?}");
 }
 
 /// A VM on a host-local SR is backed up through an ABD on that host, started there with

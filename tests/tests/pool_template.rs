@@ -52,7 +52,7 @@ async fn a_newer_template_replaces_the_old_one_and_its_abds() {
             .is_some_and(|s| s.success())
     );
     drop(a3);
-    pool_support::template_xva_version(&state.join("abd.xva"), "abd-test-newer");
+    pool_support::template_xva_version(&A3::template_path(&state), "abd-test-newer");
     let a3 = A3::start(&state, &a3_ip);
     let swapped = pool_support::wait_until_async(Duration::from_secs(60), || async {
         let t = templates(&sim.inventory().await);

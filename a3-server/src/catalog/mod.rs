@@ -88,17 +88,24 @@ impl Catalog {
     /// Opens (creating if needed) the catalog at `path` and applies every schema.
     pub fn open(path: &Path) -> Result<Catalog, CatalogError> {
         let err = |source| CatalogError::sqlite(path, source);
-        let conn = Connection::open(path).map_err(err)?;
-        // The catalog holds the pools' inventory and pinned certificates: owner-only.
+        // The catalog holds the pools' inventory and pinned certificates: owner-only from
+        // its creation (SQLite gives its -wal and -shm files the same mode), and an older
+        // one made so.
         if path != Path::new(":memory:") {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(
-                |e| CatalogError::Io {
-                    path: path.to_owned(),
-                    source: e,
-                },
-            )?;
+            use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+            let io = |source| CatalogError::Io {
+                path: path.to_owned(),
+                source,
+            };
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(io)?;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
         }
+        let conn = Connection::open(path).map_err(err)?;
         conn.execute_batch(
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;
              PRAGMA busy_timeout=5000;",

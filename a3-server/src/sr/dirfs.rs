@@ -35,8 +35,9 @@ use nfs3_server::vfs::{
 
 /// How deep the search for an unknown handle goes (the SR holds `<sr-uuid>/<vdi>.vhd`).
 const MAX_SEARCH_DEPTH: usize = 8;
-/// Mode bits a client may set: no setuid, setgid or sticky bit in the A3's state dir.
-const MODE_MASK: u32 = 0o777;
+/// Mode bits a client may set: the owner's only. The SR lives in the A3's owner-only state
+/// dir, and the pool's hosts use it as root; no setuid, setgid or sticky bit either.
+const MODE_MASK: u32 = 0o700;
 
 /// Serves the files under one directory.
 pub struct DirFs {

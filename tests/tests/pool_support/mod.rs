@@ -305,10 +305,11 @@ impl A3 {
         }
     }
 
-    /// The config text (template, DNS) plus `extra`; writes the template beside the state.
+    /// The config text (template, DNS) plus `extra`; writes the template beside the state
+    /// dir (inside, it would be the test's file among the A3's owner-only ones).
     fn config(state: &Path, ip: &str, extra: &str) -> String {
         std::fs::create_dir_all(state).unwrap();
-        let xva = state.join("abd.xva");
+        let xva = A3::template_path(state);
         if !xva.exists() {
             template_xva(&xva);
         }
@@ -316,6 +317,11 @@ impl A3 {
             "abd_template = {:?}\ndns = [\"{ip}:53\", \"127.0.0.53\"]\nabd_boot_timeout_secs = 60\n{extra}",
             xva.display().to_string()
         )
+    }
+
+    /// The template XVA the config of the A3 on `state` names.
+    pub fn template_path(state: &Path) -> PathBuf {
+        state.with_extension("xva")
     }
 
     /// Starts `a3-server serve` on `ip` with the config file text `config` and port 2811 on
