@@ -44,6 +44,13 @@ pub struct Config {
     /// smaller blocks find changes and duplicates more finely but cost 33 bytes of manifest
     /// each. An incremental uses its base only when the base has the same block size.
     pub backup_block_size: u32,
+    /// How long an ABD's enrollment token stays usable after the A3 issues it, in seconds.
+    /// An ABD boots and enrolls within `abd_boot_timeout_secs`; the token is single-use
+    /// and removed from the VM's `xenstore_data` once the ABD has enrolled.
+    pub enrollment_token_ttl_secs: u64,
+    /// How long an ABD's client certificate is valid, in days. The A3 renews it over the
+    /// control stream when a third of that is left; an expired one is refused.
+    pub abd_cert_days: u32,
 }
 
 /// A config file that cannot be used.
@@ -93,6 +100,8 @@ impl Default for Config {
             xapi_call_timeout_secs: 60,
             reconcile_interval_secs: 300,
             backup_block_size: a3_shared::proto::DEFAULT_BLOCK_SIZE,
+            enrollment_token_ttl_secs: 3600,
+            abd_cert_days: 30,
         }
     }
 }
@@ -127,7 +136,31 @@ impl Config {
                 ),
             });
         }
+        let positive = |key: &'static str, value: u64| {
+            if value == 0 {
+                Err(ConfigError::Value {
+                    path: path.to_owned(),
+                    key,
+                    message: "must be at least 1".into(),
+                })
+            } else {
+                Ok(())
+            }
+        };
+        positive(
+            "enrollment_token_ttl_secs",
+            config.enrollment_token_ttl_secs,
+        )?;
+        positive("abd_cert_days", config.abd_cert_days.into())?;
         Ok(config)
+    }
+
+    /// How long enrollment tokens and ABD certificates last.
+    pub fn pki_lifetimes(&self) -> crate::pki::Lifetimes {
+        crate::pki::Lifetimes {
+            token_secs: i64::try_from(self.enrollment_token_ttl_secs).unwrap_or(i64::MAX / 2),
+            cert_secs: i64::from(self.abd_cert_days) * 86_400,
+        }
     }
 
     /// The file where `serve` publishes the URL its API actually listens on.
@@ -176,6 +209,10 @@ mod tests {
                 .backup_block_size,
             1024
         );
+        for key in ["enrollment_token_ttl_secs", "abd_cert_days"] {
+            let e = load_text(&format!("{key} = 0")).unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains("at least 1"), "{e}");
+        }
         for bad in [0, 100, 1000, 16 << 20] {
             let e = load_text(&format!("backup_block_size = {bad}")).unwrap_err();
             let text = e.to_string();

@@ -215,8 +215,9 @@ pub async fn open_session(cfg: &AgentConfig, identity: &mut Identity) -> anyhow:
     }
 }
 
-/// Serves jobs on an open session until the connection ends; returns why it ended.
-pub async fn serve(session: Session) -> anyhow::Error {
+/// Serves jobs on an open session until the connection ends; returns why it ended. A
+/// renewed certificate is kept in `identity` for the next connection.
+pub async fn serve(session: Session, identity: &mut Identity) -> anyhow::Error {
     let Control {
         link,
         endpoint,
@@ -226,6 +227,11 @@ pub async fn serve(session: Session) -> anyhow::Error {
     let mut jobs = jobs::Jobs::new(link.clone(), send);
     let why = loop {
         match wire::recv::<A3Msg>(&mut recv, MAX_CONTROL_FRAME).await {
+            Ok(Some(A3Msg::Renewed { cert_der })) => match identity.save_cert(cert_der) {
+                Ok(()) => tracing::info!("the A3 renewed this ABD's certificate"),
+                // The current certificate stays accepted until the new one is presented.
+                Err(e) => tracing::warn!("keeping the renewed certificate: {e:#}"),
+            },
             Ok(Some(msg)) => jobs.handle(msg),
             Ok(None) => break anyhow::anyhow!("the A3 closed the control stream"),
             Err(e) => break e,
@@ -247,7 +253,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                 tracing::info!(a3 = %cfg.a3_address, id = %cfg.id, transport, "connected to the A3");
                 backoff = Duration::from_secs(1);
                 status::set_link(Some(transport));
-                let why = serve(session).await;
+                let why = serve(session, &mut identity).await;
                 status::set_link(None);
                 tracing::warn!("connection to the A3 lost: {why:#}");
             }

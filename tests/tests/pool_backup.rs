@@ -98,6 +98,12 @@ async fn abds_are_persistent_and_restores_are_bit_exact() {
         assert_eq!(num(&vm["memory_static_max"]), 128 << 20);
         // The A3 reaches each ABD back on 22 (static and DHCP address alike), pinning the
         // host key the agent published.
+        // Enrolled: the token is gone from what any XAPI session can read.
+        assert!(
+            vm["xenstore_data"].get("vm-data/abd/token").is_none(),
+            "the token stays readable: {}",
+            vm["xenstore_data"]
+        );
         let hostkey = vm["xenstore_data"]["vm-data/abd/ssh-hostkey"].as_str();
         assert!(hostkey.is_some_and(|k| k.starts_with("SHA256:")), "{vm}");
         let id = abd["id"].as_str().unwrap();

@@ -51,6 +51,7 @@ async fn list(State(state): State<AppState>) -> Result<Json<Vec<AbdView>>, ApiEr
                 id: a.id,
                 enrolled_at: a.enrolled_at,
                 revoked_at: a.revoked_at,
+                cert_expires_at: a.cert_expires_at,
             })
             .collect(),
     ))
@@ -74,6 +75,7 @@ async fn enroll(
     Ok(Json(EnrollAnswer {
         id,
         token,
+        token_expires_at: crate::util::clock::unix_now() + pki.lifetimes().token_secs,
         ca_pin: pki.ca_pin(),
         a3_address: addr.to_string(),
         server_name,

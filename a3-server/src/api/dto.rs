@@ -41,6 +41,10 @@ pub struct AbdView {
     pub enrolled_at: Option<i64>,
     /// Unix seconds of the revocation.
     pub revoked_at: Option<i64>,
+    /// Unix seconds when its client certificate expires (renewed before that while it
+    /// connects).
+    #[serde(default)]
+    pub cert_expires_at: Option<i64>,
 }
 
 /// What an agent needs to enroll; `abd enroll` writes it as the agent's config.
@@ -50,6 +54,8 @@ pub struct EnrollAnswer {
     pub id: String,
     /// The one-time token.
     pub token: String,
+    /// Unix seconds after which the token is refused.
+    pub token_expires_at: i64,
     /// Hex SHA-256 of the A3's CA certificate.
     pub ca_pin: String,
     /// Port 2811's address as the A3 is bound (may be unspecified: 0.0.0.0).

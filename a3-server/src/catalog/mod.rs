@@ -33,6 +33,22 @@ const SCHEMAS: &[&str] = &[
     versions::SCHEMA,
 ];
 
+/// Columns added to a table after its first version: a catalog made before them gets them
+/// at open (`CREATE TABLE IF NOT EXISTS` leaves an existing table as it was).
+const ADDED_COLUMNS: &[(&str, &str, &str)] = abds::ADDED_COLUMNS;
+
+/// Adds `column` to `table` unless it is there.
+fn add_column(conn: &Connection, table: &str, column: &str, decl: &str) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))?;
+    let names = stmt
+        .query_map([], |r| r.get::<_, String>(0))?
+        .collect::<Result<Vec<_>, _>>()?;
+    if !names.iter().any(|n| n == column) {
+        conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}"))?;
+    }
+    Ok(())
+}
+
 /// Errors of the catalog itself.
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
@@ -114,6 +130,9 @@ impl Catalog {
         for schema in SCHEMAS {
             conn.execute_batch(schema).map_err(err)?;
         }
+        for (table, column, decl) in ADDED_COLUMNS {
+            add_column(&conn, table, column, decl).map_err(err)?;
+        }
         Ok(Catalog {
             conn: Arc::new(Mutex::new(conn)),
             path: path.to_owned(),
@@ -136,5 +155,30 @@ impl Catalog {
     /// Wraps a SQLite error with the catalog's path.
     pub fn error(&self, source: rusqlite::Error) -> CatalogError {
         CatalogError::sqlite(&self.path, source)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_catalog_made_before_added_columns_gets_them_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog.db");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(
+                "CREATE TABLE abd_credentials (id TEXT PRIMARY KEY, token_sha256 TEXT,
+                     cert_sha256 TEXT, created_at INTEGER NOT NULL, enrolled_at INTEGER,
+                     revoked_at INTEGER);
+                 INSERT INTO abd_credentials (id, cert_sha256, created_at) VALUES ('a', 'f', 1);",
+            )
+            .unwrap();
+        let c = Catalog::open(&path).unwrap();
+        assert_eq!(c.abd_get("a").unwrap().unwrap().cert_expires_at, None);
+        // Opening again finds them there.
+        drop(c);
+        Catalog::open(&path).unwrap();
     }
 }

@@ -196,10 +196,11 @@ pub async fn run(cmd: AbdCommand, api: &ApiClient) -> anyhow::Result<()> {
             let text = toml::to_string(&file)?;
             a3_shared::durable::write_private(&out, text.as_bytes())?;
             println!(
-                "ABD '{}' enrolling: agent config written to {} (one-time token inside; \
-                 start `abd-agent run --config {}`)",
+                "ABD '{}' enrolling: agent config written to {} (one-time token inside, \
+                 valid until {} UTC; start `abd-agent run --config {}`)",
                 answer.id,
                 out.display(),
+                crate::util::clock::utc_minute(answer.token_expires_at),
                 out.display()
             );
             Ok(())
@@ -240,9 +241,17 @@ pub async fn run(cmd: AbdCommand, api: &ApiClient) -> anyhow::Result<()> {
             }
             let rows = abds
                 .into_iter()
-                .map(|a| vec![a.id, a.state, connected_from(a.connected_from, a.transport)])
+                .map(|a| {
+                    vec![
+                        a.id,
+                        a.state,
+                        a.cert_expires_at
+                            .map_or_else(|| "-".into(), crate::util::clock::utc_minute),
+                        connected_from(a.connected_from, a.transport),
+                    ]
+                })
                 .collect();
-            print_table(&["ID", "STATE", "CONNECTED FROM"], rows);
+            print_table(&["ID", "STATE", "CERT EXPIRES", "CONNECTED FROM"], rows);
             Ok(())
         }
         AbdCommand::Destroy { id } => {

@@ -60,18 +60,29 @@ pub struct Peer {
     pub remote: SocketAddr,
     /// The ABD its client certificate names, if it has an accepted one.
     pub abd: Option<String>,
+    /// The fingerprint of its client certificate, if it presented one.
+    pub cert_sha256: Option<String>,
     /// This connection's number (a reconnecting ABD replaces an older one).
     pub conn_id: usize,
 }
 
-/// The ABD an accepted client certificate belongs to.
-pub fn abd_of(
-    port: &DataPort,
-    certs: Option<&[rustls::pki_types::CertificateDer<'_>]>,
-) -> Option<String> {
-    certs
-        .and_then(|c| c.first())
-        .and_then(|c| port.pki().accepted().id_of(c))
+impl Peer {
+    /// The peer at `remote` that presented `certs`: the ABD an accepted client certificate
+    /// belongs to, and the certificate's fingerprint.
+    pub fn new(
+        port: &DataPort,
+        remote: SocketAddr,
+        certs: Option<&[rustls::pki_types::CertificateDer<'_>]>,
+        conn_id: usize,
+    ) -> Peer {
+        let cert = certs.and_then(|c| c.first());
+        Peer {
+            remote,
+            abd: cert.and_then(|c| port.pki().accepted().id_of(c)),
+            cert_sha256: cert.map(|c| crate::pki::fingerprint(c)),
+            conn_id,
+        }
+    }
 }
 
 /// Handles one incoming QUIC connection to its end.
@@ -93,7 +104,7 @@ pub async fn handle_quic(
         any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
             .ok()
     });
-    let abd = abd_of(&port, certs.as_deref().map(Vec::as_slice));
+    let peer = Peer::new(&port, remote, certs.as_deref().map(Vec::as_slice), conn_id);
     // A peer must open its control stream promptly: a silent connection would hold a slot.
     let (send, recv) = tokio::time::timeout(FIRST_MESSAGE_TIMEOUT, conn.accept_bi())
         .await
@@ -103,11 +114,6 @@ pub async fn handle_quic(
             ))
         })?
         .map_err(quic("control stream"))?;
-    let peer = Peer {
-        remote,
-        abd,
-        conn_id,
-    };
     handle_control(
         port,
         peer,
@@ -238,6 +244,23 @@ pub async fn handle_control(
     }
 }
 
+/// How often a connected ABD's certificate is checked for renewal.
+const RENEWAL_CHECK: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Sends `abd` a renewed certificate when its current one is near its end.
+fn renew(port: &DataPort, abd: &str, ctl: &mpsc::UnboundedSender<A3Msg>) {
+    match port.pki().renew_if_due(abd) {
+        Ok(Some(cert)) => {
+            tracing::info!(abd = %abd, "renewing the ABD's client certificate");
+            let _ = ctl.send(A3Msg::Renewed {
+                cert_der: cert.to_vec(),
+            });
+        }
+        Ok(None) => {}
+        Err(e) => tracing::warn!(abd = %abd, "renewing the ABD's client certificate: {e}"),
+    }
+}
+
 async fn session(
     port: DataPort,
     carrier: Carrier,
@@ -248,6 +271,15 @@ async fn session(
 ) -> Result<(), ConnError> {
     let conn_id = peer.conn_id;
     let (ctl, mut ctl_rx) = mpsc::unbounded_channel::<A3Msg>();
+    if let Some(fp) = &peer.cert_sha256
+        && let Err(e) = port.pki().presented(&abd, fp)
+    {
+        tracing::warn!(abd = %abd, "recording the certificate presented: {e}");
+    }
+    // The first tick is now: a certificate near its end is renewed as the ABD connects,
+    // and a long-lived connection is looked at again every hour.
+    let mut renewal = tokio::time::interval(RENEWAL_CHECK);
+    let renew_ctl = ctl.clone();
     let link = AgentLink {
         conn_id,
         ctl,
@@ -279,6 +311,7 @@ async fn session(
     let shutdown = port.inner.shutdown.clone();
     let why: String = loop {
         tokio::select! {
+            _ = renewal.tick() => renew(&port, &abd, &renew_ctl),
             _ = shutdown.cancelled() => {
                 carrier.close(2, b"A3 shutting down");
                 break "the A3 is shutting down (restart it, then run the job again)".into();

@@ -116,19 +116,14 @@ async fn handle(
                 "{remote}: said nothing within {FIRST_MESSAGE_TIMEOUT:?}"
             ))
         })??;
-    let abd = conn::abd_of(&port, tls.get_ref().1.peer_certificates());
+    let peer = Peer::new(&port, remote, tls.get_ref().1.peer_certificates(), conn_id);
     let (recv, send) = tokio::io::split(tls);
     match kind {
         tcp::CONTROL => {
-            let peer = Peer {
-                remote,
-                abd,
-                conn_id,
-            };
             conn::handle_control(port, peer, Carrier::Tcp, Box::new(send), Box::new(recv)).await
         }
         tcp::DATA => {
-            let Some(abd) = abd else {
+            let Some(abd) = peer.abd else {
                 return Err(ConnError::Ended(format!(
                     "{remote}: a data stream without an enrolled certificate"
                 )));

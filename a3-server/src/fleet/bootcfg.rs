@@ -9,6 +9,12 @@ use super::FleetError;
 /// The xenstore directory of the boot config.
 pub const XS_DIR: &str = "vm-data/abd";
 
+/// The `xenstore_data` key of the enrollment token, removed once the ABD has enrolled: any
+/// XAPI session, read-only roles included, can read `xenstore_data`.
+pub fn token_key() -> String {
+    format!("{XS_DIR}/token")
+}
+
 /// How the ABD's NIC gets its address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Addressing {
@@ -52,7 +58,7 @@ impl BootConfig {
             (key("a3"), self.a3.to_string()),
             (key("name"), self.name.clone()),
             (key("id"), self.id.clone()),
-            (key("token"), self.token.clone()),
+            (token_key(), self.token.clone()),
             (key("ca"), self.ca.clone()),
             (key("dns"), self.dns.join(",")),
             (key("sshkey"), self.sshkey.clone()),

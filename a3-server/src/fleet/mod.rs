@@ -261,6 +261,7 @@ impl Fleet {
         ops::vm_set_xenstore_data(s, &vm_ref, &boot.xenstore_data()).await?;
         start(s, &vm_ref, on_host).await?;
         self.wait_connected(&row.id).await?;
+        ops::vm_remove_xenstore_key(s, &vm_ref, &bootcfg::token_key()).await?;
         Ok(vm_ref)
     }
 
@@ -379,6 +380,8 @@ impl Fleet {
         ops::vm_set_xenstore_data(s, &vm, &boot.xenstore_data()).await?;
         start(s, &vm, on_host).await?;
         self.wait_connected(id).await?;
+        // Enrolled: the token is used up, but XAPI would show it to any session.
+        ops::vm_remove_xenstore_key(s, &vm, &bootcfg::token_key()).await?;
         Ok(vm)
     }
 

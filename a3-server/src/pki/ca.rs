@@ -15,6 +15,9 @@ use super::PkiError;
 /// The CA's subject. Stable: the issuer is rebuilt from it and the stored key at each start.
 const CA_COMMON_NAME: &str = "A3 port-2811 CA";
 
+/// How far an ABD's clock may run behind the A3's when it checks its certificate.
+const CLOCK_SKEW_SECS: i64 = 300;
+
 /// The CA: its certificate and the issuer (key + subject) that signs with it.
 pub struct Ca {
     cert_der: CertificateDer<'static>,
@@ -109,14 +112,23 @@ impl Ca {
     }
 
     /// A client certificate for ABD `id` on its ECDSA P-256 public key (an uncompressed
-    /// SEC1 point, as `rcgen::KeyPair::public_key_raw` gives).
+    /// SEC1 point, as `rcgen::KeyPair::public_key_raw` gives), valid from a little before
+    /// `now` (clock skew) until `expires_at` (Unix seconds).
     pub fn issue_client(
         &self,
         id: &str,
         public_key: &[u8],
+        now: i64,
+        expires_at: i64,
     ) -> Result<CertificateDer<'static>, PkiError> {
         let key = P256PublicKey::parse(public_key)?;
+        let at = |secs: i64| {
+            time::OffsetDateTime::from_unix_timestamp(secs)
+                .map_err(|_| PkiError::Rcgen(rcgen::Error::Time))
+        };
         let mut params = CertificateParams::default();
+        params.not_before = at(now - CLOCK_SKEW_SECS)?;
+        params.not_after = at(expires_at)?;
         params.distinguished_name.push(DnType::CommonName, id);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];

@@ -32,6 +32,14 @@ impl AcceptedCerts {
         map.insert(fingerprint, id.to_owned());
     }
 
+    /// Accepts `fingerprint` for `id` as well as those it has (a renewal's overlap).
+    pub fn add(&self, fingerprint: String, id: &str) {
+        self.0
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(fingerprint, id.to_owned());
+    }
+
     /// Stops accepting every certificate of `id`.
     pub fn revoke(&self, id: &str) {
         self.0
@@ -90,8 +98,22 @@ impl ClientCertVerifier for AbdClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.chain
-            .verify_client_cert(end_entity, intermediates, now)?;
+        if let Err(e) = self
+            .chain
+            .verify_client_cert(end_entity, intermediates, now)
+        {
+            // An expired certificate of an enrolled ABD is the one refusal an operator
+            // must be able to tell from an attack.
+            if let Some(id) = self.accepted.id_of(end_entity) {
+                tracing::warn!(
+                    abd = %id,
+                    "ABD '{id}' presented a certificate that does not verify ({e}); \
+                     if it expired, the A3 restarts the ABD with a new enrollment token \
+                     when it next needs it, or run `a3-server abd enroll --id {id}`"
+                );
+            }
+            return Err(e);
+        }
         if self.accepted.id_of(end_entity).is_none() {
             return Err(rustls::Error::InvalidCertificate(
                 rustls::CertificateError::Revoked,

@@ -381,6 +381,13 @@ pub async fn vm_set_xenstore_data(
         .map(drop)
 }
 
+/// `VM.remove_from_xenstore_data`: one key.
+pub async fn vm_remove_xenstore_key(s: &Session, vm: &str, key: &str) -> Result<(), XapiError> {
+    call(s, "VM.remove_from_xenstore_data", &[vm, key])
+        .await
+        .map(drop)
+}
+
 /// `VM.get_allowed_VBD_devices`: the free `userdevice` slots.
 pub async fn vm_allowed_vbd_devices(s: &Session, vm: &str) -> Result<Vec<String>, XapiError> {
     let v = call(s, "VM.get_allowed_VBD_devices", &[vm]).await?;

@@ -135,6 +135,12 @@ pub enum A3Msg {
     /// Read a whole device and hash it (the ABD diag job's test disk); the agent answers
     /// [`AgentMsg::Hashed`] or [`AgentMsg::Failed`].
     Hash(HashJob),
+    /// A renewed client certificate (DER) for the agent's key, issued before the current
+    /// one expires: the agent keeps it and presents it from its next connection on.
+    Renewed {
+        /// The certificate.
+        cert_der: Vec<u8>,
+    },
 }
 
 /// A hash assignment: proves the ABD sees a hot-plugged disk and reads it end to end.
