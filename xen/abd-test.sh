@@ -89,29 +89,42 @@ serial = "file:/var/log/xen/abd-serial.log"
 on_crash = "preserve"
 device_model_override = "/tmp/qemu-dm"
 EOF
-xl -v create -p /tmp/abd.cfg >/tmp/xl-create.log 2>&1 || {
-	cat /tmp/xl-create.log
-	ls -l /var/log/xen
-	cat /var/log/xen/qemu-dm-abd.log
-	fail "xl create"
+# Creates the ABD paused, writes its boot config as xapi's xenstore_data, and starts it.
+start_abd() {
+	xl -v create -p /tmp/abd.cfg >/tmp/xl-create.log 2>&1 || {
+		cat /tmp/xl-create.log
+		ls -l /var/log/xen
+		cat /var/log/xen/qemu-dm-abd.log
+		fail "xl create"
+	}
+	DOMID=$(xl domid abd)
+	# xapi's xenstore_data: xenopsd makes vm-data the guest's own (xenopsd/xc/domain.ml,
+	# rwperm), then writes the keys under it.
+	VMDATA="/local/domain/$DOMID/vm-data"
+	xenstore-write "$VMDATA" ""
+	xenstore-chmod "$VMDATA" "n$DOMID"
+	while IFS='=' read -r key value; do
+		xenstore-write "$VMDATA/abd/$key" "$value" || fail "xenstore-write $key"
+	done </abd-keys
+	xl unpause abd
 }
-DOMID=$(xl domid abd)
-# xapi's xenstore_data: xenopsd makes vm-data the guest's own (xenopsd/xc/domain.ml, rwperm),
-# then writes the keys under it.
-VMDATA="/local/domain/$DOMID/vm-data"
-xenstore-write "$VMDATA" ""
-xenstore-chmod "$VMDATA" "n$DOMID"
-while IFS='=' read -r key value; do
-	xenstore-write "$VMDATA/abd/$key" "$value" || fail "xenstore-write $key"
-done </abd-keys
 # The ABD's serial port (kernel messages) and its PV console (the agent's log), on dom0's.
 for log in abd-serial.log guest-abd.log; do
 	tail -F "/var/log/xen/$log" 2>/dev/null | while IFS= read -r line; do echo "abd| $line"; done &
 done
-xl unpause abd
+start_abd
 say "abd started: domid $DOMID"
 
-wait_for xenstore-read "$VMDATA/abd/assigned-ip"
+# The host keeps the deadline; when the boot stalled (nested TCG), it asks for one more.
+until xenstore-read "$VMDATA/abd/assigned-ip" >/dev/null 2>&1; do
+	if [ -e "$SR/reboot-abd" ]; then
+		rm -f "$SR/reboot-abd"
+		xl destroy abd
+		start_abd
+		say "abd restarted: domid $DOMID"
+	fi
+	sleep 1
+done
 say "assigned-ip $(xenstore-read "$VMDATA/abd/assigned-ip")"
 
 # Hot-plug the disk to back up, and the one to restore into, read-write as xapi must for
