@@ -155,14 +155,6 @@ impl Config {
         Ok(config)
     }
 
-    /// How long enrollment tokens and ABD certificates last.
-    pub fn pki_lifetimes(&self) -> crate::pki::Lifetimes {
-        crate::pki::Lifetimes {
-            token_secs: i64::try_from(self.enrollment_token_ttl_secs).unwrap_or(i64::MAX / 2),
-            cert_secs: i64::from(self.abd_cert_days) * 86_400,
-        }
-    }
-
     /// The file where `serve` publishes the URL its API actually listens on.
     pub fn api_url_file(&self) -> PathBuf {
         self.state_dir.join("api.url")

@@ -150,7 +150,14 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     };
     let inventory = Inventory::new(catalog.clone(), state_dir, timeouts, shutdown.clone());
     inventory.start_watchers()?;
-    let pki = crate::pki::Pki::open(state_dir, catalog.clone(), config.pki_lifetimes())?;
+    let pki = crate::pki::Pki::open(
+        state_dir,
+        catalog.clone(),
+        crate::pki::Lifetimes {
+            token_secs: i64::try_from(config.enrollment_token_ttl_secs).unwrap_or(i64::MAX / 2),
+            cert_secs: i64::from(config.abd_cert_days) * 86_400,
+        },
+    )?;
     // Made once; every ABD's boot config carries its public half (`sshkey`).
     crate::ssh::A3Key::load_or_create(state_dir)?;
     let (dataport, dataport_task) = crate::dataport::DataPort::start(
